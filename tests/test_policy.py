@@ -1,0 +1,288 @@
+"""Policy: rules.json validation and decisions, as pure functions (no sockets)."""
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from proxy import (DANGEROUS_READS, NEVER_FORWARDED, MANY, ONE, PolicyError, Refusal, RequestFacts,
+                   decide, forwarded_request, host_is_acceptable, is_streaming, load_policy,
+                   canonicalize_target, parse_template, relayed_response_headers,
+                   template_matches, templates_overlap)
+
+REPO = Path(__file__).resolve().parent.parent
+SHIPPED = load_policy((REPO / "rules.json").read_text(), "rules.json")
+
+
+def facts(method="GET", target="/_ping", headers=(), kind="unix", profile="default"):
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers]
+    return RequestFacts(method, target.encode("latin-1"), raw, kind, profile)
+
+
+def allowed(method="GET", target="/_ping", headers=(), kind="unix", profile="default", policy=SHIPPED):
+    try:
+        decide(policy, facts(method, target, headers, kind, profile))
+        return True
+    except Refusal:
+        return False
+
+
+def policy_of(*rules, extra_profiles=None):
+    doc = {"version": 1, "profiles": {"default": {"rules": list(rules)}, **(extra_profiles or {})}}
+    return load_policy(json.dumps(doc), "test.json")
+
+
+# ---- the shipped default profile ------------------------------------------------------------
+
+@pytest.mark.parametrize("method, target", [
+    ("GET", "/_ping"), ("HEAD", "/_ping"), ("GET", "/v1.41/version"), ("GET", "/info"),
+    ("GET", "/v1.41/events?filters=%7B%7D"), ("GET", "/v1.41/containers/json?all=1&limit=-1&size=0&trunc_cmd=0"),
+    ("GET", "/containers/c1/json"), ("GET", "/images/json"), ("GET", "/images/porthole-test/busybox:latest/json"),
+    ("GET", "/networks"), ("GET", "/networks/none"), ("GET", "/volumes"), ("GET", "/volumes/data"),
+    ("GET", "/services"), ("GET", "/services/web"), ("GET", "/tasks"), ("GET", "/tasks/t1"),
+    ("GET", "/nodes"), ("GET", "/nodes/n1"),
+])
+def test_default_profile_allows_reads(method, target):
+    assert allowed(method, target)
+
+
+@pytest.mark.parametrize("method, target", [
+    ("POST", "/containers/create"), ("DELETE", "/containers/c1"), ("PUT", "/containers/c1/archive"),
+    ("GET", "/containers/c1/export"), ("GET", "/containers/c1/archive?path=/etc"),
+    ("HEAD", "/containers/c1/archive?path=/etc"), ("GET", "/containers/c1/logs"),
+    ("GET", "/containers/c1/top"), ("GET", "/images/get"), ("GET", "/images/busybox/get"),
+    ("GET", "/swarm"), ("GET", "/swarm/unlockkey"), ("GET", "/configs/c"), ("GET", "/configs"),
+    ("GET", "/exec/e1/json"), ("GET", "/distribution/busybox/json"), ("GET", "/images/search?term=x"),
+    ("GET", "/plugins/privileges?remote=x"), ("GET", "/services/s/logs"), ("GET", "/tasks/t/logs"),
+    ("GET", "/containers/c1/attach/ws"), ("GET", "/debug/pprof/"), ("GET", "/debug/vars"),
+    ("GET", "/containers/%65xport"), ("GET", "/containers/c1/%65xport"), ("GET", "/containers/c1/attach/%77s"),
+    ("GET", "/containers/web/db/export"), ("GET", "/CONTAINERS/json"), ("GET", "/containers/c1/changes"),
+    ("GET", "/secrets"), ("GET", "/plugins"), ("GET", "/containers/c1/stats"), ("get", "/_ping"),
+    ("OPTIONS", "/_ping"), ("CONNECT", "/_ping"), ("PRI", "/_ping"), ("TRACE", "/_ping"),
+])
+def test_default_profile_refuses(method, target):
+    assert not allowed(method, target)
+
+
+def test_refusal_reasons_are_specific():
+    with pytest.raises(Refusal) as info:
+        decide(SHIPPED, facts("GET", "/v1.41/containers/abc/export"))
+    assert info.value.status == 403 and "dangerous read" in info.value.reason and "export" in info.value.reason
+    with pytest.raises(Refusal) as info:
+        decide(SHIPPED, facts("POST", "/containers/create"))
+    assert "read-only" in info.value.reason and info.value.close
+    with pytest.raises(Refusal) as info:
+        decide(SHIPPED, facts("GET", "/containers/c/attach/ws"))
+    assert "never forwarded" in info.value.reason
+    with pytest.raises(Refusal) as info:
+        decide(SHIPPED, facts("GET", "/plugins"))
+    assert "no rule in profile 'default' allows GET /plugins" in info.value.reason
+
+
+@pytest.mark.parametrize("headers, why", [
+    ([("Upgrade", "websocket"), ("Connection", "Upgrade")], "upgrade"),
+    ([("Upgrade", "h2c")], "upgrade"),
+    ([("Connection", "keep-alive, Upgrade")], "upgrade"),
+    ([("Content-Length", "2")], "body"),
+    ([("Transfer-Encoding", "chunked")], "body"),
+    ([("Host", "a"), ("Host", "b")], "Host"),
+])
+def test_framing_and_upgrade_refused_on_allowed_paths(headers, why):
+    with pytest.raises(Refusal) as info:
+        decide(SHIPPED, facts("GET", "/_ping", headers))
+    assert why.lower() in info.value.reason.lower() and info.value.close
+
+
+def test_content_length_zero_is_no_body():
+    assert allowed("GET", "/_ping", [("Content-Length", "0")])
+
+
+def test_browser_and_rebinding_protection_on_tcp_only():
+    assert not allowed("GET", "/_ping", [("Host", "127.0.0.1"), ("Origin", "http://evil.example")], kind="tcp")
+    assert allowed("GET", "/_ping", [("Host", "127.0.0.1"), ("Origin", "http://evil.example")], kind="unix")
+    assert not allowed("GET", "/_ping", [("Host", "evil.example:2375")], kind="tcp")
+    assert allowed("GET", "/_ping", [("Host", "evil.example:2375")], kind="unix")
+    with pytest.raises(Refusal):
+        decide(SHIPPED, facts("GET", "/_ping", [("Host", "evil.example")], "tcp"))
+    decide(SHIPPED, facts("GET", "/_ping", [("Host", "docker.internal.example")], "tcp"),
+           frozenset({"docker.internal.example"}))
+
+
+@pytest.mark.parametrize("host, ok", [
+    ("127.0.0.1:2375", True), ("[::1]:2375", True), ("[::1]", True), ("localhost", True),
+    ("localhost:2375", True), ("api.moby.localhost", True), ("proxy", True), ("proxy:2375", True),
+    ("10.1.2.3", True), ("evil.example", False), ("evil.example:80", False), ("127.0.0.1.nip.io", False),
+    ("EVIL.example", False), ("[evil]", False), ("", True),
+])
+def test_host_acceptance(host, ok):
+    assert host_is_acceptable(host, frozenset()) is ok
+
+
+def test_streaming_classification():
+    def streaming(raw):
+        return is_streaming(canonicalize_target(raw.encode()))
+    assert streaming("/v1.41/events")
+    assert streaming("/containers/c/logs?follow=1") and streaming("/containers/c/logs?follow=on")
+    assert not streaming("/containers/c/logs?follow=0") and not streaming("/containers/c/logs")
+    assert streaming("/containers/c/stats") and not streaming("/containers/c/stats?stream=false")
+    assert not streaming("/containers/json")
+
+
+def test_forwarded_request_keeps_only_allowlisted_headers():
+    target = canonicalize_target(b"/v1.41/%63ontainers/json?all=1")
+    headers = [(b"host", b"evil"), (b"user-agent", b"Docker-Client/28"), (b"accept", b"*/*"),
+               (b"x-registry-auth", b"secret"), (b"cookie", b"c"), (b"proxy-authorization", b"p"),
+               (b"x-http-method-override", b"DELETE"), (b"expect", b"100-continue"), (b"connection", b"close")]
+    request = forwarded_request("GET", target, headers)
+    assert request.target == b"/v1.41/containers/json?all=1"
+    assert [(n, v) for n, v in request.headers] == [(b"host", b"docker"), (b"user-agent", b"Docker-Client/28"),
+                                                     (b"accept", b"*/*")]
+
+
+def test_relayed_response_headers_drop_hop_by_hop():
+    kept = relayed_response_headers([(b"Api-Version", b"1.41"), (b"Connection", b"close, X-Secret"),
+                                     (b"X-Secret", b"1"), (b"Transfer-Encoding", b"chunked"),
+                                     (b"Upgrade", b"tcp"), (b"Content-Type", b"application/json"),
+                                     (b"Proxy-Thing", b"1"), (b"Keep-Alive", b"timeout=5")])
+    assert kept == [(b"Api-Version", b"1.41"), (b"Content-Type", b"application/json")]
+
+
+# ---- rules.json validation ------------------------------------------------------------------
+
+def test_log_reader_profile_acknowledges_logs():
+    assert allowed("GET", "/containers/c1/logs?follow=1&stdout=1", profile="log-reader")
+    assert not allowed("GET", "/containers/c1/logs?details=1", profile="log-reader")  # not listed
+    assert not allowed("GET", "/containers/c1/export", profile="log-reader")
+    assert not allowed("GET", "/containers/c1/logs", profile="monitoring")
+
+
+@pytest.mark.parametrize("document, where, message", [
+    ("{", "$", "not valid JSON"),
+    ('{"version": 1, "profiles": {"default": {"rules": []}}, "extra": 1}', "$", "unknown key 'extra'"),
+    ('{"version": 2, "profiles": {"default": {"rules": [{"method": "GET", "path": "/_ping"}]}}}', "$.version", "must be 1"),
+    ('{"version": 1, "profiles": {}}', "$.profiles", "non-empty"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/_ping"}]},'
+     ' "default": {"rules": [{"method": "GET", "path": "/info"}]}}}', "$", "duplicate key 'default'"),
+    ('{"version": 1, "profiles": {"other": {"rules": [{"method": "GET", "path": "/_ping"}]}}}', "$.profiles", "'default' is required"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": "POST", "path": "/containers/create"}]}}}',
+     "$.profiles.default.rules[0].method", "must be GET or HEAD"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": "get", "path": "/_ping"}]}}}',
+     "$.profiles.default.rules[0].method", "must be GET or HEAD"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": ["GET", "DELETE"], "path": "/_ping"}]}}}',
+     "$.profiles.default.rules[0].method", "must be GET or HEAD"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/containers/.*/json"}]}}}',
+     "$.profiles.default.rules[0].path", "bad segment"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/containers/{id}/json", "regex": "x"}]}}}',
+     "$.profiles.default.rules[0]", "unknown key 'regex'"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/containers/{id}/export"}]}}}',
+     "$.profiles.default.rules[0]", "dangerous read"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/containers/{id}/{what}"}]}}}',
+     "$.profiles.default.rules[0]", "dangerous read"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/containers/{id}/json", "dangerous": true}]}}}',
+     "$.profiles.default.rules[0].dangerous", "not a dangerous read"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/containers/{id}/attach/ws", "dangerous": true}]}}}',
+     "$.profiles.default.rules[0].path", "never forwarded"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/{any*}", "dangerous": true}]}}}',
+     "$.profiles.default.rules[0].path", "never forwarded"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/debug/{x*}"}]}}}',
+     "$.profiles.default.rules[0].path", "never forwarded"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/v1.41/info"}]}}}',
+     "$.profiles.default.rules[0].path", "version prefix"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/a/{x*}/{y*}"}]}}}',
+     "$.profiles.default.rules[0].path", "at most one"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/info", "query": {"a": []}}]}}}',
+     "$.profiles.default.rules[0].query.a", "non-empty list"),
+    ('{"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/info"}, {"method": "GET", "path": "/info"}]}}}',
+     "$.profiles.default", "duplicates"),
+    ('{"version": 1, "profiles": {"default": {"extends": "x", "rules": [{"method": "GET", "path": "/info"}]}}}',
+     "$.profiles.default.extends", "no profile named 'x'"),
+    ('{"version": 1, "profiles": {"default": {"extends": "b", "rules": [{"method": "GET", "path": "/info"}]},'
+     ' "b": {"extends": "default", "rules": [{"method": "GET", "path": "/version"}]}}}',
+     "$.profiles.default.extends", "cycle"),
+    ('{"version": 1, "profiles": {"Bad Name": {"rules": []}}}', "$.profiles.Bad Name", "profile names"),
+])
+def test_validation_errors_name_the_json_path(document, where, message):
+    with pytest.raises(PolicyError) as info:
+        load_policy(document, "rules.json")
+    text = str(info.value)
+    assert text.startswith(f"rules.json: {where}: "), text
+    assert message in text, text
+
+
+def test_schema_file_is_valid_json_and_describes_the_shipped_keys():
+    schema = json.loads((REPO / "rules.schema.json").read_text())
+    rule = schema["$defs"]["rule"]
+    assert set(rule["properties"]) == {"method", "path", "query", "dangerous", "comment"}
+    assert rule["additionalProperties"] is False
+    assert schema["$defs"]["method"]["enum"] == ["GET", "HEAD"]
+
+
+# ---- templates --------------------------------------------------------------------------------
+
+def test_template_matching():
+    assert template_matches(parse_template("/containers/{id}/json"), ("containers", "c1", "json"))
+    assert not template_matches(parse_template("/containers/{id}/json"), ("containers", "a", "b", "json"))
+    t = parse_template("/images/{name*}/json")
+    assert t == ("images", MANY, "json")
+    assert template_matches(t, ("images", "a", "json")) and template_matches(t, ("images", "a", "b", "c", "json"))
+    assert not template_matches(t, ("images", "json")) and not template_matches(t, ("images", "a", "get"))
+    assert parse_template("/x/{id}") == ("x", ONE)
+
+
+template_tokens = st.lists(st.one_of(st.sampled_from(["containers", "images", "json", "export", "get", "a"]),
+                                     st.just(ONE), st.just(MANY)), min_size=1, max_size=4)
+concrete = st.lists(st.sampled_from(["containers", "images", "json", "export", "get", "a", "zz"]),
+                    min_size=1, max_size=6)
+
+
+@settings(max_examples=400)
+@given(template_tokens, template_tokens, concrete)
+def test_overlap_is_sound(a, b, path):
+    """If a concrete path matches both templates, templates_overlap must say so, which is what
+    makes the load-time check (no rule may reach a guarded path unacknowledged) trustworthy."""
+    a, b = tuple(a), tuple(b)
+    if a.count(MANY) > 1 or b.count(MANY) > 1:
+        return
+    if template_matches(a, path) and template_matches(b, path):
+        assert templates_overlap(a, b)
+
+
+# ---- no configuration can make it forward a write -------------------------------------------
+
+PATH_PIECES = ["containers", "images", "json", "export", "logs", "archive", "attach", "ws", "debug",
+               "swarm", "_ping", "{id}", "{name*}", "get", "create", "exec", "start", "session"]
+any_template = st.lists(st.sampled_from(PATH_PIECES), min_size=1, max_size=4).map(lambda p: "/" + "/".join(p))
+rule_strategy = st.fixed_dictionaries(
+    {"method": st.sampled_from(["GET", "HEAD", ["GET", "HEAD"]]), "path": any_template},
+    optional={"dangerous": st.booleans()})
+request_methods = st.sampled_from(["GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT",
+                                   "get", "TRACE", "PRI"])
+request_paths = st.lists(st.sampled_from(["containers", "images", "json", "export", "logs", "archive",
+                                          "attach", "ws", "debug", "swarm", "_ping", "c1", "get", "%65xport",
+                                          "%77s", "create", "exec", "start", "session", "v1.41"]),
+                         min_size=1, max_size=5).map(lambda p: "/" + "/".join(p))
+request_headers = st.lists(st.sampled_from([("Content-Length", "5"), ("Transfer-Encoding", "chunked"),
+                                            ("Upgrade", "websocket"), ("Connection", "upgrade"),
+                                            ("Content-Length", "0"), ("Accept", "*/*")]), max_size=2)
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.lists(rule_strategy, min_size=1, max_size=6), request_methods, request_paths, request_headers)
+def test_no_policy_forwards_a_write_or_a_guarded_path(rules, method, path, headers):
+    """Generate arbitrary rule sets; whatever validates, a forwarded request is always a body-less,
+    non-upgrade GET/HEAD that is neither never-forwarded nor an unacknowledged dangerous read."""
+    try:
+        policy = policy_of(*rules)
+    except PolicyError:
+        return
+    try:
+        decision = decide(policy, facts(method, path, headers))
+    except Refusal:
+        return
+    assert method in ("GET", "HEAD")
+    names = {k.lower() for k, v in headers if not (k == "Content-Length" and v == "0") and k != "Accept"}
+    assert not names
+    segments = decision.target.segments
+    assert not any(template_matches(parse_template(t), segments) for t in NEVER_FORWARDED)
+    if any(template_matches(parse_template(t), segments) for t in DANGEROUS_READS):
+        assert decision.rule.dangerous
