@@ -934,7 +934,8 @@ class Client:
         self.cycle_started = time.monotonic()
         self.first_byte_at: float | None = None
         self.last_progress = time.monotonic()
-        self.eof = False
+        self.eof = False  # the client sent FIN
+        self.eof_fed = False  # ... and h11 has been told
         self.close_after_response = False
         self.linger_until = 0.0
         self.closed = False
@@ -1156,22 +1157,17 @@ class Proxy:
             return  # discarded: we only wait until the client has read our last answer
         if not data:
             client.eof = True
-            exchange = client.exchange
-            if exchange and exchange.decision and exchange.decision.streaming:
-                self.close_client(client)  # a watcher went away: free its upstream stream now
+            if client.exchange is not None:
+                # Gone mid-exchange (as nginx reads it): free the upstream at once rather than
+                # hold a daemon connection, a stream slot and a connection slot for nobody.
+                self.close_client(client, reason="client went away")
                 return
-            if client.state == "reading":
-                client.h11.receive_data(b"")
-                self.process_client(client)
-            self.update_client_interest(client)
-            return
-        if client.first_byte_at is None:
+        elif client.first_byte_at is None:
             client.first_byte_at = time.monotonic()
+        client.inbuf += data  # h11 gets it only when it asks for more (see process_client)
         if client.state == "reading":
-            client.h11.receive_data(data)
             self.process_client(client)
         else:
-            client.inbuf += data  # pipelined: parsed once the current response is done
             self.update_client_interest(client)
 
     def process_client(self, client: Client) -> None:
@@ -1182,12 +1178,24 @@ class Proxy:
             except h11.RemoteProtocolError as exc:
                 self.refuse(client, Refusal(exc.error_status_hint, f"malformed request: {exc}", close=True))
                 return
+            if event is h11.NEED_DATA:
+                # Feed h11 one chunk at a time, only when it asks: so what h11 holds stays
+                # bounded and the backlog in inbuf is what stops us reading a flooding client.
+                if client.inbuf:
+                    client.h11.receive_data(bytes(client.inbuf[:READ_CHUNK]))
+                    del client.inbuf[:READ_CHUNK]
+                    continue
+                if client.eof and not client.eof_fed:
+                    client.eof_fed = True
+                    client.h11.receive_data(b"")
+                    continue
+                break
             if isinstance(event, h11.Request):
                 self.on_request(client, event)
             elif isinstance(event, h11.ConnectionClosed):
                 self.start_closing(client)
                 return
-            else:  # NEED_DATA (a refused request's body is never read: we close instead)
+            else:  # a refused request's body is never read: we close instead
                 break
         self.update_client_interest(client)
 
@@ -1268,12 +1276,8 @@ class Proxy:
         client.h11.start_next_cycle()
         client.state = "reading"
         client.cycle_started = time.monotonic()
-        client.first_byte_at = client.cycle_started if client.inbuf else None
-        pending, client.inbuf = bytes(client.inbuf), bytearray()
-        if pending:
-            client.h11.receive_data(pending)
-        if client.eof:
-            client.h11.receive_data(b"")
+        pipelined = client.inbuf or client.h11.trailing_data[0]
+        client.first_byte_at = client.cycle_started if pipelined else None
         self.write_client(client)
         if not client.closed:
             self.process_client(client)
@@ -1471,7 +1475,9 @@ class Proxy:
             try:
                 event = upstream.h11.next_event()
             except h11.RemoteProtocolError as exc:
-                self.upstream_failed(upstream, None, f"malformed response from the daemon: {exc}")
+                closed = upstream.h11.their_state is h11.ERROR and upstream.h11.trailing_data[1]
+                self.upstream_failed(upstream, None, "the daemon closed the connection before the response "
+                                     "was complete" if closed else f"malformed response from the daemon: {exc}")
                 return
             if event is h11.NEED_DATA:
                 break

@@ -1,0 +1,166 @@
+"""pytest fixtures: one private dockerd per session, the busybox test image,
+and a factory for proxy subprocesses.
+
+Docker-dependent fixtures skip outside CI when the environment cannot run a
+private daemon (not root, dockerd/docker/setpriv missing); with CI=true they
+fail instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import support  # noqa: E402
+
+
+require_docker_env = support.require_docker_env
+
+
+@pytest.fixture(scope="session")
+def dockerd(tmp_path_factory):
+    """The session's private dockerd (socket root:2375 0660)."""
+    require_docker_env()
+    d = support.Dockerd()
+    d.start(tmp_path_factory.mktemp("dockerd"), support.DEFAULT_SOCK_GID)
+    try:
+        yield d
+    finally:
+        d.stop()
+
+
+@pytest.fixture(scope="session")
+def docker_direct(dockerd):
+    """docker SDK client talking DIRECTLY to the private daemon (not through the proxy)."""
+    client = dockerd.client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+@pytest.fixture(scope="session")
+def busybox_image(dockerd):
+    return support.build_busybox_image(dockerd.url)
+
+
+@pytest.fixture
+def proxy_factory(request):
+    """Start proxies: proxy_factory(listen=None, upstream=None, args=(), groups=None,
+    as_root=False, env=None, rules=None, wait=True, expect_clean_exit=True).
+
+    Defaults: one tcp://127.0.0.1:<free port> listener, upstream = the session
+    dockerd with its socket group as supplementary group.  At teardown every
+    proxy still running gets SIGTERM and must exit 0 (unless
+    expect_clean_exit=False)."""
+    started = []
+
+    def factory(listen=None, upstream=None, args=(), groups=None, as_root=False, env=None,
+                rules=None, wait=True, expect_clean_exit=True, ready_timeout=10.0, proxy_path=None):
+        if listen is None:
+            listen = ["tcp://127.0.0.1:%d" % support.free_port()]
+        if upstream is None:
+            d = request.getfixturevalue("dockerd")
+            upstream = d.url
+            if groups is None:
+                groups = [d.sock_gid]
+        p = support.ProxyProcess(listen=listen, upstream=upstream, args=args, groups=groups,
+                                 as_root=as_root, env=env, rules=rules, proxy_path=proxy_path)
+        p.expect_clean_exit = expect_clean_exit
+        started.append(p)
+        p.start()
+        if wait:
+            p.wait_ready(ready_timeout)
+        return p
+
+    yield factory
+
+    problems = []
+    for p in started:
+        if p.proc is None:
+            continue
+        was_alive = p.alive()
+        try:
+            rc = p.stop(signal.SIGTERM, timeout=15)
+        except support.ProxyError as e:
+            problems.append(str(e))
+            rc = None
+        if was_alive and p.expect_clean_exit and rc is not None and rc != 0:
+            problems.append("proxy %s exited %s on SIGTERM; stderr tail:\n%s"
+                            % (p.cmd, rc, p.stderr_text()[-3000:]))
+        print("---- proxy pid %s stderr (tail) ----\n%s" % (p.pid, p.stderr_text()[-6000:]))
+        p.cleanup()
+    if problems:
+        pytest.fail("\n\n".join(problems))
+
+
+def _can_connect(path) -> bool:
+    try:
+        support._connect(path, 0.5).close()
+        return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="module")
+def shared_proxy(dockerd):
+    """One proxy per test module with a TCP and a unix listener (mode 0660), running
+    as uid 65532 with the daemon socket's group.  `.hosts` maps "tcp"/"unix" to
+    DOCKER_HOST URLs.  Must stay up for the whole module and exit 0 on SIGTERM."""
+    port = support.free_port()
+    unix_url, unix_path = support.unix_listen_url("p.sock", "mode=0660")
+    p = support.ProxyProcess(
+        listen=["tcp://127.0.0.1:%d" % port, unix_url],
+        upstream=dockerd.url,
+        groups=[dockerd.sock_gid],
+    )
+    p.start()
+    try:
+        p.wait_ready(10)
+        # the unix socket may be bound after the TCP one
+        assert support.wait_until(lambda: _can_connect(unix_path), 5), \
+            "unix listener %s never accepted connections" % unix_path
+        p.hosts = {"tcp": "tcp://127.0.0.1:%d" % port, "unix": "unix://" + unix_path}
+        p.unix_path = unix_path
+        yield p
+        alive = p.alive()
+        rc = p.stop()
+        assert alive, "shared proxy died during the module:\n" + p.stderr_text()[-3000:]
+        assert rc == 0, "shared proxy exited %s on SIGTERM:\n%s" % (rc, p.stderr_text()[-3000:])
+    finally:
+        print("---- shared proxy stderr (tail) ----\n" + p.stderr_text()[-6000:])
+        p.cleanup()
+
+
+@pytest.fixture(params=["tcp", "unix"])
+def proxy_url(request, shared_proxy):
+    """URL of one of the shared proxy's listeners; tests using it run once per listener."""
+    return shared_proxy.hosts[request.param]
+
+
+@pytest.fixture
+def containers(docker_direct):
+    """containers(image, **kw): create+start `--network none` containers DIRECTLY;
+    all removed at teardown."""
+    import docker
+
+    made = []
+
+    def make(image, **kw):
+        c = support.run_sleeper(docker_direct, image, **kw)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        try:
+            c.remove(force=True)
+        except docker.errors.NotFound:
+            pass
