@@ -1,21 +1,42 @@
 #!/usr/bin/env bash
-# Porthole's one entry point for set-up, tests and running.
+# Porthole's one entry point for building, testing and running.
 #
-#   ./build.sh test [pytest args]   install what a fresh machine lacks, run the whole test suite
-#   ./build.sh run [proxy args]     start the proxy on the host's Docker socket (default rules)
-#   ./build.sh deps                 only install system packages and the virtualenv
+#   ./build.sh                    freeze proxy.py into dist/porthole: one fully static executable
+#   ./build.sh image              build the image (Dockerfile.distroless) from dist/porthole
+#   ./build.sh check              check the image: rootless, shell-less, only the expected files,
+#                                 small; prints JSON, exits non-zero on any breach
+#   ./build.sh run [proxy args]   build if needed, start the proxy on the host's Docker socket
+#   ./build.sh test [pytest args] install what a fresh machine lacks, run the whole test suite
+#   ./build.sh deps               only install the system packages and .venv for the tests
 #
-# Everything it installs comes from Debian packages (apt-get) and pinned, hash-checked
-# Python packages (pip, into .venv). Nothing is downloaded from anywhere else.
+# Everything comes from Debian packages (apt-get) and pinned, hash-checked Python packages
+# (pip, into .venv and .venv-build). Nothing is downloaded from anywhere else.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$ROOT"
-PYTHON=/usr/bin/python3  # Debian's CPython: the build chain (staticx) needs it, so tests use it too
+# Debian's CPython: staticx refuses interpreters whose extension modules carry DT_RUNPATH
+# (pyenv builds do), so the build and the tests both use /usr/bin/python3.
+PYTHON=/usr/bin/python3
 VENV="$ROOT/.venv"
-TEST_PACKAGES=(python3 python3-venv python3-dev docker.io busybox-static util-linux procps)
-RUN_PACKAGES=(python3 python3-venv util-linux)
+BUILD_VENV="$ROOT/.venv-build"
+IMAGE="${PORTHOLE_IMAGE:-porthole:latest}"
+MAX_IMAGE_BYTES="${PORTHOLE_MAX_IMAGE_BYTES:-10000000}"
+TEST_PACKAGES=(python3 python3-venv python3-dev docker.io busybox-static util-linux procps
+               patchelf binutils systemd)
+BUILD_PACKAGES=(python3 python3-venv python3-dev patchelf binutils)
+# Standard-library packages proxy.py never imports. Excluding them keeps the binary small;
+# the smoke test after freezing (and the test suite) prove nothing needed went missing.
+EXCLUDES=(asyncio base64 bz2 _bz2 calendar concurrent csv datetime decimal _decimal _pydecimal
+          doctest email fractions getopt gettext gzip hashlib _hashlib http importlib.metadata
+          importlib.resources logging lzma _lzma mimetypes multiprocessing numbers pdb pickle
+          _pickle pprint py_compile pydoc pyexpat quopri random resource sqlite3 ssl _ssl
+          statistics stringprep _strptime subprocess tarfile tempfile _threading_local tkinter
+          tracemalloc unittest urllib.request xml _multibytecodec _codecs_cn _codecs_hk
+          _codecs_iso2022 _codecs_jp _codecs_kr _codecs_tw)
 
+CLEANUP=()
+trap 'rm -rf "${CLEANUP[@]}"' EXIT
 log() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'build.sh: %s\n' "$*" >&2; exit 1; }
 
@@ -32,24 +53,160 @@ apt_install() {
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Create .venv from a pinned, hash-checked requirements file; reinstall when the file changes.
+# venv_install VENV REQUIREMENTS: create VENV and install the pinned, hash-checked requirements;
+# reinstall only when the requirements file changes.
 venv_install() {
-    local requirements="$1" stamp="$VENV/.installed-$(basename "$1")"
-    local want; want="$(sha256sum "$requirements" | cut -d' ' -f1)"
-    if [ ! -x "$VENV/bin/python" ]; then
-        log "creating $VENV"
-        "$PYTHON" -m venv "$VENV"
+    local venv="$1" requirements="$2"
+    local stamp="$venv/.installed-$(basename "$requirements")" want
+    want="$(sha256sum "$requirements" | cut -d' ' -f1)"
+    if [ ! -x "$venv/bin/python" ]; then
+        log "creating $venv"
+        "$PYTHON" -m venv "$venv"
     fi
     if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-        log "pip install -r $requirements (hash-checked)"
-        "$VENV/bin/python" -m pip install -q --disable-pip-version-check --require-hashes -r "$requirements"
+        log "pip install -r $requirements (hash-checked) into $venv"
+        "$venv/bin/python" -m pip install -q --disable-pip-version-check --require-hashes -r "$requirements"
         echo "$want" > "$stamp"
     fi
 }
 
+version() { "$PYTHON" -c 'import ast,sys; t=ast.parse(open("proxy.py").read()); print(next(n.value.value for n in t.body if isinstance(n, ast.Assign) and n.targets[0].id == "VERSION"))'; }
+
+# ---- the static executable ---------------------------------------------------------------------
+
+cmd_binary() {
+    apt_install "${BUILD_PACKAGES[@]}"
+    venv_install "$BUILD_VENV" requirements-build.txt
+    local work; work="$(mktemp -d "${TMPDIR:-/tmp}/porthole-build.XXXXXX")"
+    CLEANUP+=("$work")
+    # Reproducible: fixed timestamps and hash seed; build in a fresh directory from copies so
+    # the output does not depend on where the checkout lives.
+    export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1700000000)}"
+    export PYTHONHASHSEED=0
+    cp proxy.py rules.json "$work/"
+    local excludes=()
+    for module in "${EXCLUDES[@]}"; do excludes+=(--exclude-module "$module"); done
+    log "freezing proxy.py with PyInstaller (onefile)"
+    (cd "$work" && "$BUILD_VENV/bin/pyinstaller" --onefile --noconfirm --clean --log-level WARN --strip \
+        --name porthole --add-data rules.json:. "${excludes[@]}" \
+        --workpath "$work/build" --distpath "$work/dist" --specpath "$work" proxy.py)
+    log "making it fully static with staticx"
+    # staticx's archive records file times and owners; pin them so two builds are identical.
+    "$BUILD_VENV/bin/python" - "$work/dist/porthole" "$work/porthole" <<'PY'
+import os, sys, tarfile
+import staticx.api
+epoch = int(os.environ["SOURCE_DATE_EPOCH"])
+add = tarfile.TarFile.addfile
+def addfile(self, info, fileobj=None, *args, **kwargs):
+    info.mtime, info.uid, info.gid, info.uname, info.gname = epoch, 0, 0, "root", "root"
+    return add(self, info, fileobj, *args, **kwargs)
+tarfile.TarFile.addfile = addfile
+staticx.api.generate(sys.argv[1], sys.argv[2], strip=True)
+PY
+    chmod 0755 "$work/porthole"
+    # Smoke test: the frozen program parses its shipped rules (imports, data file, entry point).
+    "$work/porthole" --version >/dev/null && "$work/porthole" --check >/dev/null \
+        || die "the frozen executable does not run"
+    mkdir -p dist
+    mv "$work/porthole" dist/porthole
+    (cd dist && sha256sum porthole > porthole.sha256)
+    log "dist/porthole: $(stat -c %s dist/porthole) bytes, sha256 $(cut -d' ' -f1 dist/porthole.sha256)"
+    file dist/porthole 2>/dev/null | sed 's/^/    /' >&2 || true
+}
+
+binary_is_fresh() {
+    [ -x dist/porthole ] || return 1
+    local input
+    for input in proxy.py rules.json requirements-build.txt build.sh; do
+        [ dist/porthole -nt "$input" ] || return 1
+    done
+}
+
+# ---- the image ---------------------------------------------------------------------------------
+
+cmd_image() {
+    command -v docker >/dev/null || die "no docker CLI"
+    docker version >/dev/null 2>&1 || die "no Docker engine reachable (set DOCKER_HOST)"
+    binary_is_fresh || cmd_binary
+    local context; context="$(mktemp -d "${TMPDIR:-/tmp}/porthole-image.XXXXXX")"
+    CLEANUP+=("$context")
+    mkdir -p "$context/rootfs/tmp" "$context/run/porthole"
+    install -m 0555 dist/porthole "$context/rootfs/porthole"
+    install -m 0444 rules.json "$context/rootfs/rules.json"
+    chmod 1777 "$context/rootfs/tmp"
+    chmod 0755 "$context/run" "$context/run/porthole"
+    cp Dockerfile.distroless "$context/Dockerfile"
+    local revision source
+    revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
+    source="${PORTHOLE_SOURCE:-$(git config --get remote.origin.url 2>/dev/null || echo unknown)}"
+    log "building $IMAGE (offline, from dist/porthole)"
+    DOCKER_BUILDKIT=0 docker build -q --network none -t "$IMAGE" \
+        --build-arg VERSION="$(version)" --build-arg REVISION="$revision" --build-arg SOURCE="$source" \
+        "$context" >/dev/null 2> >(grep -v -i -e deprecat -e buildx -e 'legacy builder' -e '^ *$' >&2 || true)
+    log "$IMAGE: $(docker image inspect -f '{{.Size}}' "$IMAGE") bytes"
+}
+
+# ---- image checks (what CI enforces) -----------------------------------------------------------
+
+cmd_check() {
+    command -v docker >/dev/null || die "no docker CLI"
+    "$PYTHON" - "$IMAGE" "$MAX_IMAGE_BYTES" <<'PY'
+"""Print one JSON object with every check; exit 1 if any fails."""
+import io, json, subprocess, sys, tarfile
+
+image, max_bytes = sys.argv[1], int(sys.argv[2])
+EXPECTED = {"porthole", "rules.json", "tmp", "run", "run/porthole"}
+checks = []
+
+def check(name, ok, detail):
+    checks.append({"check": name, "ok": bool(ok), "detail": detail})
+
+def docker(*args, **kw):
+    return subprocess.run(["docker", *args], capture_output=True, timeout=120, **kw)
+
+found = docker("image", "inspect", image)
+if found.returncode:
+    check("image exists", False, found.stderr.decode().strip())
+else:
+    info = json.loads(found.stdout)[0]
+    config = info["Config"]
+    user = config.get("User") or ""
+    uid = user.split(":")[0]
+    check("user is numeric and not root", uid.isdigit() and uid != "0" and all(p.isdigit() for p in user.split(":")), user)
+    check("entrypoint is the executable", config.get("Entrypoint") == ["/porthole"], config.get("Entrypoint"))
+    health = (config.get("Healthcheck") or {}).get("Test") or []
+    check("healthcheck uses --healthcheck", health[-1:] == ["--healthcheck"], health)
+    labels = config.get("Labels") or {}
+    wanted = ["org.opencontainers.image.source", "org.opencontainers.image.version", "org.opencontainers.image.licenses"]
+    check("OCI labels", all(labels.get(k) for k in wanted), {k: labels.get(k) for k in wanted})
+    check(f"image size <= {max_bytes} bytes", info["Size"] <= max_bytes, info["Size"])
+    saved = docker("save", image)
+    files = set()
+    with tarfile.open(fileobj=io.BytesIO(saved.stdout)) as outer:
+        for member in outer.getmembers():
+            if member.name.endswith("layer.tar") or member.name.startswith("blobs/"):
+                data = outer.extractfile(member)
+                try:
+                    with tarfile.open(fileobj=io.BytesIO(data.read())) as layer:
+                        files |= {m.name.rstrip("/").removeprefix("./") for m in layer.getmembers()}
+                except tarfile.ReadError:
+                    pass  # a config or manifest blob, not a layer
+    files.discard("")
+    check("only the expected files", files == EXPECTED, sorted(files))
+    shell = docker("run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", image, "-c", "true")
+    check("no shell", shell.returncode != 0, shell.stderr.decode().strip()[-200:])
+ok = all(c["ok"] for c in checks)
+print(json.dumps({"image": image, "ok": ok, "checks": checks}, indent=2))
+sys.exit(0 if ok else 1)
+PY
+}
+
+# ---- tests and running -------------------------------------------------------------------------
+
 cmd_deps() {
     apt_install "${TEST_PACKAGES[@]}"
-    venv_install requirements-dev.txt
+    venv_install "$VENV" requirements-dev.txt
+    venv_install "$BUILD_VENV" requirements-build.txt
 }
 
 cmd_test() {
@@ -60,33 +217,33 @@ cmd_test() {
 }
 
 cmd_run() {
-    apt_install "${RUN_PACKAGES[@]}"
-    venv_install requirements.txt
+    binary_is_fresh || cmd_binary
     local socket="${PORTHOLE_SOCKET:-/var/run/docker.sock}"
     local args=("$@")
     [ ${#args[@]} -gt 0 ] || args=(--listen "${PORTHOLE_LISTEN:-tcp://127.0.0.1:2375}" --upstream "unix://$socket")
     if [ "$(id -u)" -ne 0 ]; then
-        exec "$VENV/bin/python" "$ROOT/proxy.py" "${args[@]}"
+        exec dist/porthole "${args[@]}"
     fi
-    # As root: never run the proxy as root. Stage the program where an unprivileged user can
-    # read it and run it as uid 65532 with only the Docker socket's group.
+    # As root: never run the proxy as root. Run it as uid 65532 with only the Docker socket's
+    # group, from a copy that user can reach whatever the checkout's permissions.
     [ -S "$socket" ] || die "no Docker socket at $socket (set PORTHOLE_SOCKET)"
-    local gid stage site
+    local gid stage
     gid="$(stat -c %g "$socket")"
     stage="$(mktemp -d /tmp/porthole-run.XXXXXX)"
-    site="$("$VENV/bin/python" -c 'import h11, os; print(os.path.dirname(h11.__file__))')"
-    cp proxy.py rules.json "$stage/" && cp -r "$site" "$stage/h11"
-    chmod -R a+rX "$stage"
-    log "running as uid 65532 with the socket's group $gid (staged in $stage)"
-    exec setpriv --reuid=65532 --regid=65532 --clear-groups --groups="$gid" \
-        env PYTHONPATH="$stage" PYTHONDONTWRITEBYTECODE=1 "$PYTHON" "$stage/proxy.py" "${args[@]}"
+    install -m 0555 dist/porthole "$stage/porthole"
+    chmod 0755 "$stage"
+    log "running dist/porthole as uid 65532 with the socket's group $gid"
+    exec setpriv --reuid=65532 --regid=65532 --clear-groups --groups="$gid" "$stage/porthole" "${args[@]}"
 }
 
-usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 
-case "${1:-help}" in
-    test) shift; cmd_test "$@" ;;
+case "${1:-binary}" in
+    binary) shift || true; cmd_binary ;;
+    image) shift; cmd_image ;;
+    check) shift; cmd_check ;;
     run) shift; cmd_run "$@" ;;
+    test) shift; cmd_test "$@" ;;
     deps) shift; cmd_deps ;;
     help|-h|--help) usage ;;
     *) usage; exit 2 ;;

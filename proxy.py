@@ -134,6 +134,8 @@ class Settings:
     write_timeout: float = 30.0
     connect_timeout: float = 5.0
     shutdown_grace: float = 10.0
+    state_file: Path | None = None  # where the running proxy records its listeners
+    listeners_given: bool = False  # --listen or PORTHOLE_LISTEN was set (else the default)
     mode: str = "run"  # run, check, healthcheck, version
 
 
@@ -178,6 +180,8 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
                         help="a DNS name accepted in the Host header on TCP listeners, repeatable")
     parser.add_argument("--allow-root", action="store_true", default=None,
                         help="run even as uid 0 (not recommended)")
+    parser.add_argument("--state-file", metavar="PATH",
+                        help="record the listeners here, so --healthcheck finds them without --listen")
     for name, kind, default, text in _NUMERIC_OPTIONS:
         parser.add_argument(f"--{name}", type=kind, metavar="N", help=f"{text} (default {default})")
     modes = parser.add_mutually_exclusive_group()
@@ -195,7 +199,8 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     def env_list(name: str) -> list[str]:
         return [item.strip() for item in (env(name) or "").split(",") if item.strip()]
 
-    listen_urls = args.listen or env_list("listen") or [DEFAULT_LISTEN]
+    given_urls = args.listen or env_list("listen")
+    listen_urls = given_urls or [DEFAULT_LISTEN]
     numbers: dict[str, Any] = {}
     for name, kind, default, _ in _NUMERIC_OPTIONS:
         value = getattr(args, name.replace("-", "_"))
@@ -218,10 +223,12 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     listeners = tuple(parse_endpoint(url, listener=True) for url in listen_urls)
     upstream = parse_endpoint(args.upstream or env("upstream") or DEFAULT_UPSTREAM, listener=False)
     hosts = frozenset(h.lower() for h in (args.allow_host or env_list("allow-hosts")))
+    state_file = args.state_file or env("state-file")
     return Settings(
         listeners=listeners, upstream=upstream,
         rules_path=Path(args.rules or env("rules") or default_rules_path()),
         log_format=log_format, log_level=log_level, allow_root=allow_root, allow_hosts=hosts,
+        state_file=Path(state_file) if state_file else None, listeners_given=bool(given_urls),
         mode=args.mode or "run", **numbers,
     )
 
@@ -982,9 +989,28 @@ class Proxy:
         signal.set_wakeup_fd(self.wakeup_w.fileno(), warn_on_full_buffer=False)
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, lambda num, frame: self.signals_received.append(num))
+        self.write_state_file()
         self.log("info", "listening", listeners=[e.url for _, e in self.listeners],
                  upstream=self.settings.upstream.url, rules=self.policy.source,
                  profiles=sorted(self.policy.profiles), version=VERSION, pid=os.getpid())
+
+    def write_state_file(self) -> None:
+        """Record our listeners for --healthcheck, which runs as a separate process (the image's
+        HEALTHCHECK) and otherwise could not know which --listen the container was given."""
+        path = self.settings.state_file
+        if path is None:
+            return
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        try:
+            temporary.write_text(json.dumps({"pid": os.getpid(), "listen": [e.url for _, e in self.listeners]}))
+            os.replace(temporary, path)
+        except OSError as exc:
+            self.log("warning", "state_file_failed", path=str(path), error=exc.strerror)
+
+    def remove_state_file(self) -> None:
+        if self.settings.state_file is not None:
+            with contextlib.suppress(OSError):
+                self.settings.state_file.unlink()
 
     def set_accepting(self, on: bool) -> None:
         if on != self.accepting:
@@ -1025,6 +1051,7 @@ class Proxy:
             if now - last_sweep >= 0.25:
                 last_sweep = now
                 self.sweep_timers(now)
+        self.remove_state_file()
         self.log("info", "shutdown", reason="all connections closed")
         return 0
 
@@ -1620,6 +1647,12 @@ def bind_unix(endpoint: Endpoint) -> socket.socket:
 def healthcheck(settings: Settings) -> int:
     """GET /_ping through our own first listener: proves listener, policy and daemon all work."""
     endpoint = settings.listeners[0]
+    if not settings.listeners_given and settings.state_file is not None:
+        try:
+            endpoint = parse_endpoint(json.loads(settings.state_file.read_text())["listen"][0], listener=True)
+        except (OSError, ValueError, KeyError, IndexError, TypeError, UsageError) as exc:
+            print(f"porthole healthcheck: cannot read {settings.state_file}: {exc}", file=sys.stderr)
+            return 1
     address: Any = endpoint.address
     host = "localhost"
     if endpoint.kind == "tcp":
@@ -1627,6 +1660,7 @@ def healthcheck(settings: Settings) -> int:
         address = (connect_host, endpoint.port)
         host = f"[{connect_host}]" if ":" in connect_host else connect_host
     conn = h11.Connection(h11.CLIENT)
+    status = 0
     try:
         with socket.socket(endpoint.family, socket.SOCK_STREAM) as sock:
             sock.settimeout(5)
