@@ -1052,6 +1052,10 @@ class Proxy:
                 last_sweep = now
                 self.sweep_timers(now)
         self.remove_state_file()
+        # The onefile bootloaders forward a signal sent to the whole process group, so a late
+        # copy can arrive while we exit, after Python has put the default handlers back.
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, signal.SIG_IGN)
         self.log("info", "shutdown", reason="all connections closed")
         return 0
 
@@ -1714,7 +1718,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     if os.geteuid() == 0 and not settings.allow_root:
         print("porthole: refusing to run as root. Run it as an unprivileged user that has the Docker "
               "socket's group, e.g. docker run --user 65532:65532 --group-add $(stat -c %g "
-              "/var/run/docker.sock) ..., or setpriv --reuid 65532 --regid 65532 --clear-groups "
+              "/var/run/docker.sock) ..., or setpriv --reuid 65532 --regid 65532 "
               "--groups <socket gid>. Pass --allow-root to override.", file=sys.stderr)
         return 2
     log = Log(settings.log_format, settings.log_level)

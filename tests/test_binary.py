@@ -1,0 +1,270 @@
+"""The frozen executable dist/porthole (./build.sh): fully static, runs as an unprivileged
+user on a bare host and inside an otherwise empty root, and builds reproducibly.
+
+`ensure_binary()` is shared with test_image.py: it runs `./build.sh` once per session unless
+dist/porthole is newer than everything it is built from (the same rule as build.sh's
+binary_is_fresh)."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+import support
+
+pytestmark = pytest.mark.timeout(240)
+
+REPO = support.REPO
+BINARY = REPO / "dist" / "porthole"
+BUILD_INPUTS = ("proxy.py", "rules.json", "build.sh", "requirements-build.txt")
+SOCK_GID = support.DEFAULT_SOCK_GID
+
+
+def _tail(text, n=4000):
+    return text[-n:] if text else ""
+
+
+@functools.lru_cache(maxsize=None)
+def ensure_binary() -> Path:
+    """dist/porthole, (re)built with ./build.sh when older than any of its inputs."""
+    def fresh():
+        if not (BINARY.is_file() and os.access(BINARY, os.X_OK)):
+            return False
+        built = BINARY.stat().st_mtime
+        return all(built > (REPO / name).stat().st_mtime for name in BUILD_INPUTS)
+
+    if not fresh():
+        r = subprocess.run(["./build.sh"], cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, "./build.sh failed (%s):\n%s\n%s" % (r.returncode, _tail(r.stdout), _tail(r.stderr))
+        assert fresh(), "./build.sh succeeded but dist/porthole is missing or stale"
+    return BINARY
+
+
+@pytest.fixture(scope="session")
+def porthole_binary() -> Path:
+    return ensure_binary()
+
+
+def proxy_version() -> str:
+    tree = ast.parse((REPO / "proxy.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "VERSION":
+            return node.value.value
+    raise AssertionError("no VERSION in proxy.py")
+
+
+def wait_listening(port: int, proc: subprocess.Popen, log_path: Path, timeout: float = 20.0) -> None:
+    def ready():
+        if proc.poll() is not None:
+            return True
+        try:
+            support._connect(("127.0.0.1", port), 0.5).close()
+            return True
+        except OSError:
+            return False
+
+    ok = support.wait_until(ready, timeout, 0.05)
+    log = log_path.read_text(errors="replace") if log_path.exists() else ""
+    assert proc.poll() is None, "proxy exited with %s before listening:\n%s" % (proc.returncode, _tail(log))
+    assert ok, "proxy not listening on 127.0.0.1:%d within %ss:\n%s" % (port, timeout, _tail(log))
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of a start_new_session=True child (never anything else)."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
+
+
+def child_pids(pid: int) -> list:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        out.append(int(entry))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def check_cli_through(host: str, direct: str, container_name: str, image: str) -> None:
+    """The docker CLI reads through the proxy at `host`; `docker run` is refused and changes nothing."""
+    ps = support.docker_cli(host, "ps", "-a", "--format", "{{.Names}}", check=True)
+    assert container_name in ps.stdout.split(), ps.stdout
+    server = support.docker_cli(direct, "version", "--format", "{{.Server.Version}}", check=True).stdout.strip()
+    through = support.docker_cli(host, "version", "--format", "{{.Server.Version}}", check=True).stdout.strip()
+    assert server and through == server
+    inspected = json.loads(support.docker_cli(host, "inspect", container_name, check=True).stdout)
+    assert inspected[0]["Name"] == "/" + container_name
+
+    before = support.docker_cli(direct, "ps", "-aq", "--no-trunc", check=True).stdout.split()
+    run = support.docker_cli(host, "run", "--rm", "--network", "none", image, "true", timeout=60)
+    assert run.returncode != 0, "docker run through the proxy succeeded:\n" + run.stdout
+    assert "porthole:" in run.stderr, run.stderr
+    after = support.docker_cli(direct, "ps", "-aq", "--no-trunc", check=True).stdout.split()
+    assert sorted(after) == sorted(before)
+
+
+# --------------------------------------------------------------------------
+# the file itself
+
+
+def test_statically_linked(porthole_binary):
+    def readelf(flag):
+        return subprocess.run(["readelf", flag, str(porthole_binary)], capture_output=True, text=True,
+                              check=True).stdout
+
+    headers = readelf("-lW")
+    assert "Program Headers:" in headers
+    assert "INTERP" not in headers, headers
+    dynamic = readelf("-dW")
+    assert "NEEDED" not in dynamic, dynamic
+
+
+def test_sha256_file_matches(porthole_binary):
+    recorded = (porthole_binary.parent / "porthole.sha256").read_text().split()
+    assert recorded[1:] == ["porthole"], recorded
+    assert recorded[0] == hashlib.sha256(porthole_binary.read_bytes()).hexdigest()
+
+
+def test_version(porthole_binary):
+    r = subprocess.run([str(porthole_binary), "--version"], capture_output=True, text=True, timeout=30,
+                       env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("porthole %s " % proxy_version()), r.stdout
+
+
+# --------------------------------------------------------------------------
+# running it
+
+
+@pytest.mark.docker
+def test_bare_host_unprivileged(porthole_binary, dockerd, busybox_image, containers):
+    """Copied to a fresh 0755 directory, run as uid 65532 with only the socket's group."""
+    stage = support.short_tmpdir("ph-bin-", 0o755)
+    exe = stage / "porthole"
+    shutil.copy2(porthole_binary, exe)
+    os.chmod(exe, 0o755)
+    name = "ph-bin-%d" % os.getpid()
+    containers(busybox_image, name=name, start=False)
+
+    port = support.free_port()
+    log_path = stage / "stderr.log"
+    # --groups replaces every supplementary group (setpriv refuses it together with --clear-groups)
+    cmd = ["setpriv", "--reuid=%d" % support.PROXY_UID, "--regid=%d" % support.PROXY_GID,
+           "--groups=%d" % SOCK_GID, str(exe),
+           "--listen", "tcp://127.0.0.1:%d" % port, "--upstream", dockerd.url]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, start_new_session=True)
+    try:
+        wait_listening(port, proc, log_path)
+        status = open("/proc/%d/status" % proc.pid).read()
+        assert "\nUid:\t65532\t65532\t65532\t65532\n" in status
+        check_cli_through("tcp://127.0.0.1:%d" % port, dockerd.url, name, busybox_image)
+        proc.send_signal(signal.SIGTERM)
+        rc = proc.wait(15)
+        assert rc == 0, "exit %s after SIGTERM:\n%s" % (rc, _tail(log_path.read_text(errors="replace")))
+    finally:
+        kill_group(proc)
+
+
+@pytest.mark.docker
+def test_empty_root(porthole_binary, dockerd, busybox_image, containers):
+    """A root holding only the binary, an empty tmp/, proc/ and the daemon socket.
+
+    staticx's bootloader finds its own archive through /proc/self/exe, so the root needs a
+    mounted /proc; the unpacked program lands in $TMPDIR (tmp/, 1777, exec allowed)."""
+    root = support.short_tmpdir("ph-root-", 0o755)
+    shutil.copy2(porthole_binary, root / "porthole")
+    os.chmod(root / "porthole", 0o555)
+    (root / "tmp").mkdir()
+    os.chmod(root / "tmp", 0o1777)
+    (root / "proc").mkdir(mode=0o555)
+    (root / "docker.sock").touch(mode=0o644)  # mount point for the daemon socket
+    name = "ph-root-%d" % os.getpid()
+    containers(busybox_image, name=name, start=False)
+
+    port = support.free_port()
+    log_path = Path(tempfile.mkdtemp(prefix="ph-rootlog-")) / "stderr.log"
+    support._tmp_dirs.append(log_path.parent)
+    # New mount namespace (private propagation: nothing leaks to the host) and PID namespace:
+    # when its init (the proxy) dies, the namespaces and their mounts go away with it.
+    script = ('set -e; mount --bind "$1" "$2/docker.sock"; mount -t proc proc "$2/proc"; '
+              'exec chroot --userspec=%d:%d --groups=%d "$2" /porthole '
+              '--listen tcp://127.0.0.1:%d --upstream unix:///docker.sock'
+              % (support.PROXY_UID, support.PROXY_GID, SOCK_GID, port))
+    cmd = ["unshare", "--mount", "--pid", "--fork", "--propagation", "private",
+           "sh", "-c", script, "sh", dockerd.socket_path, str(root)]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "TMPDIR": "/tmp"},
+                                start_new_session=True)
+    try:
+        wait_listening(port, proc, log_path)
+        check_cli_through("tcp://127.0.0.1:%d" % port, dockerd.url, name, busybox_image)
+        # SIGTERM to the namespace's init (the staticx bootloader, unshare's only child), as
+        # `docker stop` does; its bootloaders forward it to python. (Not to the whole process
+        # group: then every process of the bootloader chain gets it and also forwards it, and a
+        # late duplicate can kill a process that is already exiting.)
+        init = child_pids(proc.pid)
+        assert len(init) == 1, init
+        os.kill(init[0], signal.SIGTERM)
+        rc = proc.wait(15)
+        assert rc == 0, "exit %s after SIGTERM:\n%s" % (rc, _tail(log_path.read_text(errors="replace")))
+    finally:
+        kill_group(proc)
+    # nothing stayed mounted on the host
+    with open("/proc/self/mountinfo") as f:
+        assert str(root) not in f.read()
+
+
+# --------------------------------------------------------------------------
+# reproducibility
+
+
+def test_reproducible_build(porthole_binary):
+    """Two builds from copies at different paths, with the same SOURCE_DATE_EPOCH, are
+    byte-identical. Run side by side, each with its own PyInstaller cache (--clean wipes it)."""
+    epoch = "1700000000"
+    copies = [support.short_tmpdir("ph-repro-a-"), support.short_tmpdir("ph-repro-bbbbbbbb-") / "deeper" / "src"]
+    procs = []
+    for copy in copies:
+        copy.mkdir(parents=True, exist_ok=True)
+        for name in BUILD_INPUTS:
+            shutil.copy2(REPO / name, copy / name)
+        # reuse the repo's build venv (its install stamp says it is up to date)
+        if (REPO / ".venv-build" / "bin" / "python").exists():
+            (copy / ".venv-build").symlink_to(REPO / ".venv-build")
+        env = dict(os.environ, SOURCE_DATE_EPOCH=epoch, PYINSTALLER_CONFIG_DIR=str(copy / ".pyinstaller"),
+                   TMPDIR=str(copy))
+        procs.append(subprocess.Popen(["./build.sh"], cwd=copy, env=env, stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                      start_new_session=True))
+    try:
+        outputs = [p.communicate(timeout=200)[0] for p in procs]
+    finally:
+        for p in procs:
+            kill_group(p)
+    for copy, p, out in zip(copies, procs, outputs):
+        assert p.returncode == 0, "build in %s failed (%s):\n%s" % (copy, p.returncode, _tail(out))
+    digests = [hashlib.sha256((c / "dist" / "porthole").read_bytes()).hexdigest() for c in copies]
+    for copy, digest in zip(copies, digests):
+        assert (copy / "dist" / "porthole.sha256").read_text().split()[0] == digest
+    assert digests[0] == digests[1], "builds differ: %s\n%s" % (
+        dict(zip(map(str, copies), digests)), "\n".join(_tail(o, 1500) for o in outputs))
