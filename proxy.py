@@ -664,6 +664,7 @@ class RequestFacts:
     headers: Sequence[tuple[bytes, bytes]]  # lowercase names, as h11 gives them
     listener_kind: str  # "tcp" or "unix"
     profile: str
+    http_version: bytes = b"1.1"
 
 
 @dataclass(frozen=True)
@@ -678,12 +679,16 @@ def _header_values(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[
 
 
 _IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
+_HOST_SYNTAX = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._~-]*)(:[0-9]{1,5})?")
+_CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def host_is_acceptable(host: str, allow_hosts: frozenset[str]) -> bool:
     """Refuse DNS-rebinding: a dotted name is only accepted when listed. IP literals,
     single-label names and *.localhost are fine: no attacker controls what they resolve to."""
     host = host.strip().lower()
+    if not _HOST_SYNTAX.fullmatch(host):
+        return False
     if host.startswith("["):
         return host.partition("]")[0].count(":") >= 2
     name = host.rpartition(":")[0] if host.count(":") == 1 else host
@@ -715,6 +720,11 @@ def decide(policy: Policy, facts: RequestFacts, allow_hosts: frozenset[str] = fr
     headers = facts.headers
     if facts.method not in ALLOWED_METHODS:
         raise Refusal(403, f"method {facts.method} is never forwarded: porthole is read-only", close=True)
+    if facts.http_version not in (b"1.0", b"1.1"):
+        raise Refusal(505, f"HTTP/{facts.http_version.decode('latin-1')} is not supported", close=True)
+    for name, value in headers:
+        if _CONTROL_BYTES.search(value):
+            raise Refusal(400, f"control character in the {name.decode('latin-1')} header", close=True)
     upgrade = _header_values(headers, b"upgrade")
     connection = b",".join(_header_values(headers, b"connection")).lower()
     if upgrade or b"upgrade" in connection:
@@ -725,8 +735,9 @@ def decide(policy: Policy, facts: RequestFacts, allow_hosts: frozenset[str] = fr
     if len(_header_values(headers, b"host")) > 1:
         raise Refusal(400, "more than one Host header", close=True)
     if facts.listener_kind == "tcp":
-        if _header_values(headers, b"origin"):
-            raise Refusal(403, "requests from web browsers (Origin header) are refused on TCP listeners")
+        fetch_site = _header_values(headers, b"sec-fetch-site")
+        if _header_values(headers, b"origin") or (fetch_site and fetch_site != [b"none"]):
+            raise Refusal(403, "requests from web pages (Origin, Sec-Fetch-Site) are refused on TCP listeners")
         host = (_header_values(headers, b"host") or [b""])[0].decode("latin-1")
         if not host_is_acceptable(host, allow_hosts):
             raise Refusal(403, f"Host {host!r} is not an IP address or an allowed name (--allow-host)")
@@ -868,6 +879,7 @@ class Upstream:
         self.informational = 0
         self.paused = False  # back-pressure: the client has too much queued
         self.exchange: Exchange | None = None
+        self.owner: Client | None = None  # the client of the latest exchange, for error handling
         self.closed = False
 
     def start_connect(self, timeout: float) -> None:
@@ -943,6 +955,7 @@ class Client:
         self.last_progress = time.monotonic()
         self.eof = False  # the client sent FIN
         self.eof_fed = False  # ... and h11 has been told
+        self.parsing = False  # inside Proxy.process_client for this client
         self.close_after_response = False
         self.linger_until = 0.0
         self.closed = False
@@ -1041,7 +1054,7 @@ class Proxy:
                         self.on_upstream_event(tag, mask)
                 except Exception as exc:  # a bug on one connection must not stop the others
                     self.log("error", "internal_error", error=repr(exc))
-                    owner = tag if isinstance(tag, Client) else getattr(getattr(tag, "exchange", None), "client", None)
+                    owner = tag if isinstance(tag, Client) else getattr(tag, "owner", None)
                     if isinstance(tag, Upstream):
                         self.drop_upstream(tag)
                     if isinstance(owner, Client):
@@ -1118,18 +1131,18 @@ class Proxy:
             return
         for client in list(self.clients):
             exchange = client.exchange
-            if client.state == "closing":
+            streaming = exchange is not None and exchange.decision is not None and exchange.decision.streaming
+            if client.outbuf and not streaming and now - client.last_progress > settings.write_timeout:
+                self.close_client(client, abort=True, reason="client stopped reading the response")
+            elif client.state == "closing":
                 if now > client.linger_until:
                     self.close_client(client)
-            elif client.state == "reading" and exchange is None:
+            elif client.state == "reading" and exchange is None and not client.outbuf:
                 if client.first_byte_at is not None:
                     if now - client.first_byte_at > settings.head_timeout:
                         self.refuse(client, Refusal(408, "request head not received in time", close=True))
                 elif now - client.cycle_started > settings.idle_timeout:
                     self.start_closing(client)
-            elif client.outbuf and now - client.last_progress > settings.write_timeout:
-                if exchange is None or exchange.decision is None or not exchange.decision.streaming:
-                    self.close_client(client, abort=True, reason="client stopped reading the response")
             upstream = exchange.upstream if exchange else None
             if upstream and upstream.connecting and now > upstream.connect_deadline:
                 self.upstream_failed(upstream, OSError(errno.ETIMEDOUT, "connect timed out"))
@@ -1173,6 +1186,8 @@ class Proxy:
         if mask & selectors.EVENT_WRITE:
             self.write_client(client)
             self.resume_upstream(client)
+            if client.state == "reading" and not client.closed and len(client.outbuf) < CLIENT_LOW_WATER:
+                self.process_client(client)  # parsing paused while our answers were unread
         if client.closed or not mask & selectors.EVENT_READ:
             return
         try:
@@ -1202,8 +1217,26 @@ class Proxy:
             self.update_client_interest(client)
 
     def process_client(self, client: Client) -> None:
-        """Pull events from the client's h11 while we wait for a request."""
+        """Parse and handle the client's requests while it is waiting for one.
+
+        Re-entrant calls (a locally answered request finishing inside this loop) return at
+        once: the outer loop picks up the next pipelined request, so a long pipeline costs no
+        stack depth."""
+        if client.parsing:
+            return
+        client.parsing = True
+        try:
+            self.parse_requests(client)
+        finally:
+            client.parsing = False
+        self.update_client_interest(client)
+
+    def parse_requests(self, client: Client) -> None:
         while client.state == "reading" and not client.closed:
+            if len(client.outbuf) >= CLIENT_HIGH_WATER:
+                self.write_client(client)
+                if client.closed or len(client.outbuf) >= CLIENT_HIGH_WATER:
+                    break  # answers pile up unread: parse more once the client drains them
             try:
                 event = client.h11.next_event()
             except h11.RemoteProtocolError as exc:
@@ -1228,12 +1261,11 @@ class Proxy:
                 return
             else:  # a refused request's body is never read: we close instead
                 break
-        self.update_client_interest(client)
 
     def on_request(self, client: Client, request: h11.Request) -> None:
         headers = list(request.headers)
         facts = RequestFacts(request.method.decode("latin-1"), request.target, headers,
-                             client.listener.kind, client.listener.profile)
+                             client.listener.kind, client.listener.profile, request.http_version)
         exchange = Exchange(client, facts, time.monotonic())
         client.exchange = exchange
         has_body = bool(_header_values(headers, b"transfer-encoding")) or any(
@@ -1422,6 +1454,7 @@ class Proxy:
                 self.answer_upstream_error(exchange, upstream_error_message(self.settings.upstream, exc))
                 return
         upstream.exchange = exchange
+        upstream.owner = exchange.client
         upstream.received_any = False
         upstream.informational = 0
         upstream.paused = False

@@ -286,3 +286,38 @@ def test_no_policy_forwards_a_write_or_a_guarded_path(rules, method, path, heade
     assert not any(template_matches(parse_template(t), segments) for t in NEVER_FORWARDED)
     if any(template_matches(parse_template(t), segments) for t in DANGEROUS_READS):
         assert decision.rule.dangerous
+
+
+def test_only_http_1_0_and_1_1():
+    for version, ok in ((b"1.1", True), (b"1.0", True), (b"1.2", False), (b"2.0", False), (b"0.9", False)):
+        request = RequestFacts("GET", b"/_ping", [], "unix", "default", version)
+        if ok:
+            decide(SHIPPED, request)
+        else:
+            with pytest.raises(Refusal) as info:
+                decide(SHIPPED, request)
+            assert info.value.status == 505 and info.value.close
+
+
+@pytest.mark.parametrize("value", ["evil\x01agent", "a\x1b[2Jb", "x\x7fy", "a\x08b"])
+def test_control_bytes_in_any_header_are_refused(value):
+    with pytest.raises(Refusal) as info:
+        decide(SHIPPED, facts("GET", "/_ping", [("User-Agent", value)]))
+    assert info.value.status == 400 and "control character" in info.value.reason
+
+
+def test_tab_in_a_header_value_is_fine():
+    assert allowed("GET", "/_ping", [("User-Agent", "a\tb")])
+
+
+@pytest.mark.parametrize("host", ["http://evil.example", "evil.example:80:80", "a b", "evil.example/x",
+                                  "user@127.0.0.1", "[::1", "127.0.0.1:99999999"])
+def test_host_syntax_is_strict(host):
+    assert not host_is_acceptable(host, frozenset())
+
+
+def test_cross_site_fetches_refused_on_tcp():
+    assert not allowed("GET", "/_ping", [("Host", "127.0.0.1"), ("Sec-Fetch-Site", "cross-site")], kind="tcp")
+    assert not allowed("GET", "/_ping", [("Host", "127.0.0.1"), ("Sec-Fetch-Site", "same-site")], kind="tcp")
+    assert allowed("GET", "/_ping", [("Host", "127.0.0.1"), ("Sec-Fetch-Site", "none")], kind="tcp")
+    assert allowed("GET", "/_ping", [("Sec-Fetch-Site", "cross-site")], kind="unix")
