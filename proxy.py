@@ -454,16 +454,35 @@ DANGEROUS_READS = {
     "/images/search": "image search makes the daemon query registries",
     "/plugins/privileges": "plugin privileges makes the daemon query registries",
 }
+class TemplateIndex:
+    """(template, payload) pairs grouped by first path segment, order kept: a request is
+    matched against the few templates that can match it rather than against all of them."""
+
+    def __init__(self, items: Iterable[tuple[Template, Any]]) -> None:
+        self.items = tuple(items)
+        self.wildcard_first = tuple(item for item in self.items if not isinstance(item[0][0], str))
+        self.by_first = {first: tuple(item for item in self.items if item[0][0] in (first, ONE, MANY))
+                         for first in {item[0][0] for item in self.items if isinstance(item[0][0], str)}}
+
+    def matches(self, segments: Sequence[str]) -> Iterable[Any]:
+        """Payloads of the templates that match, in their original order."""
+        for template, payload in self.by_first.get(segments[0], self.wildcard_first):
+            if template_matches(template, segments):
+                yield payload
+
+
 _NEVER = [(parse_template(t), why) for t, why in NEVER_FORWARDED.items()]
 _DANGEROUS = [(parse_template(t), why) for t, why in DANGEROUS_READS.items()]
+_NEVER_INDEX = TemplateIndex(_NEVER)
+_DANGEROUS_INDEX = TemplateIndex(_DANGEROUS)
 
 
 def never_forwarded_reason(segments: Sequence[str]) -> str | None:
-    return next((why for t, why in _NEVER if template_matches(t, segments)), None)
+    return next(iter(_NEVER_INDEX.matches(segments)), None)
 
 
 def dangerous_reason(segments: Sequence[str]) -> str | None:
-    return next((why for t, why in _DANGEROUS if template_matches(t, segments)), None)
+    return next(iter(_DANGEROUS_INDEX.matches(segments)), None)
 
 
 @dataclass(frozen=True)
@@ -497,6 +516,11 @@ class Policy:
     source: str
     profiles: Mapping[str, tuple[Rule, ...]]
     descriptions: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        indexes = {name: TemplateIndex((rule.template, rule) for rule in rules)
+                   for name, rules in self.profiles.items()}
+        object.__setattr__(self, "indexes", indexes)
 
 
 class PolicyError(ValueError):
@@ -652,7 +676,7 @@ def describe_policy(policy: Policy) -> str:
 
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
                          "transfer-encoding", "upgrade"})
-FORWARDED_REQUEST_HEADERS = ("user-agent", "accept")
+FORWARDED_REQUEST_HEADERS = (b"user-agent", b"accept")
 
 
 @dataclass(frozen=True)
@@ -702,6 +726,13 @@ def is_truthy(value: str | None) -> bool:
     return value is not None and value.strip().lower() not in ("", "0", "no", "false", "none")
 
 
+def is_shareable(method: str, target: Target) -> bool:
+    """/events without since/until: every watcher of the same target gets the same bytes from
+    the moment it joins, so one upstream subscription can serve them all."""
+    return (method == "GET" and target.segments == ("events",)
+            and not any(key in ("since", "until") for key, _ in target.query))
+
+
 def is_streaming(target: Target) -> bool:
     """Responses with no natural end: they get back-pressure but no write-stall timeout."""
     last = target.segments[-1]
@@ -745,13 +776,13 @@ def decide(policy: Policy, facts: RequestFacts, allow_hosts: frozenset[str] = fr
     never = never_forwarded_reason(target.segments)
     if never:
         raise Refusal(403, f"{facts.method} {target.path} is never forwarded: {never}")
-    rules = policy.profiles.get(facts.profile)
-    if rules is None:
+    index = policy.indexes.get(facts.profile)  # type: ignore[attr-defined]
+    if index is None:
         raise Refusal(403, f"the listener's profile {facts.profile!r} is not in {policy.source}")
     danger = dangerous_reason(target.segments)
     query_problem = None
-    for rule in rules:
-        if facts.method in rule.methods and template_matches(rule.template, target.segments):
+    for rule in index.matches(target.segments):
+        if facts.method in rule.methods:
             problem = rule.query_problem(target)
             if problem:
                 query_problem = query_problem or problem
@@ -769,8 +800,11 @@ def decide(policy: Policy, facts: RequestFacts, allow_hosts: frozenset[str] = fr
 
 def forwarded_request(method: str, target: Target, headers: Sequence[tuple[bytes, bytes]]) -> h11.Request:
     """The request porthole sends upstream: canonical target, fixed Host, allowlisted headers."""
-    kept = [(name, value) for name, value in headers if name.decode("latin-1") in FORWARDED_REQUEST_HEADERS]
-    return h11.Request(method=method, target=target.forward_form(), headers=[(b"Host", b"docker"), *kept])
+    kept = [(name, value) for name, value in headers if name in FORWARDED_REQUEST_HEADERS]
+    # _parsed: the header values were validated by h11 when it parsed the client's request and
+    # the target is built from safe characters only, so h11 need not run its regexes again.
+    return h11.Request(method=method.encode("ascii"), target=target.forward_form().encode("ascii"),
+                       headers=[(b"host", b"docker"), *kept], _parsed=True)
 
 
 def relayed_response_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
@@ -804,6 +838,7 @@ class Log:
         self.fmt = fmt
         self.threshold = LOG_LEVELS[level]
         self.stream = stream or sys.stderr
+        self.pending: list[str] | None = None  # set by the event loop: one write per loop pass
 
     def __call__(self, level: str, event: str, **fields: Any) -> None:
         if LOG_LEVELS[level] < self.threshold:
@@ -815,8 +850,22 @@ class Log:
             line = json.dumps(record, ensure_ascii=True, default=str)
         else:
             line = " ".join(f"{k}={self._text(v)}" for k, v in record.items())
+        if self.pending is not None:
+            self.pending.append(line)
+        else:
+            self.write([line])
+
+    def enabled(self, level: str) -> bool:
+        return LOG_LEVELS[level] >= self.threshold
+
+    def flush(self) -> None:
+        if self.pending:
+            lines, self.pending = self.pending, []
+            self.write(lines)
+
+    def write(self, lines: list[str]) -> None:
         try:
-            self.stream.write(line + "\n")
+            self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
         except (OSError, ValueError):
             pass  # a closed stderr must not take the proxy down
@@ -880,6 +929,7 @@ class Upstream:
         self.paused = False  # back-pressure: the client has too much queued
         self.exchange: Exchange | None = None
         self.owner: Client | None = None  # the client of the latest exchange, for error handling
+        self.stream: SharedStream | None = None  # set when this connection feeds a shared stream
         self.closed = False
 
     def start_connect(self, timeout: float) -> None:
@@ -927,6 +977,21 @@ class Exchange:
     upstream: Upstream | None = None
     response_started: bool = False
     retried: bool = False
+    stream: SharedStream | None = None
+
+
+@dataclass
+class SharedStream:
+    """One upstream /events subscription fanned out to every client asking for the same
+    canonical target: the daemon serves one subscriber, and an event costs porthole one parse
+    plus one send per watcher. A lone watcher that falls CLIENT_HIGH_WATER behind pauses the
+    upstream, as an unshared stream would; with others sharing it, it is disconnected instead
+    (it must not hold them up)."""
+
+    key: str
+    upstream: Upstream
+    exchanges: list[Exchange] = field(default_factory=list)
+    head: h11.Response | None = None
 
 
 class Client:
@@ -980,6 +1045,7 @@ class Proxy:
         self.clients: set[Client] = set()
         self.idle_upstreams: list[Upstream] = []
         self.streams_per_client: dict[str, int] = {}
+        self.shared_streams: dict[str, SharedStream] = {}
         self.accepting = False
         self.accept_paused_until = 0.0
         self.stopping_since: float | None = None
@@ -1040,7 +1106,9 @@ class Proxy:
 
     def run(self) -> int:
         last_sweep = 0.0
+        self.log.pending = []
         while self.stopping_since is None or self.clients:
+            self.log.flush()
             for key, mask in self.selector.select(timeout=0.25):
                 tag = key.data
                 try:
@@ -1055,10 +1123,13 @@ class Proxy:
                 except Exception as exc:  # a bug on one connection must not stop the others
                     self.log("error", "internal_error", error=repr(exc))
                     owner = tag if isinstance(tag, Client) else getattr(tag, "owner", None)
-                    if isinstance(tag, Upstream):
+                    if isinstance(tag, Upstream) and tag.stream is not None:
+                        self.fail_stream(tag.stream, "internal error")
+                    elif isinstance(tag, Upstream):
                         self.drop_upstream(tag)
                     if isinstance(owner, Client):
                         self.close_client(owner, abort=True)
+            self.log.flush()
             self.handle_signals()
             now = time.monotonic()
             if now - last_sweep >= 0.25:
@@ -1070,6 +1141,8 @@ class Proxy:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             signal.signal(signum, signal.SIG_IGN)
         self.log("info", "shutdown", reason="all connections closed")
+        self.log.flush()
+        self.log.pending = None
         return 0
 
     def drain_wakeup(self) -> None:
@@ -1290,7 +1363,10 @@ class Proxy:
         if decision.streaming:
             self.streams_per_client[client.identity] = self.streams_per_client.get(client.identity, 0) + 1
         client.state = "waiting"
-        self.forward(exchange)
+        if is_shareable(facts.method, decision.target):
+            self.join_stream(exchange)
+        else:
+            self.forward(exchange)
 
     def refuse(self, client: Client, refusal: Refusal) -> None:
         """Answer locally with a Docker-style JSON error."""
@@ -1351,6 +1427,8 @@ class Proxy:
         if exchange.upstream is not None:
             self.drop_upstream(exchange.upstream)
             exchange.upstream = None
+        if exchange.stream is not None:
+            self.leave_stream(exchange)
         if exchange.decision and exchange.decision.streaming:
             count = self.streams_per_client.get(client.identity, 0) - 1
             if count > 0:
@@ -1358,12 +1436,13 @@ class Proxy:
             else:
                 self.streams_per_client.pop(client.identity, None)
         facts, decision = exchange.facts, exchange.decision
-        self.log("info", "request", listener=client.listener.url, client=client.peer,
-                 method=facts.method, target=facts.target.decode("latin-1"),
-                 path=decision.target.forward_form() if decision else None,
-                 decision=exchange.outcome, rule=decision.rule.label if decision else None,
-                 reason=exchange.reason, status=exchange.status, bytes=exchange.body_bytes,
-                 duration_ms=round((time.monotonic() - exchange.started) * 1000, 3))
+        if self.log.enabled("info"):
+            self.log("info", "request", listener=client.listener.url, client=client.peer,
+                     method=facts.method, target=facts.target.decode("latin-1"),
+                     path=decision.target.forward_form() if decision else None,
+                     decision=exchange.outcome, rule=decision.rule.label if decision else None,
+                     reason=exchange.reason, status=exchange.status, bytes=exchange.body_bytes,
+                     duration_ms=round((time.monotonic() - exchange.started) * 1000, 3))
         client.exchange = None
 
     def start_closing(self, client: Client) -> None:
@@ -1475,7 +1554,7 @@ class Proxy:
             self.respond_locally(exchange, 502, message, close=False)
 
     def on_upstream_event(self, upstream: Upstream, mask: int) -> None:
-        if upstream.exchange is None:  # idle in the pool: the daemon closed it, or sent junk
+        if upstream.exchange is None and upstream.stream is None:  # idle in the pool: closed, or junk
             self.drop_upstream(upstream)
             return
         if mask & selectors.EVENT_WRITE:
@@ -1514,7 +1593,7 @@ class Proxy:
     def update_upstream_interest(self, upstream: Upstream) -> None:
         if upstream.closed:
             return
-        if upstream.exchange is None:
+        if upstream.exchange is None and upstream.stream is None:
             mask = selectors.EVENT_READ  # idle: only to notice the daemon closing it
         elif upstream.connecting:
             mask = selectors.EVENT_WRITE
@@ -1526,6 +1605,9 @@ class Proxy:
 
     def process_upstream(self, upstream: Upstream) -> None:
         """Relay h11 events from the daemon to the client, pausing when the client lags."""
+        if upstream.stream is not None:
+            self.process_stream(upstream.stream)
+            return
         exchange = upstream.exchange
         if exchange is None:
             return
@@ -1560,9 +1642,9 @@ class Proxy:
                 exchange.status = event.status_code
                 exchange.response_started = True
                 client.state = "relaying"
-                self.send_to_client(client, h11.Response(
-                    status_code=event.status_code, reason=event.reason,
-                    headers=relayed_response_headers(event.headers.raw_items())))
+                self.send_to_client(client, h11.Response(  # headers as h11 parsed them
+                    status_code=event.status_code, reason=event.reason, http_version=b"1.1",
+                    headers=relayed_response_headers(event.headers.raw_items()), _parsed=True))
             elif isinstance(event, h11.Data):
                 self.send_to_client(client, event)
             elif isinstance(event, h11.EndOfMessage):
@@ -1580,7 +1662,8 @@ class Proxy:
 
     def resume_upstream(self, client: Client) -> None:
         """The client drained its queue: let a paused upstream flow again."""
-        upstream = client.exchange.upstream if client.exchange else None
+        exchange = client.exchange
+        upstream = exchange and (exchange.upstream or (exchange.stream and exchange.stream.upstream))
         if upstream and upstream.paused and len(client.outbuf) < CLIENT_LOW_WATER:
             upstream.paused = False
             self.process_upstream(upstream)  # first what h11 already holds, then read again
@@ -1606,6 +1689,11 @@ class Proxy:
         upstream.close()
 
     def upstream_failed(self, upstream: Upstream, exc: OSError | None, message: str = "") -> None:
+        if upstream.stream is not None:
+            if exc is not None:
+                message = upstream_error_message(self.settings.upstream, exc)
+            self.fail_stream(upstream.stream, message)
+            return
         exchange, upstream.exchange = upstream.exchange, None
         self.drop_upstream(upstream)
         if exchange is None:
@@ -1620,6 +1708,117 @@ class Proxy:
         if exc is not None:
             message = upstream_error_message(self.settings.upstream, exc)
         self.answer_upstream_error(exchange, message)
+
+
+    # ---- shared event streams ----------------------------------------------------------------
+
+    def join_stream(self, exchange: Exchange) -> None:
+        decision = exchange.decision
+        assert decision is not None
+        key = decision.target.forward_form()
+        stream = self.shared_streams.get(key)
+        if stream is None:
+            upstream = Upstream(self.settings.upstream)
+            try:
+                upstream.start_connect(self.settings.connect_timeout)
+            except OSError as exc:
+                upstream.close()
+                self.answer_upstream_error(exchange, upstream_error_message(self.settings.upstream, exc))
+                return
+            stream = SharedStream(key, upstream)
+            upstream.stream = stream
+            self.shared_streams[key] = stream
+            request = forwarded_request(exchange.facts.method, decision.target, exchange.facts.headers)
+            upstream.outbuf += upstream.h11.send(request) + upstream.h11.send(h11.EndOfMessage())
+            if upstream.connecting:
+                self.update_upstream_interest(upstream)
+            else:
+                self.write_upstream(upstream)
+            if upstream.closed:  # failed at once; fail_stream has answered this watcher
+                return
+        stream.exchanges.append(exchange)
+        exchange.stream = stream
+        if stream.head is not None:
+            self.start_shared_response(exchange, stream.head)
+        if stream.upstream.paused:  # paused by a lone slow watcher: no longer alone
+            self.resume_stream(stream)
+
+    def resume_stream(self, stream: SharedStream) -> None:
+        stream.upstream.paused = False
+        self.process_stream(stream)
+
+    def start_shared_response(self, exchange: Exchange, head: h11.Response) -> None:
+        exchange.status = head.status_code
+        exchange.response_started = True
+        exchange.client.state = "relaying"
+        self.send_to_client(exchange.client, head)
+        self.write_client(exchange.client)
+
+    def process_stream(self, stream: SharedStream) -> None:
+        upstream = stream.upstream
+        while not upstream.closed and not upstream.paused:
+            try:
+                event = upstream.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                self.fail_stream(stream, f"the daemon's event stream broke: {exc}")
+                return
+            if event is h11.NEED_DATA:
+                break
+            if isinstance(event, h11.InformationalResponse):
+                upstream.informational += 1
+                if upstream.informational > MAX_INFORMATIONAL:
+                    self.fail_stream(stream, "the daemon sent too many 1xx responses")
+                    return
+            elif isinstance(event, h11.Response):
+                if _header_values(event.headers, b"transfer-encoding") and \
+                        _header_values(event.headers, b"content-length"):
+                    self.fail_stream(stream, "the daemon's response has both Content-Length and Transfer-Encoding")
+                    return
+                stream.head = h11.Response(status_code=event.status_code, reason=event.reason, http_version=b"1.1",
+                                           headers=relayed_response_headers(event.headers.raw_items()), _parsed=True)
+                for exchange in list(stream.exchanges):
+                    self.start_shared_response(exchange, stream.head)
+            elif isinstance(event, h11.Data):
+                for exchange in list(stream.exchanges):
+                    client = exchange.client
+                    if len(client.outbuf) >= CLIENT_HIGH_WATER and len(stream.exchanges) > 1:
+                        self.close_client(client, abort=True, reason="too slow for a shared event stream")
+                        continue
+                    self.send_to_client(client, event)
+                    self.write_client(client)
+                    if len(stream.exchanges) == 1 and len(client.outbuf) >= CLIENT_HIGH_WATER:
+                        upstream.paused = True  # resumed by resume_upstream when it drains
+            elif isinstance(event, h11.EndOfMessage):
+                self.retire_stream(stream)
+                for exchange in list(stream.exchanges):
+                    exchange.stream = None
+                    self.send_to_client(exchange.client, h11.EndOfMessage())
+                    self.finish_exchange(exchange.client)
+                return
+            else:
+                self.fail_stream(stream, "the daemon closed the event stream")
+                return
+        self.update_upstream_interest(upstream)
+
+    def leave_stream(self, exchange: Exchange) -> None:
+        stream, exchange.stream = exchange.stream, None
+        if stream is not None and exchange in stream.exchanges:
+            stream.exchanges.remove(exchange)
+            if not stream.exchanges:
+                self.retire_stream(stream)  # the last watcher left: unsubscribe
+
+    def retire_stream(self, stream: SharedStream) -> None:
+        if self.shared_streams.get(stream.key) is stream:
+            del self.shared_streams[stream.key]
+        stream.upstream.stream = None
+        self.drop_upstream(stream.upstream)
+
+    def fail_stream(self, stream: SharedStream, message: str) -> None:
+        self.retire_stream(stream)
+        watchers, stream.exchanges = stream.exchanges, []
+        for exchange in watchers:
+            exchange.stream = None
+            self.answer_upstream_error(exchange, message)
 
 
 def bind_tcp(endpoint: Endpoint) -> socket.socket:
