@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import functools
 import json
 import os
 import re
@@ -303,6 +304,10 @@ class Target:
 
     def query_value(self, key: str) -> str | None:
         return next((v for k, v in self.query if k == key), None)
+
+    @functools.cached_property
+    def forward_form_text(self) -> str:
+        return self.forward_form()
 
     def forward_form(self) -> str:
         """The origin-form target sent upstream, rebuilt from the decoded parts."""
@@ -674,8 +679,8 @@ def describe_policy(policy: Policy) -> str:
     return "\n".join(lines)
 
 
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "proxy-connection", "te", "trailer",
-                         "transfer-encoding", "upgrade"})
+_HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                         b"transfer-encoding", b"upgrade"})
 FORWARDED_REQUEST_HEADERS = (b"user-agent", b"accept")
 
 
@@ -748,28 +753,33 @@ def is_streaming(target: Target) -> bool:
 
 def decide(policy: Policy, facts: RequestFacts, allow_hosts: frozenset[str] = frozenset()) -> Decision:
     """Return the Decision to forward, or raise Refusal with the reason."""
-    headers = facts.headers
     if facts.method not in ALLOWED_METHODS:
         raise Refusal(403, f"method {facts.method} is never forwarded: porthole is read-only", close=True)
     if facts.http_version not in (b"1.0", b"1.1"):
         raise Refusal(505, f"HTTP/{facts.http_version.decode('latin-1')} is not supported", close=True)
-    for name, value in headers:
+    by_name: dict[bytes, list[bytes]] = {}
+    for name, value in facts.headers:
         if _CONTROL_BYTES.search(value):
             raise Refusal(400, f"control character in the {name.decode('latin-1')} header", close=True)
-    upgrade = _header_values(headers, b"upgrade")
-    connection = b",".join(_header_values(headers, b"connection")).lower()
+        by_name.setdefault(name, []).append(value)
+
+    def values(name: bytes) -> list[bytes]:
+        return by_name.get(name, [])
+
+    upgrade = values(b"upgrade")
+    connection = b",".join(values(b"connection")).lower()
     if upgrade or b"upgrade" in connection:
         raise Refusal(403, "protocol upgrades (websocket, h2c, hijack) are never forwarded", close=True)
-    lengths = _header_values(headers, b"content-length")
-    if _header_values(headers, b"transfer-encoding") or any(v.strip() not in (b"0", b"") for v in lengths):
+    lengths = values(b"content-length")
+    if values(b"transfer-encoding") or any(v.strip() not in (b"0", b"") for v in lengths):
         raise Refusal(403, "requests with a body are never forwarded", close=True)
-    if len(_header_values(headers, b"host")) > 1:
+    if len(values(b"host")) > 1:
         raise Refusal(400, "more than one Host header", close=True)
     if facts.listener_kind == "tcp":
-        fetch_site = _header_values(headers, b"sec-fetch-site")
-        if _header_values(headers, b"origin") or (fetch_site and fetch_site != [b"none"]):
+        fetch_site = values(b"sec-fetch-site")
+        if values(b"origin") or (fetch_site and fetch_site != [b"none"]):
             raise Refusal(403, "requests from web pages (Origin, Sec-Fetch-Site) are refused on TCP listeners")
-        host = (_header_values(headers, b"host") or [b""])[0].decode("latin-1")
+        host = (values(b"host") or [b""])[0].decode("latin-1")
         if not host_is_acceptable(host, allow_hosts):
             raise Refusal(403, f"Host {host!r} is not an IP address or an allowed name (--allow-host)")
     target = canonicalize_target(facts.target)
@@ -803,19 +813,25 @@ def forwarded_request(method: str, target: Target, headers: Sequence[tuple[bytes
     kept = [(name, value) for name, value in headers if name in FORWARDED_REQUEST_HEADERS]
     # _parsed: the header values were validated by h11 when it parsed the client's request and
     # the target is built from safe characters only, so h11 need not run its regexes again.
-    return h11.Request(method=method.encode("ascii"), target=target.forward_form().encode("ascii"),
+    return h11.Request(method=method.encode("ascii"), target=target.forward_form_text.encode("ascii"),
                        headers=[(b"host", b"docker"), *kept], _parsed=True)
+
+
+def has_both_framings(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """A response with Content-Length and Transfer-Encoding is a smuggling shape: refuse it."""
+    names = {name.lower() for name, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
 
 
 def relayed_response_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Upstream response headers minus hop-by-hop ones (h11 re-frames the body itself)."""
     headers = list(headers)
-    listed = {token.strip().lower().decode("latin-1") for name, value in headers
+    listed = {token.strip().lower() for name, value in headers
               if name.lower() == b"connection" for token in value.split(b",")}
     kept = []
     for name, value in headers:
-        lower = name.lower().decode("latin-1")
-        if lower not in _HOP_BY_HOP and lower not in listed and not lower.startswith("proxy-"):
+        lower = name.lower()
+        if lower not in _HOP_BY_HOP and lower not in listed and not lower.startswith(b"proxy-"):
             kept.append((name, value))
     return kept
 
@@ -839,12 +855,16 @@ class Log:
         self.threshold = LOG_LEVELS[level]
         self.stream = stream or sys.stderr
         self.pending: list[str] | None = None  # set by the event loop: one write per loop pass
+        self.second, self.second_text = -1, ""
 
     def __call__(self, level: str, event: str, **fields: Any) -> None:
         if LOG_LEVELS[level] < self.threshold:
             return
         now = time.time()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        second = int(now)
+        if second != self.second:  # strftime once a second, not once a line
+            self.second, self.second_text = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        stamp = f"{self.second_text}.{int(now % 1 * 1000):03d}Z"
         record = {"time": stamp, "level": level, "event": event, **fields}
         if self.fmt == "json":
             line = json.dumps(record, ensure_ascii=True, default=str)
@@ -1439,7 +1459,7 @@ class Proxy:
         if self.log.enabled("info"):
             self.log("info", "request", listener=client.listener.url, client=client.peer,
                      method=facts.method, target=facts.target.decode("latin-1"),
-                     path=decision.target.forward_form() if decision else None,
+                     path=decision.target.forward_form_text if decision else None,
                      decision=exchange.outcome, rule=decision.rule.label if decision else None,
                      reason=exchange.reason, status=exchange.status, bytes=exchange.body_bytes,
                      duration_ms=round((time.monotonic() - exchange.started) * 1000, 3))
@@ -1634,8 +1654,8 @@ class Proxy:
                     return
                 continue  # never relayed: porthole sends no bodies, so never waits for 100
             if isinstance(event, h11.Response):
-                if _header_values(event.headers, b"transfer-encoding") and \
-                        _header_values(event.headers, b"content-length"):
+                raw_headers = event.headers.raw_items()
+                if has_both_framings(raw_headers):
                     self.upstream_failed(upstream, None, "the daemon's response has both "
                                                          "Content-Length and Transfer-Encoding")
                     return
@@ -1644,7 +1664,7 @@ class Proxy:
                 client.state = "relaying"
                 self.send_to_client(client, h11.Response(  # headers as h11 parsed them
                     status_code=event.status_code, reason=event.reason, http_version=b"1.1",
-                    headers=relayed_response_headers(event.headers.raw_items()), _parsed=True))
+                    headers=relayed_response_headers(raw_headers), _parsed=True))
             elif isinstance(event, h11.Data):
                 self.send_to_client(client, event)
             elif isinstance(event, h11.EndOfMessage):
@@ -1715,7 +1735,7 @@ class Proxy:
     def join_stream(self, exchange: Exchange) -> None:
         decision = exchange.decision
         assert decision is not None
-        key = decision.target.forward_form()
+        key = decision.target.forward_form_text
         stream = self.shared_streams.get(key)
         if stream is None:
             upstream = Upstream(self.settings.upstream)
@@ -1770,8 +1790,7 @@ class Proxy:
                     self.fail_stream(stream, "the daemon sent too many 1xx responses")
                     return
             elif isinstance(event, h11.Response):
-                if _header_values(event.headers, b"transfer-encoding") and \
-                        _header_values(event.headers, b"content-length"):
+                if has_both_framings(event.headers.raw_items()):
                     self.fail_stream(stream, "the daemon's response has both Content-Length and Transfer-Encoding")
                     return
                 stream.head = h11.Response(status_code=event.status_code, reason=event.reason, http_version=b"1.1",
