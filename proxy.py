@@ -814,7 +814,7 @@ def forwarded_request(method: str, target: Target, headers: Sequence[tuple[bytes
     # _parsed: the header values were validated by h11 when it parsed the client's request and
     # the target is built from safe characters only, so h11 need not run its regexes again.
     return h11.Request(method=method.encode("ascii"), target=target.forward_form_text.encode("ascii"),
-                       headers=[(b"host", b"docker"), *kept], _parsed=True)
+                       headers=[(b"Host", b"docker"), *kept], _parsed=True)
 
 
 def has_both_framings(headers: Iterable[tuple[bytes, bytes]]) -> bool:

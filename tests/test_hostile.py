@@ -364,15 +364,19 @@ def test_hostile_case(rig, case):
 # per-client stream limit (429): needs open streams, so it is not a table row
 
 
+STREAM_TARGETS = ("/v1.41/events", "/v1.41/events?filters=%7B%7D")
+
+
 def test_stream_limit_429_is_local_and_logged(rig):
     rig.up.route("/events", fu.events(interval=0.2))
     snap = rig.snapshot()
     streams = []
     try:
-        for _ in range(2):
+        # two different targets: identical /events watchers would share one subscription
+        for target in STREAM_TARGETS:
             c = HttpClient(rig.addrs["tcp"], timeout=10)
             streams.append(c)
-            c.request("GET", "/v1.41/events")
+            c.request("GET", target)
             assert c.read_head().status == 200
         assert rig.up.wait_requests(snap["requests"] + 2)
         with HttpClient(rig.addrs["tcp"], timeout=10) as c:
@@ -389,7 +393,7 @@ def test_stream_limit_429_is_local_and_logged(rig):
     time.sleep(0.3)
     rig.up.routes.pop("/events", None)
     forwarded, forwarded_len, lines = rig.since(snap)
-    assert forwarded == hc.canonical("GET", "/v1.41/events") * 2 + hc.PING, forwarded
+    assert forwarded == b"".join(hc.canonical("GET", t) for t in STREAM_TARGETS) + hc.PING, forwarded
     assert forwarded_len == len(forwarded)
     rig.expected_upstream_bytes += forwarded_len
     assert [l["status"] for l in lines if l["decision"] == "deny"] == [429], lines
