@@ -1545,12 +1545,8 @@ class Proxy:
         if upstream is not None:
             upstream.reused = True
         else:
-            upstream = Upstream(self.settings.upstream)
-            try:
-                upstream.start_connect(self.settings.connect_timeout)
-            except OSError as exc:
-                upstream.close()
-                self.answer_upstream_error(exchange, upstream_error_message(self.settings.upstream, exc))
+            upstream = self.connect_upstream(exchange)
+            if upstream is None:
                 return
         upstream.exchange = exchange
         upstream.owner = exchange.client
@@ -1564,6 +1560,24 @@ class Proxy:
             self.update_upstream_interest(upstream)
         else:
             self.write_upstream(upstream)
+
+    def connect_upstream(self, exchange: Exchange) -> Upstream | None:
+        """A new daemon connection, or None after answering the client with the reason (daemon
+        down, socket permission, or no file descriptor left for the socket)."""
+        upstream = None
+        try:
+            upstream = Upstream(self.settings.upstream)
+            upstream.start_connect(self.settings.connect_timeout)
+            return upstream
+        except OSError as exc:
+            if upstream is not None:
+                upstream.close()
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                message = f"porthole is out of file descriptors ({exc.strerror}); try again"
+            else:
+                message = upstream_error_message(self.settings.upstream, exc)
+            self.answer_upstream_error(exchange, message)
+            return None
 
     def answer_upstream_error(self, exchange: Exchange, message: str) -> None:
         self.log("warning", "upstream_error", error=message, client=exchange.client.peer)
@@ -1738,12 +1752,8 @@ class Proxy:
         key = decision.target.forward_form_text
         stream = self.shared_streams.get(key)
         if stream is None:
-            upstream = Upstream(self.settings.upstream)
-            try:
-                upstream.start_connect(self.settings.connect_timeout)
-            except OSError as exc:
-                upstream.close()
-                self.answer_upstream_error(exchange, upstream_error_message(self.settings.upstream, exc))
+            upstream = self.connect_upstream(exchange)
+            if upstream is None:
                 return
             stream = SharedStream(key, upstream)
             upstream.stream = stream
