@@ -253,6 +253,7 @@ class Refusal(Exception):
 _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]*")
 _QUERY_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
 _VERSION = re.compile(r"v(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})")
+_VERSION_LIKE = re.compile(r"[vV][0-9.]+")
 _HEX = "0123456789abcdefABCDEF"
 
 
@@ -346,7 +347,7 @@ def canonicalize_target(raw: bytes) -> Target:
             raise Refusal(400, f"path segment {segment!r} holds characters porthole does not accept", close=True)
         segments.append(segment)
     version = None
-    if segments and segments[0][:1] in ("v", "V") and segments[0][1:2].isdigit():
+    if segments and _VERSION_LIKE.fullmatch(segments[0]):  # the daemon routes /v{version:[0-9.]+}
         match = _VERSION.fullmatch(segments[0])
         if not match:
             raise Refusal(400, f"API version prefix {segments[0]!r} is not of the form /v<major>.<minor>", close=True)
@@ -1041,6 +1042,7 @@ class Client:
         self.eof = False  # the client sent FIN
         self.eof_fed = False  # ... and h11 has been told
         self.parsing = False  # inside Proxy.process_client for this client
+        self.cycle_bytes = 0  # bytes h11 has been given since this request cycle began
         self.close_after_response = False
         self.linger_until = 0.0
         self.closed = False
@@ -1339,8 +1341,10 @@ class Proxy:
                 # Feed h11 one chunk at a time, only when it asks: so what h11 holds stays
                 # bounded and the backlog in inbuf is what stops us reading a flooding client.
                 if client.inbuf:
-                    client.h11.receive_data(bytes(client.inbuf[:READ_CHUNK]))
+                    chunk = bytes(client.inbuf[:READ_CHUNK])
                     del client.inbuf[:READ_CHUNK]
+                    client.h11.receive_data(chunk)
+                    client.cycle_bytes += len(chunk)
                     continue
                 if client.eof and not client.eof_fed:
                     client.eof_fed = True
@@ -1365,10 +1369,12 @@ class Proxy:
             v.strip() != b"0" for v in _header_values(headers, b"content-length"))
         if not has_body and client.h11.their_state is h11.SEND_BODY:
             client.h11.next_event()  # the EndOfMessage of a body-less request, already framed
-        head_size = len(request.method) + len(request.target) + 14 + sum(len(n) + len(v) + 4 for n, v in headers)
+        # Exact raw size, whitespace included, however the bytes arrived: what h11 was given
+        # this cycle minus what it has left over after the head.
+        head_size = client.cycle_bytes - len(client.h11.trailing_data[0])
         try:
             if head_size > self.settings.max_head_bytes:
-                raise Refusal(431, f"request head of about {head_size} bytes exceeds "
+                raise Refusal(431, f"request head of {head_size} bytes exceeds "
                                    f"--max-head-bytes {self.settings.max_head_bytes}", close=True)
             decision = decide(self.policy, facts, self.settings.allow_hosts)
             if decision.streaming:
@@ -1435,8 +1441,8 @@ class Proxy:
         client.h11.start_next_cycle()
         client.state = "reading"
         client.cycle_started = time.monotonic()
-        pipelined = client.inbuf or client.h11.trailing_data[0]
-        client.first_byte_at = client.cycle_started if pipelined else None
+        client.cycle_bytes = len(client.h11.trailing_data[0])  # pipelined bytes h11 already holds
+        client.first_byte_at = client.cycle_started if client.inbuf or client.cycle_bytes else None
         self.write_client(client)
         if not client.closed:
             self.process_client(client)

@@ -128,3 +128,10 @@ def test_slash_and_dot_tricks_never_yield_dot_segments(raw):
     except Refusal:
         return
     assert all(seg not in (".", "..") and "/" not in seg for seg in target.segments)
+
+
+@pytest.mark.parametrize("raw", ["/v./debug/pprof", "/v1./info", "/v.1/info", "/v1.2.3/info", "/V1.41/info", "/v99999.1/info"])
+def test_version_like_first_segments_are_versions_or_refused(raw):
+    """The daemon routes /v{version:[0-9.]+}/...: such a segment is never an ordinary path segment."""
+    with pytest.raises(Refusal):
+        canon(raw)

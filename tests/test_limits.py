@@ -347,3 +347,24 @@ def test_max_streams_per_client(start_proxy, upstream):
     finally:
         for c, _ in streams:
             c.close()
+
+
+def test_whitespace_padding_counts_toward_the_head_limit(start_proxy, upstream):
+    """h11 strips optional whitespace from header values; the limit is on the raw bytes."""
+    p = start_proxy("--max-head-bytes", 16384)
+    before = len(upstream.all_bytes())
+    head = b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nX-Pad: a" + b" " * 30000 + b"b\r\n\r\n"
+    with raw_connect(p.addr) as sock:
+        sock.sendall(head)
+        sock.settimeout(5)
+        answer = b""
+        while not answer.endswith(b"\n") or b"\r\n\r\n" not in answer:
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
+    assert b"porthole: request head of" in answer
+    time.sleep(0.2)
+    assert len(upstream.all_bytes()) == before
+    assert_served(p)
