@@ -8,8 +8,6 @@ fail instead.
 
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import sys
 from pathlib import Path
@@ -164,3 +162,12 @@ def containers(docker_direct):
             c.remove(force=True)
         except docker.errors.NotFound:
             pass
+
+
+@pytest.fixture
+def upstream():
+    """A recording fake daemon on a unix socket (tests/fake_upstream.py)."""
+    from fake_upstream import FakeUpstream
+    up = FakeUpstream().start()
+    yield up
+    up.stop()

@@ -855,3 +855,11 @@ class ProxyProcess:
                 raise ProxyError("proxy not ready within %ss.\ncmd: %s\nstderr:\n%s"
                                  % (timeout, self.cmd, self.stderr_text()[-4000:]))
             time.sleep(0.05)
+
+
+def write_rules(document: dict) -> Path:
+    """A rules file in a fresh world-readable directory (the proxy runs as uid 65532)."""
+    path = short_tmpdir("ph-rules-") / "rules.json"
+    path.write_text(json.dumps(document, indent=1))
+    path.chmod(0o644)
+    return path

@@ -13,7 +13,7 @@ import pytest
 
 import support
 import fake_upstream as fu
-from fake_upstream import FakeUpstream, HttpClient, ConnectionClosed, build_request
+from fake_upstream import HttpClient, ConnectionClosed, build_request
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -30,11 +30,7 @@ BASE_RULES = rules_doc("/_ping", "/version", "/events", "/containers/json")
 
 
 def write_rules(doc=BASE_RULES):
-    d = support.short_tmpdir("ph-rules-")
-    path = d / "rules.json"
-    path.write_text(json.dumps(doc))
-    path.chmod(0o644)
-    return path
+    return support.write_rules(doc)
 
 
 def replace_file(path, text):
@@ -45,11 +41,6 @@ def replace_file(path, text):
     os.replace(tmp, path)
 
 
-@pytest.fixture
-def upstream():
-    up = FakeUpstream().start()
-    yield up
-    up.stop()
 
 
 @pytest.fixture

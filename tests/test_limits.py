@@ -1,17 +1,15 @@
 """Resource limits: back-pressure, bounded buffers, head size and deadline,
 connection and stream caps.  The proxy runs in front of a fake upstream."""
 
-import json
 import select
 import socket
-import threading
 import time
 
 import pytest
 
 import support
 import fake_upstream as fu
-from fake_upstream import FakeUpstream, HttpClient, ConnectionClosed, build_request
+from fake_upstream import HttpClient, ConnectionClosed, build_request
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -33,18 +31,9 @@ MB = 1024 * 1024
 
 
 def write_rules(rules=RULES):
-    d = support.short_tmpdir("ph-rules-")
-    path = d / "rules.json"
-    path.write_text(json.dumps(rules))
-    path.chmod(0o644)
-    return path
+    return support.write_rules(rules)
 
 
-@pytest.fixture
-def upstream():
-    up = FakeUpstream().start()
-    yield up
-    up.stop()
 
 
 @pytest.fixture

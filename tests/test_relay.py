@@ -5,14 +5,13 @@ only the canonical form of an allowed request."""
 
 import hashlib
 import json
-import socket
 import time
 
 import pytest
 
 import support
 import fake_upstream as fu
-from fake_upstream import FakeUpstream, HttpClient, ConnectionClosed, build_request
+from fake_upstream import HttpClient, ConnectionClosed, build_request
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -36,18 +35,9 @@ RULES = {
 
 
 def write_rules(rules):
-    d = support.short_tmpdir("ph-rules-")
-    path = d / "rules.json"
-    path.write_text(json.dumps(rules, indent=1))
-    path.chmod(0o644)
-    return path
+    return support.write_rules(rules)
 
 
-@pytest.fixture
-def upstream():
-    up = FakeUpstream().start()
-    yield up
-    up.stop()
 
 
 @pytest.fixture

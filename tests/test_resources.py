@@ -16,7 +16,7 @@ import time
 import fake_upstream as fu
 import pytest
 import support
-from fake_upstream import FakeUpstream, HttpClient, build_request
+from fake_upstream import HttpClient, build_request
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -38,18 +38,9 @@ MB = 1024 * 1024
 
 
 def write_rules():
-    d = support.short_tmpdir("ph-rules-")
-    path = d / "rules.json"
-    path.write_text(json.dumps(RULES))
-    path.chmod(0o644)
-    return path
+    return support.write_rules(RULES)
 
 
-@pytest.fixture
-def upstream():
-    up = FakeUpstream().start()
-    yield up
-    up.stop()
 
 
 @pytest.fixture

@@ -4,15 +4,10 @@ import time
 import pytest
 
 import fake_upstream as fu
-from fake_upstream import ConnectionClosed, FakeUpstream, HttpClient
+from fake_upstream import ConnectionClosed, HttpClient
 from test_limits import MB, assert_served, write_rules  # noqa: F401  (shared helpers)
 
 
-@pytest.fixture
-def upstream():
-    up = FakeUpstream().start()
-    yield up
-    up.stop()
 
 
 @pytest.fixture
