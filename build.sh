@@ -50,7 +50,7 @@ apt_install() {
     log "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    apt-get install -y -qq "${missing[@]}" >/dev/null  # with recommends: the set verified to run dockerd here
 }
 
 # venv_install VENV REQUIREMENTS: create VENV and install the pinned, hash-checked requirements;
