@@ -1560,7 +1560,12 @@ class Proxy:
         upstream.informational = 0
         upstream.paused = False
         exchange.upstream = upstream
-        request = forwarded_request(exchange.facts.method, decision.target, exchange.facts.headers)
+        self.send_request(upstream, exchange)
+
+    def send_request(self, upstream: Upstream, exchange: Exchange) -> None:
+        """Queue the canonical request on the upstream connection and send what it takes."""
+        assert exchange.decision is not None
+        request = forwarded_request(exchange.facts.method, exchange.decision.target, exchange.facts.headers)
         upstream.outbuf += upstream.h11.send(request) + upstream.h11.send(h11.EndOfMessage())
         if upstream.connecting:
             self.update_upstream_interest(upstream)
@@ -1764,12 +1769,7 @@ class Proxy:
             stream = SharedStream(key, upstream)
             upstream.stream = stream
             self.shared_streams[key] = stream
-            request = forwarded_request(exchange.facts.method, decision.target, exchange.facts.headers)
-            upstream.outbuf += upstream.h11.send(request) + upstream.h11.send(h11.EndOfMessage())
-            if upstream.connecting:
-                self.update_upstream_interest(upstream)
-            else:
-                self.write_upstream(upstream)
+            self.send_request(upstream, exchange)
             if upstream.closed:  # failed at once; fail_stream has answered this watcher
                 return
         stream.exchanges.append(exchange)

@@ -863,3 +863,12 @@ def write_rules(document: dict) -> Path:
     path.write_text(json.dumps(document, indent=1))
     path.chmod(0o644)
     return path
+
+
+def rss_bytes(pid: int) -> int:
+    """VmRSS of a process (ProxyProcess's setpriv execs python, so its pid is the proxy)."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS for pid %d" % pid)

@@ -41,8 +41,6 @@ def replace_file(path, text):
     os.replace(tmp, path)
 
 
-
-
 @pytest.fixture
 def start_proxy(proxy_factory, upstream):
     def start(*args, rules=None, **kw):

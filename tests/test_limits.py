@@ -34,8 +34,6 @@ def write_rules(rules=RULES):
     return support.write_rules(rules)
 
 
-
-
 @pytest.fixture
 def start_proxy(proxy_factory, upstream):
     def start(*args):
@@ -43,15 +41,6 @@ def start_proxy(proxy_factory, upstream):
         p.addr = p.first_listener_address()
         return p
     return start
-
-
-def rss_bytes(pid):
-    """VmRSS of the proxy's python process (setpriv execs, so the pid is it)."""
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS for pid %d" % pid)
 
 
 def assert_served(p, timeout=5.0):
@@ -71,7 +60,7 @@ def test_endless_stream_to_non_reading_client_is_bounded(start_proxy, upstream):
     upstream.route("/events", fu.events(interval=0, payload=b"x" * 65536))
     p = start_proxy()
     assert_served(p)
-    base_rss = rss_bytes(p.pid)
+    base_rss = support.rss_bytes(p.pid)
     s = raw_connect(p.addr)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     try:
@@ -80,10 +69,10 @@ def test_endless_stream_to_non_reading_client_is_bounded(start_proxy, upstream):
         conn = upstream.connections[-1]
         time.sleep(2.0)
         sent_mid = conn.bytes_sent
-        rss_mid = rss_bytes(p.pid)
+        rss_mid = support.rss_bytes(p.pid)
         time.sleep(2.0)
         sent_end = conn.bytes_sent
-        rss_end = rss_bytes(p.pid)
+        rss_end = support.rss_bytes(p.pid)
         # the upstream is held back: nearly nothing more was taken from it
         assert sent_end - sent_mid < 8 * MB, (sent_mid, sent_end)
         assert sent_end < 64 * MB, sent_end
@@ -124,7 +113,7 @@ def _flood(sock, data, seconds):
 def test_pipelined_junk_unread_responses_memory_bounded(start_proxy, upstream, junk):
     p = start_proxy()
     assert_served(p)
-    base_rss = rss_bytes(p.pid)
+    base_rss = support.rss_bytes(p.pid)
     first = build_request("GET", "/v1.41/containers/json", [("Host", "localhost")])
     if junk == "pipelined_requests":
         one = build_request("GET", "/_ping", [("Host", "localhost")])
@@ -135,11 +124,11 @@ def test_pipelined_junk_unread_responses_memory_bounded(start_proxy, upstream, j
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     try:
         sent = _flood(s, payload, 4.0)
-        rss_end = rss_bytes(p.pid)
+        rss_end = support.rss_bytes(p.pid)
         assert rss_end - base_rss < 20 * MB, (base_rss, rss_end, sent)
         assert p.alive()
         assert_served(p)
-        assert rss_bytes(p.pid) - base_rss < 20 * MB
+        assert support.rss_bytes(p.pid) - base_rss < 20 * MB
     finally:
         s.close()
     time.sleep(0.3)

@@ -38,8 +38,6 @@ def write_rules(rules):
     return support.write_rules(rules)
 
 
-
-
 @pytest.fixture
 def proxy(proxy_factory, upstream):
     p = proxy_factory(upstream=upstream.url, rules=write_rules(RULES))

@@ -41,8 +41,6 @@ def write_rules():
     return support.write_rules(RULES)
 
 
-
-
 @pytest.fixture
 def start_proxy(proxy_factory, upstream):
     def start(*args):
@@ -50,15 +48,6 @@ def start_proxy(proxy_factory, upstream):
         p.addr = p.first_listener_address()
         return p
     return start
-
-
-def rss_bytes(pid):
-    """VmRSS of the proxy (setpriv execs python, so the pid is the proxy itself)."""
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS for pid %d" % pid)
 
 
 def cpu_seconds(pid):
@@ -378,12 +367,12 @@ def test_hundreds_of_streams_from_one_client(start_proxy, upstream, targets):
     upstream.route("/events", fu.events(interval=0.5))
     p = start_proxy("--max-streams-per-client", 1000)
     timed_ping(p)
-    base_rss = rss_bytes(p.pid)
+    base_rss = support.rss_bytes(p.pid)
     streams = open_streams(p.addr, 300, distinct)
     try:
         assert len(events_requests(upstream)) == (300 if distinct else 1)
         assert_streams_flow(streams)
-        rss = rss_bytes(p.pid)
+        rss = support.rss_bytes(p.pid)
         print("300 %s streams: proxy RSS %.1f MB (%.1f MB before), %d descriptors" % (
             targets, rss / MB, base_rss / MB, open_fds(p.pid)))
         assert rss < 100 * MB, rss
@@ -411,7 +400,7 @@ def test_many_non_reading_stream_clients_memory_bounded(start_proxy, upstream):
     upstream.route("/events", fu.events(interval=0, payload=b"x" * 65536))
     p = start_proxy()
     timed_ping(p)
-    base_rss = rss_bytes(p.pid)
+    base_rss = support.rss_bytes(p.pid)
     socks = []
     try:
         for i in range(20):  # distinct filters: 20 subscriptions, each held back on its own
@@ -422,10 +411,10 @@ def test_many_non_reading_stream_clients_memory_bounded(start_proxy, upstream):
         assert upstream.wait_requests(21)
         time.sleep(2.0)
         sent_mid = sum(c.bytes_sent for c in upstream.connections)
-        rss_mid = rss_bytes(p.pid)
+        rss_mid = support.rss_bytes(p.pid)
         time.sleep(1.5)
         sent_end = sum(c.bytes_sent for c in upstream.connections)
-        rss_end = rss_bytes(p.pid)
+        rss_end = support.rss_bytes(p.pid)
         print("20 non-reading clients: RSS %.1f -> %.1f -> %.1f MB, upstream sent %.1f -> %.1f MB" % (
             base_rss / MB, rss_mid / MB, rss_end / MB, sent_mid / MB, sent_end / MB))
         assert sent_end - sent_mid < 8 * MB, (sent_mid, sent_end)  # all held back

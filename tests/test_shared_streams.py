@@ -8,8 +8,6 @@ from fake_upstream import ConnectionClosed, HttpClient
 from test_limits import MB, assert_served, write_rules  # noqa: F401  (shared helpers)
 
 
-
-
 @pytest.fixture
 def proxy(proxy_factory, upstream):
     p = proxy_factory(upstream=upstream.url, rules=write_rules(), args=["--max-streams-per-client", "100"])
