@@ -1663,33 +1663,17 @@ class Proxy:
                 if client.closed or len(client.outbuf) >= CLIENT_HIGH_WATER:
                     upstream.paused = True  # resumed by resume_upstream when the client drains
                     break
-            try:
-                event = upstream.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                closed = upstream.h11.their_state is h11.ERROR and upstream.h11.trailing_data[1]
-                self.upstream_failed(upstream, None, "the daemon closed the connection before the response "
-                                     "was complete" if closed else f"malformed response from the daemon: {exc}")
+            event, problem = self.next_upstream_event(upstream)
+            if problem:
+                self.upstream_failed(upstream, None, problem)
                 return
             if event is h11.NEED_DATA:
                 break
-            if isinstance(event, h11.InformationalResponse):
-                upstream.informational += 1
-                if upstream.informational > MAX_INFORMATIONAL:
-                    self.upstream_failed(upstream, None, "the daemon sent too many 1xx responses")
-                    return
-                continue  # never relayed: porthole sends no bodies, so never waits for 100
             if isinstance(event, h11.Response):
-                raw_headers = event.headers.raw_items()
-                if has_both_framings(raw_headers):
-                    self.upstream_failed(upstream, None, "the daemon's response has both "
-                                                         "Content-Length and Transfer-Encoding")
-                    return
                 exchange.status = event.status_code
                 exchange.response_started = True
                 client.state = "relaying"
-                self.send_to_client(client, h11.Response(  # headers as h11 parsed them
-                    status_code=event.status_code, reason=event.reason, http_version=b"1.1",
-                    headers=relayed_response_headers(raw_headers), _parsed=True))
+                self.send_to_client(client, event)
             elif isinstance(event, h11.Data):
                 self.send_to_client(client, event)
             elif isinstance(event, h11.EndOfMessage):
@@ -1704,6 +1688,30 @@ class Proxy:
             return
         self.write_client(client)
         self.update_upstream_interest(upstream)
+
+    def next_upstream_event(self, upstream: Upstream) -> tuple[Any, str | None]:
+        """The daemon's next event worth relaying, with 1xx skipped and the response head
+        rebuilt for the client; or (None, why the response is unusable)."""
+        while True:
+            try:
+                event = upstream.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                closed = upstream.h11.their_state is h11.ERROR and upstream.h11.trailing_data[1]
+                return None, ("the daemon closed the connection before the response was complete"
+                              if closed else f"malformed response from the daemon: {exc}")
+            if isinstance(event, h11.InformationalResponse):
+                upstream.informational += 1
+                if upstream.informational > MAX_INFORMATIONAL:
+                    return None, "the daemon sent too many 1xx responses"
+                continue  # never relayed: porthole sends no bodies, so never waits for 100
+            if isinstance(event, h11.Response):
+                raw_headers = event.headers.raw_items()
+                if has_both_framings(raw_headers):
+                    return None, "the daemon's response has both Content-Length and Transfer-Encoding"
+                return h11.Response(  # headers as h11 parsed them
+                    status_code=event.status_code, reason=event.reason, http_version=b"1.1",
+                    headers=relayed_response_headers(raw_headers), _parsed=True), None
+            return event, None
 
     def resume_upstream(self, client: Client) -> None:
         """The client drained its queue: let a paused upstream flow again."""
@@ -1793,24 +1801,14 @@ class Proxy:
     def process_stream(self, stream: SharedStream) -> None:
         upstream = stream.upstream
         while not upstream.closed and not upstream.paused:
-            try:
-                event = upstream.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                self.fail_stream(stream, f"the daemon's event stream broke: {exc}")
+            event, problem = self.next_upstream_event(upstream)
+            if problem:
+                self.fail_stream(stream, problem)
                 return
             if event is h11.NEED_DATA:
                 break
-            if isinstance(event, h11.InformationalResponse):
-                upstream.informational += 1
-                if upstream.informational > MAX_INFORMATIONAL:
-                    self.fail_stream(stream, "the daemon sent too many 1xx responses")
-                    return
-            elif isinstance(event, h11.Response):
-                if has_both_framings(event.headers.raw_items()):
-                    self.fail_stream(stream, "the daemon's response has both Content-Length and Transfer-Encoding")
-                    return
-                stream.head = h11.Response(status_code=event.status_code, reason=event.reason, http_version=b"1.1",
-                                           headers=relayed_response_headers(event.headers.raw_items()), _parsed=True)
+            if isinstance(event, h11.Response):
+                stream.head = event
                 for exchange in list(stream.exchanges):
                     self.start_shared_response(exchange, stream.head)
             elif isinstance(event, h11.Data):
