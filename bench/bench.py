@@ -261,39 +261,8 @@ class BenchDockerd(support.Dockerd):
     for the direct baseline (wrk only speaks TCP)."""
 
     def __init__(self, tcp_port: int) -> None:
-        super().__init__()
+        super().__init__(extra_args=("--host", f"tcp://127.0.0.1:{tcp_port}", "--tls=false"))
         self.tcp_port = tcp_port
-
-    def _launch(self, timeout: float) -> None:
-        self.log_path = self._tmpdir / "dockerd.log"
-        self._log_file = open(self.log_path, "ab")
-        cmd = [
-            support.DOCKERD,
-            "--bridge=none", "--iptables=false", "--ip6tables=false",
-            "--ip-forward=false", "--ip-masq=false",
-            "--data-root", str(self.base / "data"),
-            "--exec-root", str(self.base / "exec"),
-            "--pidfile", str(self.base / "dockerd.pid"),
-            "--host", self.url,
-            "--host", f"tcp://127.0.0.1:{self.tcp_port}", "--tls=false",
-            "--group", str(self.sock_gid),
-            "--config-file", str(self.base / "daemon.json"),
-        ]
-        env = {"PATH": CLEAN_PATH, "LANG": "C.UTF-8", "HOME": str(self.base), "TMPDIR": str(self.base)}
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self._log_file,
-                                     stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while not (os.path.exists(self.socket_path) and self.ping()):
-            if self.proc.poll() is not None:
-                raise support.DockerdError(f"dockerd exited with {self.proc.returncode}:\n{self.log_tail()}")
-            if time.monotonic() > deadline:
-                self._terminate()
-                raise support.DockerdError(f"dockerd did not answer /_ping within {timeout}s:\n{self.log_tail()}")
-            time.sleep(0.1)
-        st = os.stat(self.socket_path)
-        if st.st_gid != self.sock_gid or (st.st_mode & 0o777) != 0o660:
-            os.chown(self.socket_path, 0, self.sock_gid)
-            os.chmod(self.socket_path, 0o660)
 
     def set_debug(self, on: bool) -> None:
         """Live-reload the daemon's `debug` option: with it the daemon logs each API call."""

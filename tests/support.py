@@ -289,7 +289,8 @@ class Dockerd:
 
     _counter = 0
 
-    def __init__(self):
+    def __init__(self, extra_args: Sequence[str] = ()):
+        self.extra_args = tuple(extra_args)  # e.g. a loopback TCP --host for the benchmark
         self.proc: Optional[subprocess.Popen] = None
         self.base: Optional[Path] = None
         self.socket_path: Optional[str] = None
@@ -383,6 +384,7 @@ class Dockerd:
             "--host", self.url,
             "--group", str(self.sock_gid),
             "--config-file", str(self.base / "daemon.json"),
+            *self.extra_args,
         ]
         # TMPDIR: containerd writes goroutine dumps (e.g. when dockerd restarts it
         # after its startup race) to $TMPDIR; keep them inside our directory.
