@@ -46,6 +46,7 @@ def _load_support():
 
 
 support = _load_support()
+fu = support.fu  # tests/fake_upstream.py: the test suite's raw HTTP client
 
 PROXY_UID = support.PROXY_UID  # 65532
 SOCK_GID = support.DEFAULT_SOCK_GID  # 2375: the private daemon's socket group
@@ -238,11 +239,11 @@ def wait_http_ok(address, path: str, proc: subprocess.Popen | None, what: str, t
         if proc is not None and proc.poll() is not None:
             break
         try:
-            status, _, _ = support.http_request(address, "GET", path, timeout=2)
+            status = fu.get(address, path, timeout=2).status
             if status == 200:
                 return
             last = f"status {status}"
-        except OSError as exc:
+        except (OSError, fu.ConnectionClosed) as exc:
             last = str(exc)
         time.sleep(0.05)
     tail = ""
@@ -509,18 +510,18 @@ def preflight(lab: Lab) -> list[str]:
     for kind in lab.args.contenders:
         d = ("127.0.0.1", lab.contenders["daemon"][kind].port)
         f = ("127.0.0.1", lab.contenders["fake"][kind].port)
-        status, _, body = support.http_request(d, "GET", "/_ping")
-        if (status, body) != (200, b"OK"):
-            problems.append(f"{kind}: GET /_ping -> {status} {body[:80]!r}")
-        status, _, body = support.http_request(d, "GET", "/containers/json?all=1")
-        if status != 200 or len(json.loads(body)) < n:
-            problems.append(f"{kind}: GET /containers/json?all=1 -> {status}, {len(body)} bytes")
-        status, _, body = support.http_request(f, "GET", "/containers/json?all=1", timeout=30)
-        if status != 200 or len(body) != lab.large_size:
-            problems.append(f"{kind}: large GET -> {status}, {len(body)} of {lab.large_size} bytes")
+        r = fu.get(d, "/_ping", timeout=10)
+        if (r.status, r.body) != (200, b"OK"):
+            problems.append(f"{kind}: GET /_ping -> {r.status} {r.body[:80]!r}")
+        r = fu.get(d, "/containers/json?all=1", timeout=10)
+        if r.status != 200 or len(r.json()) < n:
+            problems.append(f"{kind}: GET /containers/json?all=1 -> {r.status}, {len(r.body)} bytes")
+        r = fu.get(f, "/containers/json?all=1", timeout=30)
+        if r.status != 200 or len(r.body) != lab.large_size:
+            problems.append(f"{kind}: large GET -> {r.status}, {len(r.body)} of {lab.large_size} bytes")
         if kind != "direct":
             for method, path in (("POST", "/containers/create"), ("GET", "/containers/bench-00/export")):
-                status, _, body = support.http_request(d, method, path)
+                status = fu.get(d, path, method=method, timeout=10).status
                 if status != 403:
                     problems.append(f"{kind}: {method} {path} -> {status} (expected 403)")
     return problems
@@ -579,7 +580,7 @@ def run_scenarios(lab: Lab, results: dict) -> None:
         before = lab.dockerd.api_calls_logged()
 
         def logged() -> bool:
-            support.http_request(lab.dockerd.socket_path, "GET", "/_ping")
+            fu.get(lab.dockerd.socket_path, "/_ping", timeout=10)
             time.sleep(0.1)
             return lab.dockerd.api_calls_logged() > before
 
@@ -669,10 +670,10 @@ def percentile(sorted_values: list, p: float):
 def create_event(lab: Lab, name: str) -> None:
     body = json.dumps({"Image": lab.image, "Cmd": ["true"], "Labels": {"porthole.bench.event": "1"},
                        "HostConfig": {"NetworkMode": "none"}}).encode()
-    status, _, data = support.http_request(lab.dockerd.socket_path, "POST", f"/containers/create?name={name}",
-                                           headers={"Content-Type": "application/json"}, body=body)
-    if status != 201:
-        raise RuntimeError(f"creating {name}: {status} {data[:200]!r}")
+    r = fu.get(lab.dockerd.socket_path, f"/containers/create?name={name}", method="POST",
+               headers=[("Content-Type", "application/json")], body=body, timeout=10)
+    if r.status != 201:
+        raise RuntimeError(f"creating {name}: {r.status} {r.body[:200]!r}")
 
 
 def run_events(lab: Lab, results: dict) -> None:
@@ -750,7 +751,7 @@ def run_events(lab: Lab, results: dict) -> None:
             if contender is not None:
                 lab.procs.stop(contender.proc)
             for name in made:
-                support.http_request(lab.dockerd.socket_path, "DELETE", f"/containers/{name}?force=1")
+                fu.get(lab.dockerd.socket_path, f"/containers/{name}?force=1", method="DELETE", timeout=10)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -904,10 +905,10 @@ def fallback_cleanup(work: Path) -> None:
         markers.append(str(base) + "/")
         sock = base / "docker.sock"
         try:
-            status, _, body = support.http_request(str(sock), "GET", "/containers/json?all=1", timeout=10)
-            for c in json.loads(body) if status == 200 else []:
-                support.http_request(str(sock), "DELETE", f"/containers/{c['Id']}?force=1&v=1", timeout=30)
-        except (OSError, ValueError):
+            r = fu.get(sock, "/containers/json?all=1", timeout=10)
+            for c in r.json() if r.status == 200 else []:
+                fu.get(sock, f"/containers/{c['Id']}?force=1&v=1", method="DELETE", timeout=30)
+        except (OSError, ValueError, fu.ConnectionClosed):
             pass
         try:
             pid = int((base / "dockerd.pid").read_text())

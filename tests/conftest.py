@@ -8,7 +8,6 @@ fail instead.
 
 from __future__ import annotations
 
-import signal
 import sys
 from pathlib import Path
 
@@ -84,27 +83,24 @@ def proxy_factory(request):
     for p in started:
         if p.proc is None:
             continue
-        was_alive = p.alive()
-        try:
-            rc = p.stop(signal.SIGTERM, timeout=15)
-        except support.ProxyError as e:
-            problems.append(str(e))
-            rc = None
-        if was_alive and p.expect_clean_exit and rc is not None and rc != 0:
-            problems.append("proxy %s exited %s on SIGTERM; stderr tail:\n%s"
-                            % (p.cmd, rc, p.stderr_text()[-3000:]))
-        print("---- proxy pid %s stderr (tail) ----\n%s" % (p.pid, p.stderr_text()[-6000:]))
+        problems += p.stop_problems(must_be_running=False, must_exit_0=p.expect_clean_exit)
         p.cleanup()
     if problems:
         pytest.fail("\n\n".join(problems))
 
 
-def _can_connect(path) -> bool:
-    try:
-        support._connect(path, 0.5).close()
-        return True
-    except OSError:
-        return False
+@pytest.fixture
+def start_proxy(proxy_factory, upstream, request):
+    """start_proxy(*args, rules=None, **proxy_factory_kw): a proxy in front of the fake
+    `upstream`, with the test module's RULES (a dict) unless `rules` (a file) is given.
+    `.addr` is its first listener's address (for fake_upstream.HttpClient / get)."""
+    def start(*args, rules=None, **kw):
+        if rules is None:
+            rules = support.write_rules(request.module.RULES)
+        p = proxy_factory(upstream=upstream.url, rules=rules, args=[str(a) for a in args], **kw)
+        p.addr = p.first_listener_address()
+        return p
+    return start
 
 
 @pytest.fixture(scope="module")
@@ -119,22 +115,10 @@ def shared_proxy(dockerd):
         upstream=dockerd.url,
         groups=[dockerd.sock_gid],
     )
-    p.start()
-    try:
-        p.wait_ready(10)
-        # the unix socket may be bound after the TCP one
-        assert support.wait_until(lambda: _can_connect(unix_path), 5), \
-            "unix listener %s never accepted connections" % unix_path
+    with p.running():
         p.hosts = {"tcp": "tcp://127.0.0.1:%d" % port, "unix": "unix://" + unix_path}
         p.unix_path = unix_path
         yield p
-        alive = p.alive()
-        rc = p.stop()
-        assert alive, "shared proxy died during the module:\n" + p.stderr_text()[-3000:]
-        assert rc == 0, "shared proxy exited %s on SIGTERM:\n%s" % (rc, p.stderr_text()[-3000:])
-    finally:
-        print("---- shared proxy stderr (tail) ----\n" + p.stderr_text()[-6000:])
-        p.cleanup()
 
 
 @pytest.fixture(params=["tcp", "unix"])

@@ -1,8 +1,9 @@
 """A recording, scriptable fake Docker Engine upstream for Porthole's tests.
 
-``FakeUpstream`` is an HTTP/1.1 server on a unix socket, run by background
-threads (one accept thread, one thread per connection).  It records every raw
-byte it receives, per connection, and answers through a pluggable handler.
+``FakeUpstream``, the test suite's one fake daemon, is an HTTP/1.1 server on a
+unix socket, run by background threads (one accept thread, one thread per
+connection).  It records every raw byte it receives, per connection, and
+answers through a pluggable handler.
 
 Usage::
 
@@ -15,6 +16,9 @@ Usage::
     assert up.all_bytes() == b""     # denied traffic never reached the daemon
     up.stop()
 
+``FakeUpstream(tcp=True)`` listens on 127.0.0.1 instead (``up.port``; ``up.url`` is
+``tcp://127.0.0.1:PORT`` once started).
+
 A handler is ``handler(conn, req) -> bool``: it writes its answer with
 ``conn.send(...)`` and returns True to keep the connection for the next
 request, False to close it.  ``req`` is a parsed ``Request``.
@@ -24,6 +28,8 @@ the query string dropped, e.g. ``up.route("/containers/json", h)``.
 
 Connection-level switches (set before the traffic they should affect):
 
+``close_on_accept``
+    close every connection as soon as it is accepted, before reading anything.
 ``close_after_response``
     close the connection right after every response, WITHOUT announcing it
     (no ``Connection: close``) -- the client's pooled connection goes stale.
@@ -42,6 +48,7 @@ import socket
 import tempfile
 import threading
 import time
+from urllib.parse import urlsplit
 
 API_VERSION = "1.41"
 DOCKER_HEADERS = [
@@ -54,7 +61,22 @@ DOCKER_HEADERS = [
 RECV_SIZE = 65536
 
 
-class Request:
+class HeaderList:
+    """header() / header_all() over ``self.headers``, a list of (lower-case name, value)."""
+
+    def header(self, name):
+        name = name.lower()
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def header_all(self, name):
+        name = name.lower()
+        return [v for k, v in self.headers if k == name]
+
+
+class Request(HeaderList):
     """One request as the upstream received it."""
 
     def __init__(self, raw_head, method, target, version, headers, body, conn_index):
@@ -78,13 +100,6 @@ class Request:
     @property
     def query(self):
         return self.target.split("?", 1)[1] if "?" in self.target else None
-
-    def header(self, name):
-        name = name.lower()
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
 
     def header_names(self):
         return [k for k, _ in self.headers]
@@ -309,16 +324,22 @@ class Conn:
 
 
 class FakeUpstream:
-    def __init__(self, handler=None, directory=None):
-        self._own_dir = directory is None
-        self.dir = directory or tempfile.mkdtemp(prefix="porthole-up-")
-        # the proxy runs as an unprivileged uid: it must reach the socket
-        os.chmod(self.dir, 0o755)
-        self.path = os.path.join(self.dir, "docker.sock")
-        self.url = "unix://" + self.path
+    """The fake daemon: on a unix socket (``.path``), or with tcp=True on 127.0.0.1
+    (``.port``, known once started); ``.url`` is what ``--upstream`` takes."""
+
+    def __init__(self, handler=None, directory=None, tcp=False):
+        self._own_dir = directory is None and not tcp
+        self.dir = None if tcp else directory or tempfile.mkdtemp(prefix="porthole-up-")
+        if self.dir is not None:
+            # the proxy runs as an unprivileged uid: it must reach the socket
+            os.chmod(self.dir, 0o755)
+        self.path = None if tcp else os.path.join(self.dir, "docker.sock")
+        self.port = None
+        self.url = None if tcp else "unix://" + self.path
         self.default_handler = handler or docker_daemon
         self.handler = None               # overrides everything when set
         self.routes = {}
+        self.close_on_accept = False
         self.close_after_response = False
         self.drop_reused = False
         self.connections = []
@@ -332,9 +353,15 @@ class FakeUpstream:
 
     # -- lifecycle --------------------------------------------------------
     def start(self):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.bind(self.path)
-        os.chmod(self.path, 0o666)
+        if self.path is None:
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+            self.url = "tcp://127.0.0.1:%d" % self.port
+        else:
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.bind(self.path)
+            os.chmod(self.path, 0o666)
         s.listen(128)
         s.settimeout(0.2)
         self._lsock = s
@@ -373,6 +400,9 @@ class FakeUpstream:
             with self.lock:
                 conn = Conn(self, sock, len(self.connections))
                 self.connections.append(conn)
+            if self.close_on_accept:
+                conn.close()
+                continue
             t = threading.Thread(target=conn.run, name="fake-upstream-conn-%d" % conn.index,
                                  daemon=True)
             t.start()
@@ -713,15 +743,16 @@ def stall():
 
 
 # ---------------------------------------------------------------------------
-# client side: a raw HTTP/1.1 client that exposes exactly what came back
-# (used by the relay / limits / lifecycle tests to talk to the proxy)
+# client side: the test suite's one raw HTTP/1.1 client, which exposes exactly what came
+# back (every test module, support.Dockerd and bench/ talk HTTP through it: to the proxy,
+# to a private dockerd, to this fake)
 
 
 class ConnectionClosed(Exception):
     """The server closed (or reset) the connection before a message ended."""
 
 
-class Response:
+class Response(HeaderList):
     def __init__(self, status, reason, headers, raw_head):
         self.status = status
         self.reason = reason
@@ -732,17 +763,6 @@ class Response:
         self.complete = False             # framing ended cleanly
         self.chunks = []                  # chunk payloads (chunked framing)
 
-    def header(self, name):
-        name = name.lower()
-        for k, v in self.headers:
-            if k == name:
-                return v
-        return None
-
-    def header_all(self, name):
-        name = name.lower()
-        return [v for k, v in self.headers if k == name]
-
     def json(self):
         return json.loads(self.body)
 
@@ -752,14 +772,28 @@ class Response:
 
 
 def connect(address, timeout=5.0):
-    """address: (host, port) for TCP or a str path for a unix socket."""
+    """A connected socket.  address: (host, port) for TCP; a unix socket path (str or
+    Path); a tcp://, http:// or unix:// URL; or a socket that is already connected (it is
+    used as it is, with the timeout)."""
+    if isinstance(address, socket.socket):
+        address.settimeout(timeout)
+        return address
+    if isinstance(address, os.PathLike):
+        address = os.fspath(address)
+    if isinstance(address, str) and "://" in address:
+        url = urlsplit(address)
+        address = url.path if url.scheme == "unix" else (url.hostname, url.port)
     if isinstance(address, str):
         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     else:
         s = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET,
                           socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    s.connect(address)
+    try:
+        s.settimeout(timeout)
+        s.connect(address)
+    except BaseException:
+        s.close()
+        raise
     return s
 
 
@@ -767,14 +801,18 @@ class HttpClient:
     """Raw client over one connection, with its own read buffer so pipelined
     responses can be read one after another.  All reads have a deadline."""
 
-    def __init__(self, address, timeout=5.0):
-        self.sock = connect(address, timeout)
+    def __init__(self, address, timeout=5.0, received=b""):
+        """address: anything connect() takes; or None for no connection at all, only the
+        bytes `received` to parse (as if the server had sent them and closed)."""
+        self.sock = connect(address, timeout) if address is not None else None
         self.timeout = timeout
-        self.buf = bytearray()
-        self.all_received = bytearray()
-        self.eof = False
+        self.buf = bytearray(received)
+        self.all_received = bytearray(received)
+        self.eof = address is None
 
     def close(self):
+        if self.sock is None:
+            return
         try:
             self.sock.close()
         except OSError:
@@ -919,17 +957,28 @@ class HttpClient:
             return True
 
 
-def build_request(method, target, headers=(), body=b""):
-    if isinstance(target, str):
-        target = target.encode("latin-1")
-    out = method.encode() + b" " + target + b" HTTP/1.1\r\n"
-    for k, v in headers:
-        out += k.encode("latin-1") + b": " + (v.encode("latin-1") if isinstance(v, str) else v) + b"\r\n"
-    return out + b"\r\n" + body
+def as_bytes(value):
+    return value if isinstance(value, bytes) else value.encode("latin-1")
 
 
-def get(address, target, method="GET", headers=(), timeout=5.0):
+def build_request(method, target, headers=(), body=b"", version="HTTP/1.1", eol=b"\r\n"):
+    """A raw request, exactly as given (no header is added, not even Content-Length);
+    every part may be str (latin-1) or bytes."""
+    out = as_bytes(method) + b" " + as_bytes(target) + b" " + as_bytes(version) + eol
+    for name, value in headers:
+        out += as_bytes(name) + b": " + as_bytes(value) + eol
+    return out + eol + as_bytes(body)
+
+
+def get(address, target, method="GET", headers=(), timeout=5.0, body=b""):
     """One request on a fresh connection; returns the Response."""
     with HttpClient(address, timeout) as c:
-        c.request(method, target, headers)
+        c.request(method, target, headers, body)
         return c.read_response(method)
+
+
+def parse_response(data, method="GET"):
+    """One response parsed from bytes that came in some other way (e.g. read on a raw,
+    non-blocking socket), by HttpClient's parser.  Raises ConnectionClosed if ``data`` ends
+    before the response does."""
+    return HttpClient(None, received=data).read_response(method)

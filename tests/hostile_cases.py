@@ -29,6 +29,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
+from fake_upstream import as_bytes, build_request
+
 CATEGORIES = ("method", "path", "framing", "upgrade", "browser", "dangerous-read", "limits")
 
 HEAD_TIMEOUT = 1.0  # the --head-timeout test_hostile.py gives the proxy
@@ -77,30 +79,20 @@ HOST = (("Host", "localhost"),)
 UA = "Docker-Client/28.2.2 (linux)"
 
 
-def _b(value) -> bytes:
-    return value if isinstance(value, bytes) else value.encode("latin-1")
-
-
 def req(method="GET", target="/_ping", headers=HOST, body=b"", version="HTTP/1.1", eol=b"\r\n") -> bytes:
     """A raw request, exactly as given (no header is added, not even Content-Length)."""
-    out = _b(method) + b" " + _b(target) + b" " + _b(version) + eol
-    for name, value in headers:
-        out += _b(name) + b": " + _b(value) + eol
-    return out + eol + _b(body)
+    return build_request(method, target, headers, body, version, eol)
 
 
 def with_body(method, target, body, extra=()) -> bytes:
-    body = _b(body)
+    body = as_bytes(body)
     return req(method, target, HOST + tuple(extra) + (("Content-Length", str(len(body))),), body)
 
 
 def canonical(method, target, *headers) -> bytes:
     """The rebuilt request porthole sends upstream: canonical target, Host: docker, then the
     client's User-Agent / Accept (in the client's order, names lowercase)."""
-    out = _b(method) + b" " + _b(target) + b" HTTP/1.1\r\nHost: docker\r\n"
-    for name, value in headers:
-        out += _b(name) + b": " + _b(value) + b"\r\n"
-    return out + b"\r\n"
+    return build_request(method, target, (("Host", "docker"),) + headers)
 
 
 PING = canonical("GET", "/_ping")

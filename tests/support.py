@@ -11,27 +11,37 @@ PROXY_UID / PROXY_GID                  uid/gid the proxy runs as by default (655
 free_port() -> int
 short_tmpdir(prefix, mode=0o755) -> Path   short /tmp dir (unix socket paths are <108 bytes)
 wait_until(pred, timeout, interval=0.05) -> bool
+wait_for_item(queue, pred, timeout, what) -> item   next matching item a reader thread queued
 unix_listen_url(filename="p.sock", query="mode=0660") -> (url, path)   listener in a 0777 dir
+can_connect(address, timeout=0.5) -> bool   address: anything fake_upstream.connect takes
+kill_group(popen)                       SIGKILL a start_new_session child's process group
+rss_bytes(pid) -> int                   VmRSS of a process
 require_docker_env()                    skip (or fail when CI=true) if no private dockerd can run
 class Dockerd                           start(tmpdir, socket_group_gid, socket_path=None) / stop() / restart()
 build_busybox_image(docker_url) -> str  image tag
 run_sleeper(client, image, **kw)        create+start a `--network none` container (direct socket!)
 put_file(container, path, data) / read_file(container, path) -> bytes   via the container's client
-class ProxyProcess                      the proxy as a subprocess (non-root by default)
+tar_of(name, data, mode=0o644, mtime=0) -> bytes   a tar archive of one file
+class ProxyProcess                      the one way to start the proxy (proxy.py, the frozen
+                                        binary or a wrapper command; non-root by default):
+                                        `with p.running()`, start()/wait_ready()/stop_problems()/
+                                        cleanup(), or run() for one-shot modes
+write_rules(document) -> Path           a rules file the proxy's uid can read
 docker_cli(host_url, *args, check=False, timeout=60, input=None) -> CompletedProcess
 docker_cli_popen(host_url, *args) -> Popen  (long running commands such as `docker events`)
 docker_env(host_url) -> dict            environment used for the docker CLI
-raw_http(address, request_bytes, timeout=5.0) -> bytes
-parse_http_response(data) -> (status, headers_dict, body_bytes)
-http_request(address, method, target, headers=None, body=b"", timeout=10) -> (status, headers, body)
+
+Raw HTTP (to the proxy, to a dockerd, to the fake) goes through fake_upstream.HttpClient /
+fake_upstream.get; fake_upstream.FakeUpstream is the one fake daemon (conftest's `upstream`).
 """
 
 from __future__ import annotations
 
 import atexit
-import http.client
+import contextlib
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -41,8 +51,13 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Optional, Sequence, Union
+from typing import Callable, Iterable, Optional, Sequence
 from urllib.parse import urlsplit
+
+# fake_upstream beside this file: also when bench/ loads this file by its path
+if str(Path(__file__).resolve().parent) not in sys.path:
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+import fake_upstream as fu  # noqa: E402  (the one raw HTTP client)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -139,133 +154,44 @@ def require_docker_env() -> None:
 
 
 # --------------------------------------------------------------------------
-# raw HTTP
+# connections (the raw HTTP client is fake_upstream.HttpClient / fake_upstream.get)
 
 
-Address = Union[str, tuple, Path]
+def can_connect(address, timeout: float = 0.5) -> bool:
+    """Whether a connection to `address` (anything fake_upstream.connect takes) succeeds now."""
+    try:
+        fu.connect(address, timeout).close()
+        return True
+    except OSError:
+        return False
 
 
-def _connect(address: Address, timeout: float) -> socket.socket:
-    """Connect to (host, port), a unix socket path, or a tcp:// / unix:// URL."""
-    if isinstance(address, Path):
-        address = str(address)
-    if isinstance(address, str):
-        if address.startswith("unix://"):
-            address = urlsplit(address).path
-        elif address.startswith("tcp://") or address.startswith("http://"):
-            u = urlsplit(address)
-            address = (u.hostname, u.port)
-    if isinstance(address, str):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(timeout)
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of a start_new_session=True child if it is still running
+    (never anything else), and reap it."""
+    if proc.poll() is None:
         try:
-            s.connect(address)
-        except BaseException:
-            s.close()
-            raise
-        return s
-    host, port = address
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    s = socket.socket(family, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect((host, port))
-    except BaseException:
-        s.close()
-        raise
-    return s
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(10)
 
 
-def raw_http(address: Address, request_bytes: bytes, timeout: float = 5.0) -> bytes:
-    """Send raw bytes, read until the peer closes or `timeout` (overall) expires.
-
-    Returns whatever was received (possibly b"").  A connection reset after
-    some data was received is treated like a close."""
+def wait_for_item(items: "queue.Queue", pred: Callable[[object], bool], timeout: float, what: str):
+    """Take items from a queue filled by a reader thread until pred(item) holds; returns that
+    item. Fails with "<what> within <timeout>s; got [...]" when none does in time."""
     deadline = time.monotonic() + timeout
-    s = _connect(address, timeout)
-    chunks = []
-    try:
-        if request_bytes:
-            s.sendall(request_bytes)
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            s.settimeout(remaining)
-            try:
-                data = s.recv(65536)
-            except socket.timeout:
-                break
-            except (ConnectionResetError, BrokenPipeError):
-                break
-            if not data:
-                break
-            chunks.append(data)
-    finally:
-        s.close()
-    return b"".join(chunks)
-
-
-def parse_http_response(data: bytes):
-    """Parse one complete HTTP/1.1 response (Content-Length, chunked or until-close).
-
-    Returns (status:int, headers:dict[lowercase name -> value], body:bytes)."""
-    head, sep, rest = data.partition(b"\r\n\r\n")
-    if not sep:
-        raise ValueError("incomplete HTTP response head: %r" % data[:200])
-    lines = head.split(b"\r\n")
-    status = int(lines[0].split(b" ", 2)[1])
-    headers = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(b":")
-        headers[k.strip().lower().decode("latin-1")] = v.strip().decode("latin-1")
-    if headers.get("transfer-encoding", "").lower() == "chunked":
-        body = b""
-        while rest:
-            size_line, _, rest = rest.partition(b"\r\n")
-            size = int(size_line.split(b";")[0], 16)
-            if size == 0:
-                break
-            body += rest[:size]
-            rest = rest[size + 2:]
-        return status, headers, body
-    if "content-length" in headers:
-        return status, headers, rest[: int(headers["content-length"])]
-    return status, headers, rest
-
-
-class _UnixHTTPConnection(http.client.HTTPConnection):
-    def __init__(self, path: str, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self._path = path
-
-    def connect(self):
-        self.sock = _connect(self._path, self.timeout)
-
-
-def http_request(address: Address, method: str, target: str, headers: Optional[dict] = None,
-                 body: bytes = b"", timeout: float = 10.0):
-    """One request over a fresh connection with http.client.
-
-    Returns (status, headers dict with lowercase names, body bytes)."""
-    if isinstance(address, Path):
-        address = str(address)
-    if isinstance(address, str) and address.startswith("tcp://"):
-        u = urlsplit(address)
-        address = (u.hostname, u.port)
-    if isinstance(address, str):
-        if address.startswith("unix://"):
-            address = urlsplit(address).path
-        conn = _UnixHTTPConnection(address, timeout)
-    else:
-        conn = http.client.HTTPConnection(address[0], address[1], timeout=timeout)
-    try:
-        conn.request(method, target, body=body or None, headers=headers or {})
-        resp = conn.getresponse()
-        data = resp.read()
-        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, data
-    finally:
-        conn.close()
+    seen = []
+    while True:
+        remaining = deadline - time.monotonic()
+        assert remaining > 0, "%s within %ss; got %r" % (what, timeout, seen)
+        try:
+            item = items.get(timeout=remaining)
+        except queue.Empty:
+            continue
+        seen.append(item)
+        if pred(item):
+            return item
 
 
 # --------------------------------------------------------------------------
@@ -351,10 +277,10 @@ class Dockerd:
 
     def ping(self, timeout: float = 2.0) -> bool:
         try:
-            status, _, body = http_request(self.socket_path, "GET", "/_ping", timeout=timeout)
-        except OSError:
+            r = fu.get(self.socket_path, "/_ping", timeout=timeout)
+        except (OSError, fu.ConnectionClosed):
             return False
-        return status == 200 and body == b"OK"
+        return r.status == 200 and r.body == b"OK"
 
     def log_tail(self, n: int = 60) -> str:
         try:
@@ -426,11 +352,11 @@ class Dockerd:
         wait_until(lambda: not self._own_pids(), 10)
 
     def _remove_all_containers(self) -> None:
-        status, _, body = http_request(self.socket_path, "GET", "/containers/json?all=1", timeout=10)
-        if status != 200:
+        r = fu.get(self.socket_path, "/containers/json?all=1", timeout=10)
+        if r.status != 200:
             return
-        for c in json.loads(body):
-            http_request(self.socket_path, "DELETE", "/containers/%s?force=1&v=1" % c["Id"], timeout=30)
+        for c in r.json():
+            fu.get(self.socket_path, "/containers/%s?force=1&v=1" % c["Id"], method="DELETE", timeout=30)
 
     _DAEMON_EXES = {"dockerd", "containerd", "containerd-shim", "containerd-shim-runc-v1",
                     "containerd-shim-runc-v2", "runc", "docker-init", "docker-proxy"}
@@ -520,20 +446,25 @@ def run_sleeper(client, image: str, name: Optional[str] = None, start: bool = Tr
     return c
 
 
-def put_file(container, path: str, data: bytes, mode: int = 0o644) -> None:
-    """Write a file into a container through `container`'s (DIRECT) client."""
+def tar_of(name: str, data: bytes, mode: int = 0o644, mtime: int = 0) -> bytes:
+    """A tar archive holding one regular file."""
     import io
     import tarfile
 
-    directory, _, name = path.rpartition("/")
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         info = tarfile.TarInfo(name)
         info.size = len(data)
         info.mode = mode
-        info.mtime = int(time.time())
+        info.mtime = mtime
         tar.addfile(info, io.BytesIO(data))
-    if not container.put_archive(directory or "/", buf.getvalue()):
+    return buf.getvalue()
+
+
+def put_file(container, path: str, data: bytes, mode: int = 0o644) -> None:
+    """Write a file into a container through `container`'s (DIRECT) client."""
+    directory, _, name = path.rpartition("/")
+    if not container.put_archive(directory or "/", tar_of(name, data, mode, int(time.time()))):
         raise RuntimeError("put_archive %s failed" % path)
 
 
@@ -619,30 +550,39 @@ def _copy_tree_readable(src: Path, dst: Path) -> None:
 
 
 class ProxyProcess:
-    """The proxy as a subprocess.
+    """The proxy as a subprocess: the one way the tests start it.
 
-    By default runs as uid/gid 65532 (setpriv) with no supplementary groups
-    except `groups`.  proxy.py, rules.json and the h11 package are copied to a
-    fresh world-readable directory (`.workdir`), so the checkout location does
-    not matter.
+    By default runs proxy.py as uid/gid 65532 (setpriv) with no supplementary groups
+    except `groups`.  proxy.py, rules.json and the h11 package (or the frozen executable)
+    are copied to a fresh world-readable directory (`.workdir`, also the process's cwd),
+    so the checkout location does not matter.  The process leads its own process group.
 
     Arguments:
       listen:   list of listener URLs (each becomes `--listen URL`); None = pass none
       upstream: upstream URL (`--upstream`); None = pass none
       args:     extra command line arguments
       groups:   supplementary gids for the non-root process
-      as_root:  run as root, without setpriv (the proxy then needs --allow-root)
+      as_root:  run as root, without setpriv (the proxy then needs --allow-root to serve)
       env:      extra environment variables (the base environment is minimal)
       rules:    None -> copy REPO/rules.json and pass `--rules <workdir>/rules.json`;
                 a path -> copy that file instead; False -> copy REPO/rules.json but
-                pass no --rules option.
-      proxy_path: alternative proxy.py to run (default $PH_TEST_PROXY_PY or REPO/proxy.py)
+                pass no --rules option (the proxy's default: rules.json beside proxy.py,
+                or those bundled into the executable).
+      proxy_path: the proxy.py to run (default $PH_TEST_PROXY_PY or REPO/proxy.py), or an
+                executable (a name not ending in .py: the frozen dist/porthole), run as it is
+      command:  the command line to run instead of `[setpriv ...] python proxy.py` or the
+                copied executable (e.g. a namespace + chroot wrapper around a staged binary);
+                the arguments above are appended to it; only rules.json is copied
+
+    Use: `with ProxyProcess(...).running() as p:` (must stay up and exit 0 on SIGTERM), or
+    start() / wait_ready() / stop_problems() / cleanup() (conftest's proxy_factory), or
+    run() for the one-shot modes (--version, --check, --healthcheck, usage errors).
     """
 
     def __init__(self, listen: Optional[Sequence[str]] = None, upstream: Optional[str] = None,
                  args: Sequence[str] = (), groups: Optional[Iterable[int]] = None,
                  as_root: bool = False, env: Optional[dict] = None, rules=None,
-                 proxy_path=None):
+                 proxy_path=None, command: Optional[Sequence[str]] = None):
         self.listen = list(listen) if listen else []
         self.upstream = upstream
         self.extra_args = [str(a) for a in args]
@@ -654,6 +594,8 @@ class ProxyProcess:
             # PH_TEST_PROXY_PY: developer override to run the suite against another proxy.py
             proxy_path = os.environ.get("PH_TEST_PROXY_PY") or (REPO / "proxy.py")
         self.proxy_src = Path(proxy_path)
+        self.frozen = self.proxy_src.suffix != ".py"
+        self.command = [str(c) for c in command] if command else None
         self.proc: Optional[subprocess.Popen] = None
         self.workdir: Optional[Path] = None
         self.rules_path: Optional[Path] = None
@@ -665,17 +607,31 @@ class ProxyProcess:
 
     # -- lifecycle -------------------------------------------------------------
     def start(self) -> "ProxyProcess":
-        if not self.proxy_src.exists():
+        if self.command is None and not self.proxy_src.exists():
             raise ProxyError("%s does not exist" % self.proxy_src)
         self.workdir = Path(tempfile.mkdtemp(prefix="ph-proxy-", dir="/tmp"))
         _tmp_dirs.append(self.workdir)
         os.chmod(self.workdir, 0o755)
-        shutil.copy2(self.proxy_src, self.workdir / "proxy.py")
-        os.chmod(self.workdir / "proxy.py", 0o644)
-        import h11  # the test venv's h11
+        env = {"PATH": _CLEAN_PATH, "LANG": "C.UTF-8"}
+        if self.command is not None:
+            program = list(self.command)
+        elif self.frozen:
+            shutil.copy2(self.proxy_src, self.workdir / "porthole")
+            os.chmod(self.workdir / "porthole", 0o755)
+            program = [str(self.workdir / "porthole")]
+        else:
+            shutil.copy2(self.proxy_src, self.workdir / "proxy.py")
+            os.chmod(self.workdir / "proxy.py", 0o644)
+            import h11  # the test venv's h11
 
-        _copy_tree_readable(Path(h11.__file__).resolve().parent, self.workdir / "h11")
-        default_rules = self.proxy_src.parent / "rules.json"
+            _copy_tree_readable(Path(h11.__file__).resolve().parent, self.workdir / "h11")
+            python = getattr(sys, "_base_executable", None) or sys.executable
+            program = [python, str(self.workdir / "proxy.py")]
+            env.update({"PYTHONPATH": str(self.workdir), "PYTHONDONTWRITEBYTECODE": "1",
+                        "PYTHONUNBUFFERED": "1"})
+        default_rules = self.proxy_src.parent / "rules.json"  # beside a $PH_TEST_PROXY_PY
+        if not default_rules.exists():  # dist/ holds none
+            default_rules = REPO / "rules.json"
         src = default_rules if self.rules_src in (None, False) else Path(self.rules_src)
         self.rules_path = self.workdir / "rules.json"
         if src.exists():
@@ -691,32 +647,48 @@ class ProxyProcess:
             argv += ["--rules", str(self.rules_path)]
         argv += self.extra_args
 
-        python = getattr(sys, "_base_executable", None) or sys.executable
         prefix = []
-        if not self.as_root:
+        if not self.as_root and self.command is None:
             prefix = ["setpriv", "--reuid=%d" % PROXY_UID, "--regid=%d" % PROXY_GID]
             if self.groups:
                 prefix.append("--groups=" + ",".join(str(g) for g in self.groups))
             else:
                 prefix.append("--clear-groups")
-        self.cmd = prefix + [python, str(self.workdir / "proxy.py")] + argv
-        env = {
-            "PATH": _CLEAN_PATH,
-            "LANG": "C.UTF-8",
-            "PYTHONPATH": str(self.workdir),
-            "PYTHONDONTWRITEBYTECODE": "1",
-            "PYTHONUNBUFFERED": "1",
-        }
+        self.cmd = prefix + program + argv
         env.update(self.extra_env)
         self.proc = subprocess.Popen(self.cmd, cwd=str(self.workdir), env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE)
+                                     stderr=subprocess.PIPE, start_new_session=True)
         t1 = threading.Thread(target=self._read_stderr, daemon=True)
         t2 = threading.Thread(target=self._read_stdout, daemon=True)
         t1.start()
         t2.start()
         self._threads = [t1, t2]
         return self
+
+    @contextlib.contextmanager
+    def running(self, ready_timeout: float = 10.0):
+        """start() and wait_ready(); on leaving the block the proxy must still be running
+        and exit 0 on SIGTERM (AssertionError otherwise).  Cleaned up in any case."""
+        self.start()
+        try:
+            self.wait_ready(ready_timeout)
+            yield self
+            problems = self.stop_problems()
+            assert not problems, "\n\n".join(problems)
+        finally:
+            self.cleanup()
+
+    def run(self, timeout: float = 20.0) -> subprocess.CompletedProcess:
+        """One-shot modes (--version, --check, --healthcheck, usage errors): start, wait for
+        the proxy to exit by itself, clean up.  Returns a CompletedProcess with text output;
+        raises subprocess.TimeoutExpired (after killing it) if it runs longer than timeout."""
+        self.start()
+        try:
+            rc = self.wait(timeout)
+            return subprocess.CompletedProcess(self.cmd, rc, self.stdout_text(), self.stderr_text())
+        finally:
+            self.cleanup()
 
     def _read_stderr(self) -> None:
         for line in iter(self.proc.stderr.readline, b""):
@@ -760,8 +732,7 @@ class ProxyProcess:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+                kill_group(self.proc)
                 for t in self._threads:
                     t.join(5)
                 raise ProxyError("proxy did not exit within %ss after signal %s; killed.\n%s"
@@ -770,10 +741,32 @@ class ProxyProcess:
             t.join(5)
         return self.proc.returncode
 
+    def stop_problems(self, must_be_running: bool = True, must_exit_0: bool = True) -> list:
+        """SIGTERM and wait (stop()); returns what went wrong, as messages: it had exited
+        already (with must_be_running), it did not exit within 15 s (killed), it exited
+        non-zero after the SIGTERM (with must_exit_0)."""
+        problems = []
+        was_running = self.alive()
+        if must_be_running and not was_running:
+            problems.append("proxy %s exited (%s) before it was stopped; stderr tail:\n%s"
+                            % (self.cmd, self.returncode, self.stderr_text()[-3000:]))
+        try:
+            rc = self.stop(signal.SIGTERM, timeout=15)
+        except ProxyError as e:
+            return problems + [str(e)]
+        if was_running and must_exit_0 and rc != 0:
+            problems.append("proxy %s exited %s on SIGTERM; stderr tail:\n%s"
+                            % (self.cmd, rc, self.stderr_text()[-3000:]))
+        return problems
+
     def cleanup(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        """Kill what is left of it, print its stderr (tail) for the test report, remove the
+        workdir."""
+        if self.proc is not None:
+            kill_group(self.proc)
+            for t in self._threads:
+                t.join(5)
+            print("---- proxy pid %s stderr (tail) ----\n%s" % (self.pid, self.stderr_text()[-6000:]))
         if self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
@@ -834,29 +827,34 @@ class ProxyProcess:
 
     def wait_ready(self, timeout: float = 10.0) -> "ProxyProcess":
         """Wait for the "listening" log event or a successful connect to the first
-        listener.  Raises ProxyError (with stderr) if the proxy exits or times out."""
+        listener, then until every unix listener accepts connections (its socket file may
+        appear after the TCP listener).  Raises ProxyError (with stderr) if the proxy exits
+        or times out."""
         addr = self.first_listener_address()
         started = time.monotonic()
         deadline = started + timeout
         while True:
             if any(l.get("event") == "listening" for l in self.logs()):
-                return self
+                break
             if self.proc.poll() is not None:
                 for t in self._threads:
                     t.join(2)
                 raise ProxyError("proxy exited with %s before being ready.\ncmd: %s\nstderr:\n%s"
                                  % (self.proc.returncode, self.cmd, self.stderr_text()[-4000:]))
-            if time.monotonic() > started + 1.0:
-                # no "listening" line yet (e.g. text log format): probe the listener
-                try:
-                    _connect(addr, 0.5).close()
-                    return self
-                except OSError:
-                    pass
+            # no "listening" line yet (e.g. text log format): probe the listener
+            if time.monotonic() > started + 1.0 and can_connect(addr):
+                break
             if time.monotonic() > deadline:
                 raise ProxyError("proxy not ready within %ss.\ncmd: %s\nstderr:\n%s"
                                  % (timeout, self.cmd, self.stderr_text()[-4000:]))
             time.sleep(0.05)
+        for url in self.listen:
+            path = urlsplit(url).path
+            if url.startswith("unix://") and not wait_until(lambda: can_connect(path),
+                                                            max(5.0, deadline - time.monotonic())):
+                raise ProxyError("unix listener %s never accepted connections.\nstderr:\n%s"
+                                 % (path, self.stderr_text()[-4000:]))
+        return self
 
 
 def write_rules(document: dict) -> Path:

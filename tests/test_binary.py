@@ -15,7 +15,6 @@ import os
 import shutil
 import signal
 import subprocess
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -61,32 +60,6 @@ def proxy_version() -> str:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "VERSION":
             return node.value.value
     raise AssertionError("no VERSION in proxy.py")
-
-
-def wait_listening(port: int, proc: subprocess.Popen, log_path: Path, timeout: float = 20.0) -> None:
-    def ready():
-        if proc.poll() is not None:
-            return True
-        try:
-            support._connect(("127.0.0.1", port), 0.5).close()
-            return True
-        except OSError:
-            return False
-
-    ok = support.wait_until(ready, timeout, 0.05)
-    log = log_path.read_text(errors="replace") if log_path.exists() else ""
-    assert proc.poll() is None, "proxy exited with %s before listening:\n%s" % (proc.returncode, _tail(log))
-    assert ok, "proxy not listening on 127.0.0.1:%d within %ss:\n%s" % (port, timeout, _tail(log))
-
-
-def kill_group(proc: subprocess.Popen) -> None:
-    """SIGKILL the process group of a start_new_session=True child (never anything else)."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait(10)
 
 
 def child_pids(pid: int) -> list:
@@ -143,8 +116,7 @@ def test_sha256_file_matches(porthole_binary):
 
 
 def test_version(porthole_binary):
-    r = subprocess.run([str(porthole_binary), "--version"], capture_output=True, text=True, timeout=30,
-                       env={"PATH": "/usr/bin:/bin"})
+    r = support.ProxyProcess(args=["--version"], proxy_path=porthole_binary, as_root=True, rules=False).run(30)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("porthole %s " % proxy_version()), r.stdout
 
@@ -155,33 +127,19 @@ def test_version(porthole_binary):
 
 @pytest.mark.docker
 def test_bare_host_unprivileged(porthole_binary, dockerd, busybox_image, containers):
-    """Copied to a fresh 0755 directory, run as uid 65532 with only the socket's group."""
-    stage = support.short_tmpdir("ph-bin-", 0o755)
-    exe = stage / "porthole"
-    shutil.copy2(porthole_binary, exe)
-    os.chmod(exe, 0o755)
+    """Copied to a fresh 0755 directory (ProxyProcess's workdir), run as uid 65532 with only the
+    socket's group."""
     name = "ph-bin-%d" % os.getpid()
     containers(busybox_image, name=name, start=False)
 
     port = support.free_port()
-    log_path = stage / "stderr.log"
-    # --groups replaces every supplementary group (setpriv refuses it together with --clear-groups)
-    cmd = ["setpriv", "--reuid=%d" % support.PROXY_UID, "--regid=%d" % support.PROXY_GID,
-           "--groups=%d" % SOCK_GID, str(exe),
-           "--listen", "tcp://127.0.0.1:%d" % port, "--upstream", dockerd.url]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"}, start_new_session=True)
-    try:
-        wait_listening(port, proc, log_path)
-        status = open("/proc/%d/status" % proc.pid).read()
+    # its bundled rules (no --rules); setpriv --groups replaces every supplementary group
+    p = support.ProxyProcess(listen=["tcp://127.0.0.1:%d" % port], upstream=dockerd.url, groups=[SOCK_GID],
+                             proxy_path=porthole_binary, rules=False)
+    with p.running(ready_timeout=20):  # then: SIGTERM, exit 0 within 15 s
+        status = open("/proc/%d/status" % p.pid).read()
         assert "\nUid:\t65532\t65532\t65532\t65532\n" in status
         check_cli_through("tcp://127.0.0.1:%d" % port, dockerd.url, name, busybox_image)
-        proc.send_signal(signal.SIGTERM)
-        rc = proc.wait(15)
-        assert rc == 0, "exit %s after SIGTERM:\n%s" % (rc, _tail(log_path.read_text(errors="replace")))
-    finally:
-        kill_group(proc)
 
 
 @pytest.mark.docker
@@ -201,34 +159,29 @@ def test_empty_root(porthole_binary, dockerd, busybox_image, containers):
     containers(busybox_image, name=name, start=False)
 
     port = support.free_port()
-    log_path = Path(tempfile.mkdtemp(prefix="ph-rootlog-")) / "stderr.log"
-    support._tmp_dirs.append(log_path.parent)
     # New mount namespace (private propagation: nothing leaks to the host) and PID namespace:
     # when its init (the proxy) dies, the namespaces and their mounts go away with it.
-    script = ('set -e; mount --bind "$1" "$2/docker.sock"; mount -t proc proc "$2/proc"; '
-              'exec chroot --userspec=%d:%d --groups=%d "$2" /porthole '
-              '--listen tcp://127.0.0.1:%d --upstream unix:///docker.sock'
-              % (support.PROXY_UID, support.PROXY_GID, SOCK_GID, port))
-    cmd = ["unshare", "--mount", "--pid", "--fork", "--propagation", "private",
-           "sh", "-c", script, "sh", dockerd.socket_path, str(root)]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8", "TMPDIR": "/tmp"},
-                                start_new_session=True)
+    script = ('set -e; mount --bind "$1" "$2/docker.sock"; mount -t proc proc "$2/proc"; root="$2"; shift 2; '
+              'exec chroot --userspec=%d:%d --groups=%d "$root" /porthole "$@"'
+              % (support.PROXY_UID, support.PROXY_GID, SOCK_GID))
+    launcher = ["unshare", "--mount", "--pid", "--fork", "--propagation", "private",
+                "sh", "-c", script, "sh", dockerd.socket_path, str(root)]
+    p = support.ProxyProcess(listen=["tcp://127.0.0.1:%d" % port], upstream="unix:///docker.sock", rules=False,
+                             command=launcher, env={"TMPDIR": "/tmp"})
     try:
-        wait_listening(port, proc, log_path)
+        p.start().wait_ready(20)
         check_cli_through("tcp://127.0.0.1:%d" % port, dockerd.url, name, busybox_image)
         # SIGTERM to the namespace's init (the staticx bootloader, unshare's only child), as
         # `docker stop` does; its bootloaders forward it to python. (Not to the whole process
         # group: then every process of the bootloader chain gets it and also forwards it, and a
         # late duplicate can kill a process that is already exiting.)
-        init = child_pids(proc.pid)
+        init = child_pids(p.pid)
         assert len(init) == 1, init
         os.kill(init[0], signal.SIGTERM)
-        rc = proc.wait(15)
-        assert rc == 0, "exit %s after SIGTERM:\n%s" % (rc, _tail(log_path.read_text(errors="replace")))
+        rc = p.wait(15)
+        assert rc == 0, "exit %s after SIGTERM:\n%s" % (rc, _tail(p.stderr_text()))
     finally:
-        kill_group(proc)
+        p.cleanup()
     # nothing stayed mounted on the host
     with open("/proc/self/mountinfo") as f:
         assert str(root) not in f.read()
@@ -260,7 +213,7 @@ def test_reproducible_build(porthole_binary):
         outputs = [p.communicate(timeout=200)[0] for p in procs]
     finally:
         for p in procs:
-            kill_group(p)
+            support.kill_group(p)
     for copy, p, out in zip(copies, procs, outputs):
         assert p.returncode == 0, "build in %s failed (%s):\n%s" % (copy, p.returncode, _tail(out))
     digests = [hashlib.sha256((c / "dist" / "porthole").read_bytes()).hexdigest() for c in copies]

@@ -2,21 +2,21 @@
 import os
 import socket
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import proxy
+import support
 from proxy import UsageError, bind_unix, parse_endpoint, parse_settings
 
 REPO = Path(__file__).resolve().parent.parent
 
 
 def run_proxy(*args, env=None, timeout=20):
-    return subprocess.run([sys.executable, str(REPO / "proxy.py"), *args], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    """proxy.py as root in a one-shot mode (--version, --check, a usage error), without a
+    --rules option: CompletedProcess with text output."""
+    return support.ProxyProcess(args=args, as_root=True, env=env, rules=False).run(timeout)
 
 
 def test_defaults():

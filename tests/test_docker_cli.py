@@ -13,7 +13,6 @@ import queue
 import re
 import stat
 import threading
-import time
 import uuid
 
 import docker
@@ -190,20 +189,13 @@ def test_events_stream_live(host, cli_proxy, dockerd, docker_direct, busybox_ima
         assert subscribed, "events subscription never reached the daemon (rc=%s, stderr=%r)" % (
             proc.poll(), proc.stderr.read() if proc.poll() is not None else "")
         c.start()  # DIRECT socket
-        deadline = time.monotonic() + 1.0
-        seen = []
-        while True:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, "start event not seen through the proxy within 1s; got %r" % seen
-            try:
-                line = lines.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            seen.append(line)
+
+        def is_start(line):
             ev = json.loads(line)
-            if ev.get("Type") == "container" and ev.get("Action") == "start" and \
-                    ev.get("Actor", {}).get("ID") == c.id:
-                break
+            return ev.get("Type") == "container" and ev.get("Action") == "start" and \
+                ev.get("Actor", {}).get("ID") == c.id
+
+        support.wait_for_item(lines, is_start, 1.0, "start event not seen through the proxy")
     finally:
         proc.terminate()
         proc.wait(10)

@@ -153,18 +153,9 @@ def test_events_stream(client, docker_direct, busybox_image, containers):
         assert support.wait_until(lambda: docker_direct.info()["NEventsListener"] > baseline, 10), \
             "events subscription never reached the daemon"
         c.start()  # DIRECT socket
-        deadline = time.monotonic() + 1.0
-        seen = []
-        while True:
-            remaining = deadline - time.monotonic()
-            assert remaining > 0, "start event not seen through the proxy within 1s; got %r" % seen
-            try:
-                ev = got.get(timeout=remaining)
-            except queue.Empty:
-                continue
-            seen.append(ev)
-            if ev.get("Type") == "container" and ev.get("Action") == "start" and ev.get("id") == c.id:
-                break
+        support.wait_for_item(
+            got, lambda ev: ev.get("Type") == "container" and ev.get("Action") == "start" and ev.get("id") == c.id,
+            1.0, "start event not seen through the proxy")
     finally:
         events.close()
         t.join(5)

@@ -11,10 +11,11 @@ import socket
 import threading
 import time
 
-import h11
 import pytest
 
+import fake_upstream as fu
 import support
+from fake_upstream import ConnectionClosed, HttpClient
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
@@ -50,12 +51,12 @@ def test_daemon_absent_at_start_then_appears(proxy_factory, fault_daemons, tmp_p
     addr = proxy.first_listener_address()
 
     for _ in range(2):  # repeatedly, and the proxy keeps running
-        status, headers, body = support.http_request(addr, "GET", "/_ping")
-        assert status == 502, (status, body)
-        assert "json" in headers.get("content-type", "")
-        assert _json_message(body).startswith("porthole:")
-    status, _, body = support.http_request(addr, "GET", "/v1.41/containers/json")
-    assert status == 502 and _json_message(body).startswith("porthole:")
+        r = fu.get(addr, "/_ping", timeout=10)
+        assert r.status == 502, (r.status, r.body)
+        assert "json" in (r.header("content-type") or "")
+        assert _json_message(r.body).startswith("porthole:")
+    r = fu.get(addr, "/v1.41/containers/json", timeout=10)
+    assert r.status == 502 and _json_message(r.body).startswith("porthole:")
     r = support.docker_cli("tcp://%s:%d" % addr, "ps")
     assert r.returncode != 0 and "porthole:" in r.stderr, r.stderr
     assert proxy.alive()
@@ -63,41 +64,41 @@ def test_daemon_absent_at_start_then_appears(proxy_factory, fault_daemons, tmp_p
     d = fault_daemons()
     d.start(tmp_path / "fault-a", FAULT_SOCK_GID, socket_path=sock)
     # the very next request goes through, without restarting the proxy
-    status, _, body = support.http_request(addr, "GET", "/_ping")
-    assert (status, body) == (200, b"OK")
-    status, _, body = support.http_request(addr, "GET", "/v1.41/version")
-    assert status == 200 and json.loads(body)["Version"]
+    r = fu.get(addr, "/_ping", timeout=10)
+    assert (r.status, r.body) == (200, b"OK")
+    r = fu.get(addr, "/v1.41/version", timeout=10)
+    assert r.status == 200 and json.loads(r.body)["Version"]
     r = support.docker_cli("tcp://%s:%d" % addr, "ps", "-a", "--format", "{{.ID}}", check=True)
     assert r.stdout.strip() == ""
     assert proxy.alive()
 
 
-def _read_stream_until_end(sock: socket.socket, conn: h11.Connection, deadline: float):
-    """Read an HTTP response body until it ends. Returns a description of how it ended:
-    "end-of-message", "closed" or "error:<...>"; fails the test if still open at deadline."""
+def _read_stream_until_end(c: HttpClient, resp, deadline: float):
+    """Read a response body (chunked, or until close) until it ends. Returns a description of how it ended:
+    "end-of-message", "closed" (also mid-body) or "error:<...>"; fails the test if still
+    open at deadline."""
+    chunked = "chunked" in (resp.header("transfer-encoding") or "").lower()
     while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        if not chunked:  # a body that ends with the connection
+            if c.wait_closed(remaining):
+                return "closed"
+            break
         try:
-            ev = conn.next_event()
-        except h11.RemoteProtocolError as e:  # e.g. peer closed mid-body
-            return "error:%s" % e
-        if ev is h11.NEED_DATA:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                pytest.fail("the /events stream through the proxy is still open after the daemon restart (hang)")
-            sock.settimeout(remaining)
-            try:
-                data = sock.recv(65536)
-            except socket.timeout:
-                continue
-            except OSError as e:
-                return "error:%r" % e
-            conn.receive_data(data)
-            continue
-        if isinstance(ev, h11.EndOfMessage):
-            return "end-of-message"
-        if isinstance(ev, h11.ConnectionClosed):
+            if c.read_chunk(resp, timeout=remaining) is None:
+                return "end-of-message"
+        except ConnectionClosed:  # also a close mid-body
             return "closed"
-        # h11.Data: an event line; keep reading
+        except (socket.timeout, TimeoutError):
+            break
+        except OSError as e:
+            return "error:%r" % e
+        except (AssertionError, ValueError) as e:  # broken chunk framing
+            return "error:%s" % e
+        # an event line; keep reading
+    pytest.fail("the /events stream through the proxy is still open after the daemon restart (hang)")
 
 
 def test_daemon_restart_ends_open_events_stream(proxy_factory, fault_daemons, tmp_path):
@@ -107,22 +108,11 @@ def test_daemon_restart_ends_open_events_stream(proxy_factory, fault_daemons, tm
     proxy = proxy_factory(upstream=d.url, groups=[FAULT_SOCK_GID])
     addr = proxy.first_listener_address()
 
-    sock = support._connect(addr, 10)
-    conn = h11.Connection(h11.CLIENT)
+    c = HttpClient(addr, 10)
     try:
-        sock.sendall(conn.send(h11.Request(method="GET", target="/v1.41/events",
-                                           headers=[("Host", "docker"), ("User-Agent", "porthole-test")])))
-        sock.sendall(conn.send(h11.EndOfMessage()))
-        deadline = time.monotonic() + 10
-        while True:
-            ev = conn.next_event()
-            if ev is h11.NEED_DATA:
-                sock.settimeout(max(0.1, deadline - time.monotonic()))
-                conn.receive_data(sock.recv(65536))
-                continue
-            assert isinstance(ev, h11.Response), ev
-            break
-        assert ev.status_code == 200, ev
+        c.request("GET", "/v1.41/events", headers=[("User-Agent", "porthole-test")], host="docker")
+        resp = c.read_head(timeout=10)
+        assert resp.status == 200, resp
         assert support.wait_until(lambda: direct.info()["NEventsListener"] >= 1, 10), \
             "events subscription never reached the daemon"
 
@@ -136,24 +126,23 @@ def test_daemon_restart_ends_open_events_stream(proxy_factory, fault_daemons, tm
 
         t = threading.Thread(target=restart, daemon=True)
         t.start()
-        how = _read_stream_until_end(sock, conn, time.monotonic() + 30)
+        how = _read_stream_until_end(c, resp, time.monotonic() + 30)
         t.join(60)
         assert not t.is_alive() and not restart_error, restart_error
         print("events stream ended with:", how)
     finally:
-        sock.close()
+        c.close()
         direct.close()
 
     assert d.ping()
     # the proxy reconnects for new requests
-    status, _, body = support.http_request(addr, "GET", "/_ping")
-    assert (status, body) == (200, b"OK")
+    r = fu.get(addr, "/_ping", timeout=10)
+    assert (r.status, r.body) == (200, b"OK")
     r = support.docker_cli("tcp://%s:%d" % addr, "version", "--format", "{{.Server.Version}}", check=True)
     assert r.stdout.strip()
     # and a new events stream works too
-    status, headers, body = support.http_request(
-        addr, "GET", "/v1.41/events?since=0&until=%d" % int(time.time()), timeout=15)
-    assert status == 200, body
+    r = fu.get(addr, "/v1.41/events?since=0&until=%d" % int(time.time()), timeout=15)
+    assert r.status == 200, r.body
     assert proxy.alive()
 
 
@@ -163,9 +152,9 @@ def test_socket_permission_denied_names_group(proxy_factory, dockerd):
     addr = proxy.first_listener_address()
     gid = str(dockerd.sock_gid)
 
-    status, _, body = support.http_request(addr, "GET", "/_ping")
-    assert status == 502, (status, body)
-    msg = _json_message(body)
+    r = fu.get(addr, "/_ping", timeout=10)
+    assert r.status == 502, (r.status, r.body)
+    msg = _json_message(r.body)
     assert msg.startswith("porthole:"), msg
     assert gid in msg and "group" in msg.lower() and "add" in msg.lower(), msg
 
@@ -175,6 +164,6 @@ def test_socket_permission_denied_names_group(proxy_factory, dockerd):
 
     # the proxy stays up and keeps answering
     assert proxy.alive()
-    status, _, body = support.http_request(addr, "GET", "/v1.41/containers/json")
-    assert status == 502 and gid in _json_message(body)
+    r = fu.get(addr, "/v1.41/containers/json", timeout=10)
+    assert r.status == 502 and gid in _json_message(r.body)
     assert proxy.alive()

@@ -127,36 +127,19 @@ def rig():
     p = support.ProxyProcess(
         listen=["tcp://127.0.0.1:%d" % port, unix_url, logs_url], upstream=up.url,
         args=["--head-timeout", str(hc.HEAD_TIMEOUT), "--max-streams-per-client", "2"])
-    p.start()
     try:
-        p.wait_ready(10)
-        for path in (unix_path, logs_path):
-            assert support.wait_until(lambda path=path: _can_connect(path), 5), path
-        r = Rig(p, up, {"tcp": ("127.0.0.1", port), "unix": unix_path, "unix-logs": logs_path})
-        yield r
-        alive = p.alive()
-        # every stderr line is one JSON object: hostile bytes never broke a log line
-        bad = [l for l in p.stderr_lines() if l.strip() and not _is_json_object(l)]
-        # and the upstream received nothing but what the cases allowed (plus barriers)
-        total = len(up.all_bytes())
-        rc = p.stop()
-        assert alive, "proxy died during the module:\n" + p.stderr_text()[-3000:]
-        assert rc == 0, "proxy exited %s on SIGTERM" % rc
+        with p.running():  # must stay up for the whole module and exit 0 on SIGTERM
+            r = Rig(p, up, {"tcp": ("127.0.0.1", port), "unix": unix_path, "unix-logs": logs_path})
+            yield r
+            # every stderr line is one JSON object: hostile bytes never broke a log line
+            bad = [l for l in p.stderr_lines() if l.strip() and not _is_json_object(l)]
+            # and the upstream received nothing but what the cases allowed (plus barriers)
+            total = len(up.all_bytes())
         assert not bad, bad[:5]
         if r.open_snapshots == 0:  # else a test stopped before its accounting; it failed already
             assert total == r.expected_upstream_bytes, (total, r.expected_upstream_bytes)
     finally:
-        print("---- hostile proxy stderr (tail) ----\n" + p.stderr_text()[-4000:])
-        p.cleanup()
         up.stop()
-
-
-def _can_connect(path):
-    try:
-        support._connect(path, 0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 def _is_json_object(line):
@@ -400,14 +383,6 @@ def test_stream_limit_429_is_local_and_logged(rig):
     assert all(l.get("path") != "/v1.41/events?since=1" for l in lines)
 
 
-def _rss(pid):
-    with open("/proc/%d/status" % pid) as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS")
-
-
 def test_flood_of_pipelined_refusals_to_a_non_reading_client_is_bounded(rig):
     """A client pipelines refused (keep-alive 403) requests as fast as it can and never reads
     the answers. Each answer echoes the request's 4 KB path, so what porthole queues for the
@@ -417,7 +392,7 @@ def test_flood_of_pipelined_refusals_to_a_non_reading_client_is_bounded(rig):
     stays alive and serves others. (Kernel buffers on loopback absorb tens of MB, so what the
     client managed to send says nothing; porthole's own log count and RSS do.)"""
     snap = rig.snapshot()
-    base = _rss(rig.proxy.pid)
+    base = support.rss_bytes(rig.proxy.pid)
     one = hc.req("GET", "/containers/%s/export" % ("a" * 4000))
     data = one * ((1 << 20) // len(one))
     most = 3000  # 12 MB of answers: far above any sane queue plus the kernel's send buffer
@@ -438,7 +413,7 @@ def test_flood_of_pipelined_refusals_to_a_non_reading_client_is_bounded(rig):
                 checked = time.monotonic()
                 answered = len(rig.request_lines()) - snap["logs"]
         elapsed = time.monotonic() - started
-        growth = _rss(rig.proxy.pid) - base
+        growth = support.rss_bytes(rig.proxy.pid) - base
         assert rig.proxy.alive()
         assert fu.get(rig.addrs["tcp"], "/_ping", timeout=5).status == 200
     finally:

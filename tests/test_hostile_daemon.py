@@ -14,11 +14,9 @@ proxy must be the stricter one. Only GET and HEAD ever go to the daemon directly
 """
 from __future__ import annotations
 
-import io
 import json
 import secrets
 import sys
-import tarfile
 import time
 from urllib.parse import quote
 
@@ -142,15 +140,6 @@ def assert_refused(answer, raw, allow_first_ok=False):
     assert not leftover, ("unexpected bytes after porthole's answer", raw[:400], leftover[:400])
 
 
-def tar_of(name, data):
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
 H = hc.HOST
 
 
@@ -208,7 +197,7 @@ def test_exec_is_never_created(proxy, docker_direct, victim):
 
 def test_archive_is_never_written(proxy, docker_direct, victim):
     since = time.time()
-    tar = tar_of("pwned.txt", victim.payload)
+    tar = support.tar_of("pwned.txt", victim.payload)
     target = "%s/containers/%s/archive?path=/tmp" % (API, victim.id)
     cl = (("Content-Type", "application/x-tar"), ("Content-Length", str(len(tar))))
     put = hc.req("PUT", target, H + cl, tar)
@@ -302,7 +291,6 @@ def test_kill_stop_remove_are_refused(proxy, docker_direct, victim):
 def test_dangerous_reads_leak_nothing(proxy_factory, docker_direct, dockerd, victim):
     unix_url, unix_path = support.unix_listen_url("d.sock", "mode=0666")
     p = proxy_factory(listen=["tcp://127.0.0.1:%d" % support.free_port(), unix_url])
-    assert support.wait_until(lambda: _can_connect(unix_path), 5)
     tcp = p.first_listener_address()
     v, cid = victim, victim.id
     image = v.image
@@ -358,14 +346,6 @@ def test_control_bytes_in_forwarded_headers_do_not_reach_the_daemon(proxy, docke
     assert (statuses[0] == 200 and responses[0].body == b"OK") or (statuses[0] == 400 and ours), (
         "porthole forwarded a header value the daemon rejects: daemon directly answers %r; through "
         "porthole the client got %r" % (direct_received[:200], received[:300]))
-
-
-def _can_connect(path):
-    try:
-        support._connect(path, 0.5).close()
-        return True
-    except OSError:
-        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -444,7 +424,7 @@ def fetch(address, method, raw_target, timeout=20.0):
     """One request on a fresh connection: (status, body, headers) or ("closed", b"", [])."""
     c = HttpClient(address, timeout=timeout)
     try:
-        c.send(method.encode() + b" " + raw_target + b" HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        c.send(hc.req(method, raw_target, H + (("Connection", "close"),)))
         try:
             r = c.read_response(method, timeout=timeout)
         except ConnectionClosed:
@@ -485,7 +465,6 @@ def test_differential_daemon_vs_proxy(proxy_factory, dockerd, docker_direct, vic
         exited.wait(timeout=30)
         logs_url, logs_path = support.unix_listen_url("l.sock", "mode=0666&profile=log-reader")
         p = proxy_factory(listen=["tcp://127.0.0.1:%d" % support.free_port(), logs_url])
-        assert support.wait_until(lambda: _can_connect(logs_path), 5)
         listeners = {"default": p.first_listener_address(), "log-reader": logs_path}
         _run_differential(dockerd, victim, exited, busybox_image, listeners, p)
     finally:

@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+import fake_upstream as fu
 import support
 from test_binary import ensure_binary
 
@@ -141,14 +142,8 @@ def listener_dir():
 
 
 def wait_socket(path, timeout=20.0):
-    def accepting():
-        try:
-            support._connect(str(path), 0.5).close()
-            return True
-        except OSError:
-            return False
-
-    assert support.wait_until(accepting, timeout, 0.1), "%s never accepted connections" % path
+    assert support.wait_until(lambda: support.can_connect(path), timeout, 0.1), \
+        "%s never accepted connections" % path
 
 
 def layer_entries(dockerd, image):
@@ -300,9 +295,9 @@ def test_without_socket_group(dockerd, docker_direct, porthole_image, run_proxy_
         "-v", "%s:/run/porthole" % ldir, "--health-interval", "1s", "--health-start-period", "0s",
         "--health-retries", "1", porthole_image, "--listen", "unix:///run/porthole/docker.sock?mode=0666")
     wait_socket(ldir / "docker.sock")
-    status, _, body = support.http_request(str(ldir / "docker.sock"), "GET", "/v1.41/containers/json")
-    assert status == 502, (status, body)
-    message = json.loads(body)["message"]
+    r = fu.get(ldir / "docker.sock", "/v1.41/containers/json", timeout=10)
+    assert r.status == 502, (r.status, r.body)
+    message = json.loads(r.body)["message"]
     assert message.startswith("porthole:"), message
     assert "2375" in message and "--group-add" in message, message
     wait_health(docker_direct, cid, "unhealthy")

@@ -5,8 +5,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
@@ -26,11 +24,7 @@ def rules_doc(*paths):
         "rules": [{"method": "GET", "path": p} for p in paths]}}}
 
 
-BASE_RULES = rules_doc("/_ping", "/version", "/events", "/containers/json")
-
-
-def write_rules(doc=BASE_RULES):
-    return support.write_rules(doc)
+RULES = rules_doc("/_ping", "/version", "/events", "/containers/json")
 
 
 def replace_file(path, text):
@@ -39,16 +33,6 @@ def replace_file(path, text):
         f.write(text)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
-
-
-@pytest.fixture
-def start_proxy(proxy_factory, upstream):
-    def start(*args, rules=None, **kw):
-        p = proxy_factory(upstream=upstream.url, rules=rules or write_rules(),
-                          args=[str(a) for a in args], **kw)
-        p.addr = p.first_listener_address()
-        return p
-    return start
 
 
 def request_lines(p):
@@ -215,7 +199,7 @@ def status_of(p, target):
 
 
 def test_sighup_reload_changes_policy_and_bad_file_keeps_old(start_proxy, upstream):
-    p = start_proxy(rules=write_rules(rules_doc("/_ping", "/containers/json")))
+    p = start_proxy(rules=support.write_rules(rules_doc("/_ping", "/containers/json")))
     assert status_of(p, "/v1.41/version") == 403
     assert status_of(p, "/v1.41/containers/json") == 200
     n_before = len(upstream.requests)
@@ -345,31 +329,25 @@ def test_sigint_also_stops_cleanly(start_proxy, upstream):
 # --healthcheck
 
 
-def run_healthcheck(p, listen_url, timeout=20):
-    python = getattr(sys, "_base_executable", None) or sys.executable
-    cmd = ["setpriv", "--reuid=%d" % support.PROXY_UID, "--regid=%d" % support.PROXY_GID,
-           "--clear-groups", python, str(p.workdir / "proxy.py"), "--healthcheck",
-           "--listen", listen_url]
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTHONPATH": str(p.workdir),
-           "PYTHONDONTWRITEBYTECODE": "1", "LANG": "C.UTF-8"}
-    return subprocess.run(cmd, env=env, cwd=str(p.workdir), stdin=subprocess.DEVNULL,
-                          capture_output=True, timeout=timeout)
+def run_healthcheck(listen_url, timeout=20):
+    """`proxy.py --healthcheck --listen URL` as uid 65532 without groups."""
+    return support.ProxyProcess(listen=[listen_url], args=["--healthcheck"], rules=False).run(timeout)
 
 
 def test_healthcheck(start_proxy, upstream):
     p = start_proxy()
     url = p.listen[0]
-    res = run_healthcheck(p, url)
+    res = run_healthcheck(url)
     assert res.returncode == 0, res
     assert any(q.path == "/_ping" for q in upstream.requests)
     # upstream down: the proxy answers 502, the healthcheck fails
     upstream.stop()
-    res = run_healthcheck(p, url)
+    res = run_healthcheck(url)
     assert res.returncode != 0, res
     # proxy down: the healthcheck fails
     p.stop()
-    res = run_healthcheck(p, url)
+    res = run_healthcheck(url)
     assert res.returncode != 0, res
     # nobody ever listened there
-    res = run_healthcheck(p, "tcp://127.0.0.1:%d" % support.free_port())
+    res = run_healthcheck("tcp://127.0.0.1:%d" % support.free_port())
     assert res.returncode != 0, res

@@ -34,22 +34,9 @@ def write_rules(rules=RULES):
     return support.write_rules(rules)
 
 
-@pytest.fixture
-def start_proxy(proxy_factory, upstream):
-    def start(*args):
-        p = proxy_factory(upstream=upstream.url, rules=write_rules(), args=[str(a) for a in args])
-        p.addr = p.first_listener_address()
-        return p
-    return start
-
-
 def assert_served(p, timeout=5.0):
     r = fu.get(p.addr, "/_ping", timeout=timeout)
     assert (r.status, r.body) == (200, b"OK")
-
-
-def raw_connect(addr, timeout=5.0):
-    return fu.connect(addr, timeout)
 
 
 # ---------------------------------------------------------------------------
@@ -61,7 +48,7 @@ def test_endless_stream_to_non_reading_client_is_bounded(start_proxy, upstream):
     p = start_proxy()
     assert_served(p)
     base_rss = support.rss_bytes(p.pid)
-    s = raw_connect(p.addr)
+    s = fu.connect(p.addr)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     try:
         s.sendall(build_request("GET", "/v1.41/events", [("Host", "localhost")]))
@@ -120,7 +107,7 @@ def test_pipelined_junk_unread_responses_memory_bounded(start_proxy, upstream, j
         payload = first + one * ((40 * MB) // len(one))
     else:
         payload = first + (b"\x00junk\xff" * 4096) * ((40 * MB) // (6 * 4096))
-    s = raw_connect(p.addr)
+    s = fu.connect(p.addr)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
     try:
         sent = _flood(s, payload, 4.0)
@@ -332,7 +319,7 @@ def test_whitespace_padding_counts_toward_the_head_limit(start_proxy, upstream):
     p = start_proxy("--max-head-bytes", 16384)
     before = len(upstream.all_bytes())
     head = b"GET /_ping HTTP/1.1\r\nHost: localhost\r\nX-Pad: a" + b" " * 30000 + b"b\r\n\r\n"
-    with raw_connect(p.addr) as sock:
+    with fu.connect(p.addr) as sock:
         sock.sendall(head)
         sock.settimeout(5)
         answer = b""

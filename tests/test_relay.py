@@ -34,15 +34,9 @@ RULES = {
 }
 
 
-def write_rules(rules):
-    return support.write_rules(rules)
-
-
 @pytest.fixture
-def proxy(proxy_factory, upstream):
-    p = proxy_factory(upstream=upstream.url, rules=write_rules(RULES))
-    p.addr = p.first_listener_address()
-    return p
+def proxy(start_proxy):
+    return start_proxy()
 
 
 # ---------------------------------------------------------------------------
@@ -515,7 +509,7 @@ def test_content_length_with_transfer_encoding_is_not_smuggled(proxy, upstream):
 
 def test_upstream_unreachable_gives_502(proxy_factory):
     d = support.short_tmpdir("ph-nowhere-")
-    p = proxy_factory(upstream="unix://%s/absent.sock" % d, rules=write_rules(RULES))
+    p = proxy_factory(upstream="unix://%s/absent.sock" % d, rules=support.write_rules(RULES))
     r = fu.get(p.first_listener_address(), "/_ping", timeout=10)
     assert_porthole_error(r, 502)
 

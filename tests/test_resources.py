@@ -16,7 +16,7 @@ import time
 import fake_upstream as fu
 import pytest
 import support
-from fake_upstream import HttpClient, build_request
+from fake_upstream import ConnectionClosed, HttpClient, build_request
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -35,19 +35,6 @@ RULES = {
 }
 
 MB = 1024 * 1024
-
-
-def write_rules():
-    return support.write_rules(RULES)
-
-
-@pytest.fixture
-def start_proxy(proxy_factory, upstream):
-    def start(*args):
-        p = proxy_factory(upstream=upstream.url, rules=write_rules(), args=[str(a) for a in args])
-        p.addr = p.first_listener_address()
-        return p
-    return start
 
 
 def cpu_seconds(pid):
@@ -155,8 +142,8 @@ def test_slowloris_connections_are_cut_at_the_head_deadline(start_proxy, upstrea
         for s in socks:
             assert bytes(received[s]).startswith(b"HTTP/1.1 408 "), bytes(received[s][:200])
             assert sent[s] < len(head)
-        status, _, body = support.parse_http_response(bytes(received[socks[0]]))
-        assert status == 408 and json.loads(body)["message"].startswith("porthole: ")
+        r = fu.parse_response(bytes(received[socks[0]]))
+        assert r.status == 408 and json.loads(r.body)["message"].startswith("porthole: ")
     finally:
         close_all(socks)
     assert p.alive()
@@ -207,17 +194,6 @@ def exhaust_descriptors(p, extra=FD_LIMIT + 60):
     return socks
 
 
-def response_complete(data):
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        return False
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return len(body) >= int(value)
-    return False
-
-
 def count_events(p, event):
     return sum(1 for l in p.logs() if l.get("event") == event)
 
@@ -262,25 +238,22 @@ def test_request_while_out_of_descriptors_gets_an_http_answer(start_limited_prox
     p = start_limited_proxy()  # no request yet: no pooled upstream connection to reuse
     socks = exhaust_descriptors(p)
     try:
-        accepted = socks[0]  # the accept queue is FIFO: the first connections were accepted
-        accepted.settimeout(5)
-        accepted.sendall(build_request("GET", target, [("Host", "localhost")]))
-        data = b""
+        # the accept queue is FIFO: the first connections were accepted
+        accepted = HttpClient(socks[0], timeout=5)
+        accepted.send(build_request("GET", target, [("Host", "localhost")]))
+        r, ended = None, b""
         try:
-            while not response_complete(data):
-                chunk = accepted.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-        except ConnectionResetError as exc:
-            data += ("<%r>" % exc).encode()
+            r = accepted.read_response()
+        except ConnectionClosed as exc:
+            ended = ("<%s>" % exc).encode()
         except TimeoutError:
-            data += b"<no answer in 5 s>"
+            ended = b"<no answer in 5 s>"
+        data = bytes(accepted.all_received) + ended
         p.wait_for_log(lambda l: l.get("event") in ("internal_error", "request"), timeout=2)
         errors = [l for l in p.logs() if l.get("event") == "internal_error"]
-        assert data.startswith(b"HTTP/1.1 50"), "answer: %r; internal errors logged: %s" % (data[:300], errors)
-        status, _, body = support.parse_http_response(data)
-        assert status in (502, 503) and json.loads(body)["message"].startswith("porthole: ")
+        assert r is not None and data.startswith(b"HTTP/1.1 50"), \
+            "answer: %r; internal errors logged: %s" % (data[:300], errors)
+        assert r.status in (502, 503) and json.loads(r.body)["message"].startswith("porthole: ")
         assert not errors
         assert p.alive()
     finally:
