@@ -9,8 +9,8 @@ The file reads in the order a request flows:
   1. settings      command line, environment, listener URLs
   2. policy        canonical targets, rules.json, decisions (pure functions, no I/O)
   3. logging       one line per request, safe against hostile values
-  4. connections   client and upstream state machines
-  5. event loop    one selectors loop, timers, signals
+  4. connections   the loop, and the client and upstream state machines, each a small part
+  5. the proxy     the parts wired to the policy: accept, decide, relay or share, log
   6. entry point   --check, --healthcheck, --version, run
 """
 from __future__ import annotations
@@ -1295,6 +1295,59 @@ CLIENT_TRANSITIONS: Mapping[ClientState, frozenset[ClientState]] = {
 }
 
 
+class RequestReader:
+    """A client's bytes on their way into its h11 server connection: fed one chunk at a time,
+    only when h11 asks, so what h11 holds stays bounded, the backlog is what stops us reading a
+    flooding client, and the raw size of each request head is exact."""
+
+    def __init__(self, connection: h11.Connection, max_head_bytes: int) -> None:
+        self.h11 = connection
+        self.backlog = bytearray()  # read from the socket, not yet given to h11
+        self.backlog_limit = 4 * max_head_bytes
+        self.eof = False  # the client sent FIN
+        self.eof_fed = False  # ... and h11 has been told
+        self.cycle_bytes = 0  # bytes h11 was given since this request cycle began
+
+    def add(self, data: bytes) -> None:
+        if data:
+            self.backlog += data
+        else:
+            self.eof = True
+
+    @property
+    def pending(self) -> bool:
+        """Bytes of a next request are waiting (in the backlog or inside h11)."""
+        return bool(self.backlog or self.cycle_bytes)
+
+    @property
+    def wants_more(self) -> bool:
+        return not self.eof and len(self.backlog) < self.backlog_limit
+
+    def next_event(self) -> Any:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if self.backlog:
+                chunk = bytes(self.backlog[:READ_CHUNK])
+                del self.backlog[:READ_CHUNK]
+                self.h11.receive_data(chunk)
+                self.cycle_bytes += len(chunk)
+            elif self.eof and not self.eof_fed:
+                self.eof_fed = True
+                self.h11.receive_data(b"")
+            else:
+                return event
+
+    def head_size(self) -> int:
+        """What h11 was given this cycle minus what it holds beyond the head just parsed."""
+        return self.cycle_bytes - len(self.h11.trailing_data[0])
+
+    def next_cycle(self) -> None:
+        self.h11.start_next_cycle()
+        self.cycle_bytes = len(self.h11.trailing_data[0])  # pipelined bytes h11 already holds
+
+
 class ClientConnection:
     """The server side of one client connection.
 
@@ -1303,7 +1356,7 @@ class ClientConnection:
             A queued byte is never dropped behind a clean FIN.
     Rule 2: at most one exchange is active; the next request is parsed only once the answer to
             the last one is completely queued.
-    Rule 3: what is read but not parsed is bounded (backlog_limit), and so is the work of one
+    Rule 3: what is read but not parsed is bounded (RequestReader), and so is the work of one
             turn (REQUESTS_PER_TURN requests); a client whose answers pile up unread
             (CLIENT_HIGH_WATER) is not parsed until it reads.
     Rule 4: every exchange is reported to the owner exactly once (exchange_done), when its
@@ -1323,15 +1376,11 @@ class ClientConnection:
         self.identity = identity  # whom per-client limits count against
         self.rejection = rejection  # over a connection cap: every request gets this 503
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_head_bytes)
-        self.backlog_limit = 4 * settings.max_head_bytes
-        self.inbuf = bytearray()  # read from the socket, not yet given to h11
+        self.reader = RequestReader(self.h11, settings.max_head_bytes)
         self.out = OutputQueue(loop.clock)
         self.exchange: Exchange | None = None
         self.state = ClientState.IDLE
         self.entered = loop.clock()
-        self.eof = False  # the client sent FIN
-        self.eof_fed = False  # ... and h11 has been told
-        self.cycle_bytes = 0  # bytes h11 was given since this request cycle began
         self.head_size = 0  # raw size of the last request head
         self.refusals_in_a_row = 0
         self.rearm()
@@ -1349,27 +1398,29 @@ class ClientConnection:
         self.loop.set_deadline(self, self.deadline())
 
     def deadline(self) -> float | None:
-        state, settings = self.state, self.settings
-        if state is ClientState.CLOSED:
-            return None
-        if state is ClientState.LINGERING:
-            return self.entered + LINGER_SECONDS
-        own = {ClientState.IDLE: self.entered + settings.idle_timeout,
-               ClientState.HEAD: self.entered + settings.head_timeout}.get(state)
-        if self.out and not (self.exchange is not None and self.exchange.streaming):
-            stall = self.out.last_progress + settings.write_timeout
-            own = stall if own is None else min(own, stall)
-        return own
+        """The earlier of the state's own deadline and the write-stall deadline."""
+        own = {ClientState.IDLE: self.settings.idle_timeout, ClientState.HEAD: self.settings.head_timeout,
+               ClientState.LINGERING: LINGER_SECONDS}.get(self.state)
+        if self.state is ClientState.IDLE:  # idle only once the last answer is delivered
+            if self.out:
+                own = None
+            else:
+                own += max(self.entered, self.out.last_progress) - self.entered
+        candidates = (self.stall_deadline(), None if own is None else self.entered + own)
+        return min((d for d in candidates if d is not None), default=None)
+
+    def stall_deadline(self) -> float | None:
+        if self.out and self.state is not ClientState.CLOSED and not (self.exchange and self.exchange.streaming):
+            return self.out.last_progress + self.settings.write_timeout
+        return None
 
     def on_deadline(self, now: float) -> None:
         when = self.deadline()
-        if when is None:
+        if when is not None and when > now:
+            self.loop.set_deadline(self, when)  # progress since it was set: not yet
+        elif when is None:
             return
-        if when > now:
-            self.loop.set_deadline(self, when)
-            return
-        if self.out and not (self.exchange is not None and self.exchange.streaming) \
-                and now >= self.out.last_progress + self.settings.write_timeout:
+        elif (self.stall_deadline() or now + 1) <= now:
             self.abort("client stopped reading the response")
         elif self.state is ClientState.HEAD:
             self.refuse(Refusal(408, "request head not received in time", close=True))
@@ -1394,14 +1445,13 @@ class ClientConnection:
             return
         if self.state in (ClientState.DRAINING, ClientState.LINGERING):
             if not data:
-                self.eof = True
+                self.reader.eof = True
                 if self.state is ClientState.LINGERING:
                     self.finish_close(rst=False, reason=None)
                 else:
                     self.update_interest()
             return  # discarded: we only wait until the client has read our last answer
         if not data:
-            self.eof = True
             if self.exchange is not None:
                 # Gone mid-exchange (as nginx reads it): free the upstream at once rather than
                 # hold a daemon connection, a stream slot and a connection slot for nobody.
@@ -1409,11 +1459,10 @@ class ClientConnection:
                 return
         elif self.state is ClientState.IDLE:
             self.enter(ClientState.HEAD)
-        self.inbuf += data  # h11 gets it only when it asks for more (see next_request_event)
+        self.reader.add(data)
         if self.exchange is None:
-            self.parse()
-        else:
-            self.update_interest()
+            self.loop.soon(self)  # parsed in this pass's turns: at most REQUESTS_PER_TURN a pass
+        self.update_interest()
 
     def on_turn(self) -> None:
         if self.exchange is None and self.state in (ClientState.IDLE, ClientState.HEAD):
@@ -1426,7 +1475,7 @@ class ClientConnection:
             if len(self.out) >= CLIENT_HIGH_WATER:
                 break  # answers pile up unread: on_io parses on once the client drains them
             try:
-                event = self.next_request_event()
+                event = self.reader.next_event()
             except h11.RemoteProtocolError as exc:
                 self.refuse(Refusal(exc.error_status_hint, f"malformed request: {exc}", close=True))
                 break
@@ -1443,24 +1492,6 @@ class ClientConnection:
             self.loop.soon(self)  # more may be waiting: the next pass, after everyone else
         self.update_interest()
 
-    def next_request_event(self) -> Any:
-        """Feed h11 one chunk at a time, only when it asks: so what h11 holds stays bounded
-        and the backlog in inbuf is what stops us reading a flooding client."""
-        while True:
-            event = self.h11.next_event()
-            if event is not h11.NEED_DATA:
-                return event
-            if self.inbuf:
-                chunk = bytes(self.inbuf[:READ_CHUNK])
-                del self.inbuf[:READ_CHUNK]
-                self.h11.receive_data(chunk)
-                self.cycle_bytes += len(chunk)
-            elif self.eof and not self.eof_fed:
-                self.eof_fed = True
-                self.h11.receive_data(b"")
-            else:
-                return event
-
     def begin(self, request: h11.Request) -> None:
         facts = RequestFacts(request.method.decode("latin-1"), request.target, list(request.headers),
                              self.listener.kind, self.listener.profile, request.http_version)
@@ -1468,9 +1499,7 @@ class ClientConnection:
         self.enter(ClientState.ACTIVE)
         if self.h11.their_state is h11.SEND_BODY and not _declares_body(facts.headers):
             self.h11.next_event()  # the EndOfMessage of a body-less request, already framed
-        # Exact raw size, whitespace included, however the bytes arrived: what h11 was given
-        # this cycle minus what it has left over after the head.
-        self.head_size = self.cycle_bytes - len(self.h11.trailing_data[0])
+        self.head_size = self.reader.head_size()
         if self.rejection is not None:
             self.refuse(Refusal(503, self.rejection, close=True))
         else:
@@ -1506,9 +1535,8 @@ class ClientConnection:
                 or self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE):
             self.close()
             return
-        self.h11.start_next_cycle()
-        self.cycle_bytes = len(self.h11.trailing_data[0])  # pipelined bytes h11 already holds
-        self.enter(ClientState.HEAD if self.inbuf or self.cycle_bytes else ClientState.IDLE)
+        self.reader.next_cycle()
+        self.enter(ClientState.HEAD if self.reader.pending else ClientState.IDLE)
         self.flush()
         if self.state is not ClientState.CLOSED:
             self.loop.soon(self)  # the next pipelined request, in the next pass (no recursion)
@@ -1539,22 +1567,23 @@ class ClientConnection:
         if self.state is ClientState.DRAINING and not self.out:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_WR)
-            if self.eof:
+            if self.reader.eof:
                 self.finish_close(rst=False, reason=None)
                 return
             self.enter(ClientState.LINGERING)
         if self.exchange is not None and self.exchange.source is not None and len(self.out) < CLIENT_LOW_WATER:
             self.exchange.source.resume(self.exchange)
         elif (self.exchange is None and self.state in (ClientState.IDLE, ClientState.HEAD)
-              and (self.inbuf or self.cycle_bytes) and len(self.out) < CLIENT_LOW_WATER):
+              and self.reader.pending and len(self.out) < CLIENT_LOW_WATER):
             self.loop.soon(self)  # parsing was paused while our answers were unread
+        self.rearm()  # the write-stall deadline moves with the queue
         self.update_interest()
 
     def update_interest(self) -> None:
         if self.state is ClientState.CLOSED:
             return
         mask = selectors.EVENT_WRITE if self.out else 0
-        if not self.eof and len(self.inbuf) < self.backlog_limit:
+        if self.reader.wants_more:
             mask |= selectors.EVENT_READ  # a full pipelining backlog stops reading this client
         self.loop.watch(self.sock, mask, self)
 
@@ -1565,7 +1594,7 @@ class ClientConnection:
         if self.exchange is not None:  # shutting down: a request never answered
             self.abort("proxy closing the connection")
             return
-        self.inbuf.clear()
+        self.reader.backlog.clear()
         self.enter(ClientState.DRAINING)
         self.flush()
 
@@ -1657,7 +1686,7 @@ class ResponseRewriter:
             out, self.buffer = bytes(self.buffer), bytearray()
             return out
         *events, rest = self.buffer.split(b"\n")
-        if len(rest) > self.transform.max_bytes:
+        if max(map(len, events), default=0) > self.transform.max_bytes or len(rest) > self.transform.max_bytes:
             raise TransformError(f"an event is over {self.transform.max_bytes} bytes")
         self.buffer = bytearray(rest)
         return b"".join(self._event(line) for line in events if line.strip())
@@ -1756,6 +1785,8 @@ class UpstreamConnection:
         self.informational = 0
         self.paused = False
         self.send_error: OSError | None = None
+        self.address: tuple[int, Any] = (sock.family, None)  # what it connects to
+        self.candidates: list[tuple[int, Any]] = []  # the daemon's other addresses, to try next
 
     def enter(self, state: UpstreamState) -> None:
         """The one place an upstream connection changes state (and so its deadline)."""
@@ -1811,7 +1842,7 @@ class UpstreamConnection:
             if self.state is UpstreamState.CONNECTING:
                 code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                 if code:
-                    self.fail(502, upstream_error_message(self.pool.endpoint, OSError(code, os.strerror(code))))
+                    self.connect_next(OSError(code, os.strerror(code)))
                     return
                 self.enter(UpstreamState.AWAITING)
             self.flush()
@@ -1827,6 +1858,26 @@ class UpstreamConnection:
         self.received_any = self.received_any or bool(data)
         self.h11.receive_data(data)
         self.pump()
+
+    def connect_next(self, exc: OSError) -> None:
+        """The connect failed: on to the daemon's next address, if it has another."""
+        self.pool.connect_failed(*self.address, exc)
+        if not self.candidates:
+            self.fail(502, upstream_error_message(self.pool.endpoint, exc))
+            return
+        try:
+            sock, connected, self.address = self.pool.connect(self.candidates)
+        except OSError as last:
+            self.fail(502, upstream_error_message(self.pool.endpoint, last))
+            return
+        self.loop.forget(self.sock)
+        self.sock.close()
+        self.sock = sock
+        if connected:
+            self.enter(UpstreamState.AWAITING)
+            self.flush()
+        else:
+            self.update_interest()
 
     def on_turn(self) -> None:
         if self.send_error is not None:
@@ -1979,30 +2030,47 @@ class UpstreamPool:
             conn.start(consumer, request, connected=True)
             return conn
         if self.endpoint.kind == "unix":
-            family, address = socket.AF_UNIX, self.endpoint.path
+            candidates = [(socket.AF_UNIX, self.endpoint.path)]
         elif self.addresses:
-            family, address = self.addresses[0]
+            candidates = list(self.addresses)
         else:
             self.re_resolve()
             raise OSError(errno.EHOSTUNREACH, f"cannot resolve {self.endpoint.host}")
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            code = sock.connect_ex(address)
-            if code == errno.EAGAIN:
-                raise OSError(errno.EAGAIN, "the daemon's socket backlog is full")
-            if code not in (0, errno.EINPROGRESS):
-                raise OSError(code, os.strerror(code))
-            if family != socket.AF_UNIX:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError as exc:
-            sock.close()
-            if exc.errno in (errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH):
-                self.re_resolve()
-            raise
+        sock, connected, address = self.connect(candidates)
         conn = UpstreamConnection(self, sock)
-        conn.start(consumer, request, connected=code == 0)
+        conn.address, conn.candidates = address, candidates
+        conn.start(consumer, request, connected=connected)
         return conn
+
+    def connect(self, candidates: list[tuple[int, Any]]) -> tuple[socket.socket, bool, tuple[int, Any]]:
+        """Start connecting to the first candidate address that does not fail at once (each
+        tried is taken off the list): (socket, connected already, the address). Raises the
+        last OSError."""
+        while True:
+            family, address = candidates.pop(0)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                code = sock.connect_ex(address)
+                if code == errno.EAGAIN:
+                    raise OSError(errno.EAGAIN, "the daemon's socket backlog is full")
+                if code not in (0, errno.EINPROGRESS):
+                    raise OSError(code, os.strerror(code))
+                if family != socket.AF_UNIX:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return sock, code == 0, (family, address)
+            except OSError as exc:
+                sock.close()
+                self.connect_failed(family, address, exc)
+                if not candidates:
+                    raise
+
+    def connect_failed(self, family: int, address: Any, exc: OSError) -> None:
+        """Try that address last from now on, and ask DNS again."""
+        if family != socket.AF_UNIX:
+            if (family, address) in self.addresses and len(self.addresses) > 1:
+                self.addresses = [a for a in self.addresses if a != (family, address)] + [(family, address)]
+            self.re_resolve()
 
     def release(self, conn: UpstreamConnection) -> None:
         """An exchange ended: keep the connection if it is clean and there is room."""
@@ -2142,6 +2210,8 @@ class SharedStream:
         self.pending.append(exchange)
         if self.at_boundary:
             self.admit_pending()
+        elif self.conn is not None:
+            self.conn.resume()  # a lone slow watcher may have paused it mid-event: not alone now
 
     def admit_pending(self) -> None:
         pending, self.pending = self.pending, []
@@ -2171,11 +2241,12 @@ class SharedStream:
         if data:
             self.fan_out(data)
             self.at_boundary = data.endswith(b"\n")
-        if len(self.watchers) == 1 and not self.watchers[0].client.has_room and self.conn is not None:
+        if len(self.watchers) == 1 and not self.pending and not self.watchers[0].client.has_room \
+                and self.conn is not None:
             self.conn.pause()  # resumed by resume() when the lone watcher drains
 
     def fan_out(self, data: bytes) -> None:
-        lone = len(self.watchers) == 1
+        lone = len(self.watchers) == 1 and not self.pending
         for exchange in list(self.watchers):
             client = exchange.client
             if not lone and not client.has_room:
@@ -2217,6 +2288,8 @@ class SharedStream:
             if conn is not None:
                 conn.consumer = None
                 conn.close()
+        elif self.conn is not None:
+            self.conn.resume()  # whoever paused it may have been the one who left
 
     def leave_registry(self) -> None:
         if self.registry.get(self.key) is self:
