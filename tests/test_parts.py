@@ -13,6 +13,7 @@ import shutil
 import socket
 import sys
 import tempfile
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -1831,3 +1832,38 @@ def test_timer_fires_its_callback_once(env):
     env.clock.now += 100
     env.run()
     assert fired == [env.clock.now - 100]
+
+
+def test_tcp_daemon_falls_back_to_its_next_address(make_env):
+    """A daemon name with two addresses, the first refusing connections: the request goes
+    through on the second, and the refusing address is tried last from then on."""
+    server = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    server.bind(("127.0.0.1", 0))
+    server.listen(4)
+    port = server.getsockname()[1]
+    dead = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    dead.bind(("127.0.0.2", 0))  # bound, never listening: connections to it are refused
+    dead_address = dead.getsockname()
+    env = make_env("--upstream", f"tcp://127.0.0.1:{port}")
+    env.sockets += [server, dead]
+    pool = proxy.UpstreamPool(env.loop, env.settings, env.log)
+    good = (socket.AF_INET, ("127.0.0.1", port))
+    pool.addresses = [(socket.AF_INET, dead_address), good]
+    consumer = Consumer()
+    conn = pool.acquire(consumer, h11.Request(method="GET", target="/_ping", headers=[("Host", "docker")]))
+    accepted = None
+    for _ in range(200):
+        env.run()
+        server.setblocking(False)
+        try:
+            accepted, _ = server.accept()
+            break
+        except BlockingIOError:
+            time.sleep(0.005)
+    assert accepted is not None, (consumer.failed, conn.state)
+    env.sockets.append(accepted)
+    env.run(5)  # the connect completes, the request is sent
+    accepted.settimeout(2)
+    assert accepted.recv(4096).startswith(b"GET /_ping HTTP/1.1")
+    assert consumer.failed == []
+    assert pool.addresses[0] == good  # the refusing address now comes last
