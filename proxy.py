@@ -943,9 +943,8 @@ class StateError(RuntimeError):
     """An illegal state transition: a bug in porthole, never a client's doing."""
 
 
-def check_transition(table: Mapping[Any, frozenset], old: Any, new: Any) -> None:
-    if new not in table[old]:
-        raise StateError(f"illegal transition {old.name} -> {new.name}")
+def illegal_transition(old: enum.Enum, new: enum.Enum) -> StateError:
+    return StateError(f"illegal transition {old.name} -> {new.name}")
 
 
 def upstream_error_message(upstream: Endpoint, exc: OSError) -> str:
@@ -1013,9 +1012,10 @@ class Loop:
             self.selector.unregister(sock)
 
     def set_deadline(self, part: Any, when: float | None) -> None:
+        """Replace the part's deadline (None: none for now; its heap entry may stay, and costs
+        a wake-up at most, so that a deadline set again later needs no new entry)."""
         if when is None:
             self.wanted.pop(part, None)
-            self.scheduled.pop(part, None)
             return
         self.wanted[part] = when
         live = self.scheduled.get(part)
@@ -1029,6 +1029,11 @@ class Loop:
         if len(self.heap) > 2 * len(self.scheduled) + 64:  # drop stale entries now and then
             self.heap = [(*entry, p) for p, entry in self.scheduled.items()]
             heapq.heapify(self.heap)
+
+    def cancel(self, part: Any) -> None:
+        """The part is gone: forget its deadline entirely."""
+        self.wanted.pop(part, None)
+        self.scheduled.pop(part, None)
 
     def soon(self, part: Any) -> None:
         self.turns[part] = None
@@ -1139,7 +1144,7 @@ class Exchange:
                 return  # held until the whole body is rewritten
         self.response_started = True
         client.out.write(client.h11.send(head))
-        client.flush()
+        client.wake()
 
     def send_body(self, data: bytes) -> None:
         if self.rewriter is not None:
@@ -1151,7 +1156,7 @@ class Exchange:
         if data:
             client = self.client
             client.out.write_body(client.h11.send(h11.Data(data=data)), len(data), self)
-            client.flush()
+            client.wake()
 
     def end_body(self) -> None:
         client = self.client
@@ -1283,6 +1288,8 @@ class ClientState(enum.Enum):
     LINGERING = "lingering"  # FIN sent: discard what the client still sends until it closes
     CLOSED = "closed"
 
+    __hash__ = object.__hash__  # members are singletons; Enum's own __hash__ is Python code
+
 
 _C = ClientState
 CLIENT_TRANSITIONS: Mapping[ClientState, frozenset[ClientState]] = {
@@ -1382,6 +1389,7 @@ class ClientConnection:
         self.state = ClientState.IDLE
         self.entered = loop.clock()
         self.head_size = 0  # raw size of the last request head
+        self.mask = 0  # the events the loop watches for
         self.refusals_in_a_row = 0
         self.rearm()
 
@@ -1389,7 +1397,8 @@ class ClientConnection:
 
     def enter(self, state: ClientState) -> None:
         """The one place a client changes state (and so its deadline)."""
-        check_transition(CLIENT_TRANSITIONS, self.state, state)
+        if state not in CLIENT_TRANSITIONS[self.state]:
+            raise illegal_transition(self.state, state)
         self.state = state
         self.entered = self.loop.clock()
         self.rearm()
@@ -1399,18 +1408,19 @@ class ClientConnection:
 
     def deadline(self) -> float | None:
         """The earlier of the state's own deadline and the write-stall deadline."""
-        own = {ClientState.IDLE: self.settings.idle_timeout, ClientState.HEAD: self.settings.head_timeout,
-               ClientState.LINGERING: LINGER_SECONDS}.get(self.state)
-        if self.state is ClientState.IDLE:  # idle only once the last answer is delivered
-            if self.out:
-                own = None
-            else:
-                own += max(self.entered, self.out.last_progress) - self.entered
-        candidates = (self.stall_deadline(), None if own is None else self.entered + own)
-        return min((d for d in candidates if d is not None), default=None)
+        state, stall = self.state, self.stall_deadline()
+        if state is ClientState.IDLE:  # idle counts once the last answer is delivered
+            return stall if self.out.buffer else max(self.entered, self.out.last_progress) + self.settings.idle_timeout
+        if state is ClientState.HEAD:
+            own = self.entered + self.settings.head_timeout
+        elif state is ClientState.LINGERING:
+            own = self.entered + LINGER_SECONDS
+        else:
+            return stall
+        return own if stall is None or own < stall else stall
 
     def stall_deadline(self) -> float | None:
-        if self.out and self.state is not ClientState.CLOSED and not (self.exchange and self.exchange.streaming):
+        if self.out.buffer and self.state is not ClientState.CLOSED and not (self.exchange and self.exchange.streaming):
             return self.out.last_progress + self.settings.write_timeout
         return None
 
@@ -1461,10 +1471,17 @@ class ClientConnection:
             self.enter(ClientState.HEAD)
         self.reader.add(data)
         if self.exchange is None:
-            self.loop.soon(self)  # parsed in this pass's turns: at most REQUESTS_PER_TURN a pass
+            self.wake()  # parsed in this pass's turns: at most REQUESTS_PER_TURN a pass
         self.update_interest()
 
+    def wake(self) -> None:
+        """Something was queued or may be parsed: one turn later in this pass sends it all with
+        one system call, however many events were queued."""
+        self.loop.turns[self] = None  # Loop.soon, inlined: this is the hottest call there is
+
     def on_turn(self) -> None:
+        if self.out.buffer:
+            self.flush()
         if self.exchange is None and self.state in (ClientState.IDLE, ClientState.HEAD):
             self.parse()
 
@@ -1472,7 +1489,7 @@ class ClientConnection:
         for _ in range(REQUESTS_PER_TURN):
             if self.exchange is not None or self.state not in (ClientState.IDLE, ClientState.HEAD):
                 break
-            if len(self.out) >= CLIENT_HIGH_WATER:
+            if len(self.out.buffer) >= CLIENT_HIGH_WATER:
                 break  # answers pile up unread: on_io parses on once the client drains them
             try:
                 event = self.reader.next_event()
@@ -1537,9 +1554,7 @@ class ClientConnection:
             return
         self.reader.next_cycle()
         self.enter(ClientState.HEAD if self.reader.pending else ClientState.IDLE)
-        self.flush()
-        if self.state is not ClientState.CLOSED:
-            self.loop.soon(self)  # the next pipelined request, in the next pass (no recursion)
+        self.wake()  # deliver, and parse the next pipelined request, in a turn (no recursion)
 
     def stop(self) -> None:
         """The proxy is stopping (see Exchange.stop)."""
@@ -1552,7 +1567,7 @@ class ClientConnection:
 
     @property
     def has_room(self) -> bool:
-        return len(self.out) < CLIENT_HIGH_WATER
+        return len(self.out.buffer) < CLIENT_HIGH_WATER
 
     def flush(self) -> None:
         if self.state is ClientState.CLOSED:
@@ -1564,17 +1579,17 @@ class ClientConnection:
             return
         for exchange in done:
             self.owner.exchange_done(exchange)
-        if self.state is ClientState.DRAINING and not self.out:
+        if self.state is ClientState.DRAINING and not self.out.buffer:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_WR)
             if self.reader.eof:
                 self.finish_close(rst=False, reason=None)
                 return
             self.enter(ClientState.LINGERING)
-        if self.exchange is not None and self.exchange.source is not None and len(self.out) < CLIENT_LOW_WATER:
+        if self.exchange is not None and self.exchange.source is not None and len(self.out.buffer) < CLIENT_LOW_WATER:
             self.exchange.source.resume(self.exchange)
         elif (self.exchange is None and self.state in (ClientState.IDLE, ClientState.HEAD)
-              and self.reader.pending and len(self.out) < CLIENT_LOW_WATER):
+              and self.reader.pending and len(self.out.buffer) < CLIENT_LOW_WATER):
             self.loop.soon(self)  # parsing was paused while our answers were unread
         self.rearm()  # the write-stall deadline moves with the queue
         self.update_interest()
@@ -1582,10 +1597,12 @@ class ClientConnection:
     def update_interest(self) -> None:
         if self.state is ClientState.CLOSED:
             return
-        mask = selectors.EVENT_WRITE if self.out else 0
+        mask = selectors.EVENT_WRITE if self.out.buffer else 0
         if self.reader.wants_more:
             mask |= selectors.EVENT_READ  # a full pipelining backlog stops reading this client
-        self.loop.watch(self.sock, mask, self)
+        if mask != self.mask:
+            self.mask = mask
+            self.loop.watch(self.sock, mask, self)
 
     def close(self) -> None:
         """Graceful: deliver what is queued, send FIN, linger, close."""
@@ -1611,6 +1628,7 @@ class ClientConnection:
         if self.state is ClientState.CLOSED:
             return
         self.enter(ClientState.CLOSED)
+        self.loop.cancel(self)
         exchange, self.exchange = self.exchange, None
         if exchange is not None:
             if exchange.source is not None:
@@ -1747,6 +1765,8 @@ class UpstreamState(enum.Enum):
     IDLE = "idle"  # in the pool, between exchanges
     CLOSED = "closed"
 
+    __hash__ = object.__hash__  # members are singletons; Enum's own __hash__ is Python code
+
 
 _U = UpstreamState
 UPSTREAM_TRANSITIONS: Mapping[UpstreamState, frozenset[UpstreamState]] = {
@@ -1787,20 +1807,26 @@ class UpstreamConnection:
         self.send_error: OSError | None = None
         self.address: tuple[int, Any] = (sock.family, None)  # what it connects to
         self.candidates: list[tuple[int, Any]] = []  # the daemon's other addresses, to try next
+        self.mask = 0  # the events the loop watches for
 
     def enter(self, state: UpstreamState) -> None:
         """The one place an upstream connection changes state (and so its deadline)."""
-        check_transition(UPSTREAM_TRANSITIONS, self.state, state)
+        if state not in UPSTREAM_TRANSITIONS[self.state]:
+            raise illegal_transition(self.state, state)
         self.state = state
         self.arm()
 
     def arm(self) -> None:
-        self.entered = self.loop.clock()
+        self.entered = now = self.loop.clock()
         state = self.state
-        timeout = {UpstreamState.CONNECTING: self.pool.settings.connect_timeout,
-                   UpstreamState.AWAITING: self.pool.settings.response_timeout,
-                   UpstreamState.IDLE: POOL_IDLE_SECONDS}.get(state)
-        self.loop.set_deadline(self, None if timeout is None else self.entered + timeout)
+        if state is UpstreamState.AWAITING:
+            self.loop.set_deadline(self, now + self.pool.settings.response_timeout)
+        elif state is UpstreamState.CONNECTING:
+            self.loop.set_deadline(self, now + self.pool.settings.connect_timeout)
+        elif state is UpstreamState.IDLE:
+            self.loop.set_deadline(self, now + POOL_IDLE_SECONDS)
+        else:
+            self.loop.set_deadline(self, None)
         self.update_interest()
 
     def start(self, consumer: Any, request: h11.Request, connected: bool) -> None:
@@ -1814,7 +1840,6 @@ class UpstreamConnection:
         if not connected:
             self.arm()  # a new connection: CONNECTING since __init__
             return
-        self.enter(UpstreamState.AWAITING)
         try:  # most requests leave at once; a failure is reported in a turn of its own, so
             # that the consumer learns of it after acquire() has returned
             del self.outbuf[:self.sock.send(self.outbuf)]
@@ -1823,7 +1848,7 @@ class UpstreamConnection:
         except OSError as exc:
             self.send_error = exc
             self.loop.soon(self)
-        self.update_interest()
+        self.enter(UpstreamState.AWAITING)  # watches for what is left to send, and the answer
 
     def on_deadline(self, now: float) -> None:
         if self.state is UpstreamState.CONNECTING:
@@ -1872,7 +1897,7 @@ class UpstreamConnection:
             return
         self.loop.forget(self.sock)
         self.sock.close()
-        self.sock = sock
+        self.sock, self.mask = sock, 0
         if connected:
             self.enter(UpstreamState.AWAITING)
             self.flush()
@@ -1955,7 +1980,9 @@ class UpstreamConnection:
             mask = selectors.EVENT_WRITE
         else:
             mask = (selectors.EVENT_WRITE if self.outbuf else 0) | (0 if self.paused else selectors.EVENT_READ)
-        self.loop.watch(self.sock, mask, self)
+        if mask != self.mask:
+            self.mask = mask
+            self.loop.watch(self.sock, mask, self)
 
     @property
     def reusable(self) -> bool:
@@ -1977,6 +2004,7 @@ class UpstreamConnection:
         if self.state is UpstreamState.CLOSED:
             return
         self.enter(UpstreamState.CLOSED)
+        self.loop.cancel(self)
         self.consumer = None
         self.loop.forget(self.sock)
         self.sock.close()
@@ -2348,7 +2376,7 @@ class Listener:
 
     def close(self) -> None:
         self.loop.forget(self.sock)
-        self.loop.set_deadline(self, None)
+        self.loop.cancel(self)
         self.sock.close()
         if self.endpoint.kind == "unix":
             with contextlib.suppress(OSError):

@@ -1213,6 +1213,7 @@ def test_upstream_connect_timeout_reaches_client_as_502(env):
     env.run()
     env.clock.now += env.settings.connect_timeout
     env.loop.fire_deadlines(env.clock.now)
+    env.run()  # the answer is queued by the deadline, sent in the next turn
     (response,) = parse_responses(read_available(peer)[0])
     assert response["status"] == 502 and "timed out" in json_message(response)
 
