@@ -9,16 +9,19 @@ The file reads in the order a request flows:
   1. settings      command line, environment, listener URLs
   2. policy        canonical targets, rules.json, decisions (pure functions, no I/O)
   3. logging       one line per request, safe against hostile values
-  4. connections   client and upstream state machines
-  5. event loop    one selectors loop, timers, signals
+  4. connections   the loop, and the client and upstream state machines, each a small part
+  5. the proxy     the parts wired to the policy: accept, decide, relay or share, log
   6. entry point   --check, --healthcheck, --version, run
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import enum
 import errno
 import functools
+import heapq
+import itertools
 import json
 import os
 import re
@@ -28,10 +31,13 @@ import socket
 import stat
 import struct
 import sys
+import threading
 import time
+import traceback
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import h11
@@ -134,6 +140,8 @@ class Settings:
     idle_timeout: float = 60.0
     write_timeout: float = 30.0
     connect_timeout: float = 5.0
+    response_timeout: float = 120.0
+    max_connections_per_client: int = 256
     shutdown_grace: float = 10.0
     state_file: Path | None = None  # where the running proxy records its listeners
     listeners_given: bool = False  # --listen or PORTHOLE_LISTEN was set (else the default)
@@ -159,6 +167,9 @@ _NUMERIC_OPTIONS = (
     ("idle-timeout", float, 60.0, "seconds an idle keep-alive connection is kept"),
     ("write-timeout", float, 30.0, "seconds a finite response may stall on a client not reading"),
     ("connect-timeout", float, 5.0, "seconds to connect to the upstream"),
+    ("response-timeout", float, 120.0, "seconds the daemon has to start answering a finite request"),
+    ("max-connections-per-client", int, 256, "most connections open at once from one client "
+                                              "(a TCP address, or a uid on unix sockets)"),
     ("shutdown-grace", float, 10.0, "seconds finite requests get to finish on SIGTERM"),
 )
 _TRUE = {"1", "true", "yes", "on"}
@@ -564,9 +575,14 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
 
     try:
         document = json.loads(text, object_pairs_hook=no_duplicate_keys)
-    except json.JSONDecodeError as exc:
+    except RecursionError:
+        raise fail("$", "nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
         raise fail("$", f"not valid JSON: {exc}") from None
     check_keys(document, "$", {"version", "profiles"}, {"$schema", "description"})
+    for key in ("$schema", "description"):
+        if not isinstance(document.get(key, ""), str):
+            raise fail(f"$.{key}", "must be a string")
     if document["version"] != 1 or isinstance(document["version"], bool):
         raise fail("$.version", "must be 1")
     raw_profiles = document["profiles"]
@@ -584,6 +600,8 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
             raise fail(where + ".description", "must be a string")
         descriptions[name] = body.get("description", "")
         parents[name] = body.get("extends")
+        if parents[name] is not None and not isinstance(parents[name], str):
+            raise fail(where + ".extends", "must be the name of another profile")
         if parents[name] is not None and parents[name] not in raw_profiles:
             raise fail(where + ".extends", f"no profile named {parents[name]!r}")
         if not isinstance(body["rules"], list):
@@ -899,7 +917,35 @@ class Log:
 
 # --------------------------------------------------------------------------------------------
 # 4. Connections
+#
+#    Small parts, each testable alone with a socketpair and a fake clock:
+#      Loop                selector, deadline heap, turns (fairness), every callback guarded
+#      OutputQueue         bytes queued for a client, and the ledger of what was delivered
+#      ClientConnection    the h11 server side of one client: parse, answer, deliver, close
+#      ResponseRewriter    an optional per-exchange transform of a response body
+#      UpstreamConnection  the h11 client side of one daemon connection
+#      UpstreamPool        fresh or pooled daemon connections, and the daemon's address
+#      Relay               one exchange's response: daemon -> client, with back-pressure
+#      SharedStream        one /events subscription fanned out to many watchers
+#      Listener            accept with back-off
+#    Section 5 (Proxy) wires them to the policy.
 # --------------------------------------------------------------------------------------------
+
+REQUESTS_PER_TURN = 16  # pipelined requests parsed per client per loop pass (fairness)
+MAX_REFUSALS_IN_A_ROW = 100  # then the connection is closed: refusals are cheap, not free
+ACCEPTS_PER_TURN = 64
+REJECT_SLACK = 64  # connections over --max-connections that may wait for their 503 at once
+POOL_IDLE_SECONDS = 30.0
+ACCEPT_BACKOFF_SECONDS = 0.1
+
+
+class StateError(RuntimeError):
+    """An illegal state transition: a bug in porthole, never a client's doing."""
+
+
+def illegal_transition(old: enum.Enum, new: enum.Enum) -> StateError:
+    return StateError(f"illegal transition {old.name} -> {new.name}")
+
 
 def upstream_error_message(upstream: Endpoint, exc: OSError) -> str:
     """Say what is wrong with the daemon socket, and for EACCES which group to add."""
@@ -916,6 +962,8 @@ def upstream_error_message(upstream: Endpoint, exc: OSError) -> str:
                 f"uid {os.getuid()} with groups {groups}: {hint}")
     if exc.errno in (errno.ENOENT, errno.ECONNREFUSED):
         return f"cannot reach the Docker daemon at {upstream.url}: {os.strerror(exc.errno)} (is dockerd running?)"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return f"porthole is out of file descriptors ({exc.strerror}); try again"
     return f"cannot reach the Docker daemon at {upstream.url}: {exc.strerror or exc}"
 
 
@@ -933,167 +981,1511 @@ def set_interest(selector: selectors.BaseSelector, sock: socket.socket, mask: in
         selector.modify(sock, mask, data)
 
 
-class Upstream:
-    """One connection to the daemon, with its own h11 client state machine."""
+class Loop:
+    """One selectors loop. A part is any object with on_io(mask), on_turn(), on_deadline(now)
+    and abort(reason), as it needs them.
 
-    def __init__(self, endpoint: Endpoint) -> None:
-        self.endpoint = endpoint
-        self.sock = socket.socket(endpoint.family, socket.SOCK_STREAM)
-        self.sock.setblocking(False)
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=UPSTREAM_MAX_HEAD)
-        self.outbuf = bytearray()
-        self.connecting = False
-        self.connect_deadline = 0.0
-        self.reused = False  # came from the idle pool: a failure before any byte may be retried
-        self.received_any = False
-        self.informational = 0
-        self.paused = False  # back-pressure: the client has too much queued
-        self.exchange: Exchange | None = None
-        self.owner: Client | None = None  # the client of the latest exchange, for error handling
-        self.stream: SharedStream | None = None  # set when this connection feeds a shared stream
-        self.closed = False
+    Rule 1: every callback runs under guard(): an exception is logged with its traceback, the
+            part that raised is aborted, and the loop goes on.
+    Rule 2: a part has at most one deadline; setting one replaces the last. The heap may hold
+            stale entries: an entry fires only while it is the part's scheduled one, and a part
+            whose deadline moved later is rescheduled, not fired.
+    Rule 3: a part with more work than one pass allows asks for a turn (soon()). select() does
+            not block while turns are pending, and each pass gives each pending part one turn.
+    """
 
-    def start_connect(self, timeout: float) -> None:
-        """Raises OSError at once for the usual unix-socket failures (ENOENT, EACCES, ...)."""
-        code = self.sock.connect_ex(self.endpoint.address)
-        if code == errno.EINPROGRESS and self.endpoint.kind == "tcp":
-            self.connecting = True
-            self.connect_deadline = time.monotonic() + timeout
-        elif code == errno.EAGAIN:
-            raise OSError(errno.EAGAIN, "the daemon's socket backlog is full")
-        elif code:
-            raise OSError(code, os.strerror(code))
-        if self.endpoint.kind == "tcp":
-            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    def __init__(self, log: Log, clock: Callable[[], float] = time.monotonic) -> None:
+        self.log = log
+        self.clock = clock
+        self.selector = selectors.DefaultSelector()
+        self.heap: list[tuple[float, int, Any]] = []
+        self.wanted: dict[Any, float] = {}  # part -> when it wants its deadline
+        self.scheduled: dict[Any, tuple[float, int]] = {}  # part -> its live heap entry
+        self.turns: dict[Any, None] = {}  # an ordered set
+        self.sequence = itertools.count()
 
-    def finish_connect(self) -> None:
-        code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        if code:
-            raise OSError(code, os.strerror(code))
-        self.connecting = False
+    def watch(self, sock: socket.socket, mask: int, part: Any) -> None:
+        set_interest(self.selector, sock, mask, part)
 
-    def reusable(self) -> bool:
-        """Only a connection that ended its exchange cleanly with nothing extra goes back."""
-        return (not self.closed and self.h11.our_state is h11.DONE and self.h11.their_state is h11.DONE
-                and not self.h11.trailing_data[0])
+    def forget(self, sock: socket.socket) -> None:
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(sock)
 
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.sock.close()
+    def set_deadline(self, part: Any, when: float | None) -> None:
+        """Replace the part's deadline (None: none for now; its heap entry may stay, and costs
+        a wake-up at most, so that a deadline set again later needs no new entry)."""
+        if when is None:
+            self.wanted.pop(part, None)
+            return
+        self.wanted[part] = when
+        live = self.scheduled.get(part)
+        if live is None or when < live[0]:
+            self._schedule(part, when)
+
+    def _schedule(self, part: Any, when: float) -> None:
+        entry = (when, next(self.sequence))
+        self.scheduled[part] = entry
+        heapq.heappush(self.heap, (*entry, part))
+        if len(self.heap) > 2 * len(self.scheduled) + 64:  # drop stale entries now and then
+            self.heap = [(*entry, p) for p, entry in self.scheduled.items()]
+            heapq.heapify(self.heap)
+
+    def cancel(self, part: Any) -> None:
+        """The part is gone: forget its deadline entirely."""
+        self.wanted.pop(part, None)
+        self.scheduled.pop(part, None)
+
+    def soon(self, part: Any) -> None:
+        self.turns[part] = None
+
+    def guard(self, part: Any, callback: Callable[..., None], *args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception as exc:  # a bug on one connection must not stop the others
+            self.log("error", "internal_error", part=type(part).__name__, error=repr(exc),
+                     traceback=traceback.format_exc(limit=8))
+            abort = getattr(part, "abort", None)
+            if abort is not None:
+                with contextlib.suppress(Exception):
+                    abort("internal error")
+
+    def run_once(self, max_wait: float) -> int:
+        """One pass: ready I/O, then pending turns, then due deadlines. Returns how many
+        callbacks ran (0: nothing was ready)."""
+        timeout = 0.0 if self.turns else max_wait
+        if self.heap:
+            timeout = min(timeout, max(0.0, self.heap[0][0] - self.clock()))
+        events = self.selector.select(timeout)
+        for key, mask in events:
+            self.guard(key.data, key.data.on_io, mask)
+        turns, self.turns = self.turns, {}
+        for part in turns:
+            self.guard(part, part.on_turn)
+        return len(events) + len(turns) + self.fire_deadlines(self.clock())
+
+    def fire_deadlines(self, now: float) -> int:
+        fired = 0
+        while self.heap and self.heap[0][0] <= now:
+            when, seq, part = heapq.heappop(self.heap)
+            if self.scheduled.get(part) != (when, seq):
+                continue  # stale: replaced or cancelled
+            del self.scheduled[part]
+            wanted = self.wanted.get(part)
+            if wanted is None:
+                continue
+            if wanted > now:
+                self._schedule(part, wanted)
+                continue
+            del self.wanted[part]
+            self.guard(part, part.on_deadline, now)
+            fired += 1
+        return fired
 
 
-@dataclass
+@dataclass(eq=False)
 class Exchange:
-    """One request/response on a client connection, from request head to its log line."""
+    """One request/response on a client connection, from request head to its log line, and
+    the sink its response is written into."""
 
-    client: Client
+    client: ClientConnection
     facts: RequestFacts
     started: float
     decision: Decision | None = None
     status: int | None = None
     outcome: str = "allow"  # allow, deny or error
     reason: str | None = None
-    body_bytes: int = 0
-    upstream: Upstream | None = None
-    response_started: bool = False
-    retried: bool = False
-    stream: SharedStream | None = None
+    body_bytes: int = 0  # body bytes queued for the client
+    delivered: int = 0  # ... of which the client's socket accepted
+    source: Any = None  # its one source of response bytes: a Relay or a SharedStream
+    response_started: bool = False  # a response head is queued: failures now abort
+    close_after: bool = False
+    transform: ResponseTransform | None = None
+    rewriter: ResponseRewriter | None = None
+
+    @property
+    def streaming(self) -> bool:
+        return self.decision is not None and self.decision.streaming
+
+    @property
+    def active(self) -> bool:
+        """Still the client's current exchange (not finished, not closed)."""
+        return self.client.exchange is self
+
+    # The response, written through the client's h11 into its OutputQueue. Relay and
+    # SharedStream call send_head, send_body, end_body and fail; local answers call answer.
+
+    def answer(self, status: int, message: str, close: bool = False) -> None:
+        """Answer locally with a Docker-style JSON error."""
+        client, body = self.client, error_body(message)
+        self.status = status
+        headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
+        if close:
+            headers.append((b"Connection", b"close"))
+            self.close_after = True
+        self.rewriter = None  # a local answer is never transformed
+        try:
+            client.out.write(client.h11.send(h11.Response(status_code=status, headers=headers)))
+            self.response_started = True
+            if self.facts.method != "HEAD":
+                client.out.write_body(client.h11.send(h11.Data(data=body)), len(body), self)
+            client.out.write(client.h11.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError:  # h11 cannot answer in this state (e.g. after an error)
+            self.close_after = True
+        client.finish_exchange()
+
+    def send_head(self, head: h11.Response) -> None:
+        client = self.client
+        client.refusals_in_a_row = 0
+        self.status = head.status_code
+        if self.transform is not None and 200 <= head.status_code < 300:
+            self.rewriter = ResponseRewriter(self.transform, head, self.facts.method)
+            head = self.rewriter.head()
+            if head is None:
+                return  # held until the whole body is rewritten
+        self.response_started = True
+        client.out.write(client.h11.send(head))
+        client.wake()
+
+    def send_body(self, data: bytes) -> None:
+        if self.rewriter is not None:
+            try:
+                data = self.rewriter.feed(data)
+            except TransformError as exc:
+                self.transform_failed(exc)
+                return
+        if data:
+            client = self.client
+            client.out.write_body(client.h11.send(h11.Data(data=data)), len(data), self)
+            client.wake()
+
+    def end_body(self) -> None:
+        client = self.client
+        if self.rewriter is not None:
+            try:
+                head, data = self.rewriter.finish()
+            except TransformError as exc:
+                self.transform_failed(exc)
+                return
+            if head is not None:
+                self.response_started = True
+                client.out.write(client.h11.send(head))
+            if data:
+                client.out.write_body(client.h11.send(h11.Data(data=data)), len(data), self)
+        client.out.write(client.h11.send(h11.EndOfMessage()))
+        client.finish_exchange()
+
+    def transform_failed(self, exc: TransformError) -> None:
+        """Fail closed: never the untransformed bytes."""
+        if self.source is not None:
+            self.source.cancel(self)
+        self.fail(502, f"response filter failed: {exc}")
+
+    def fail(self, status: int, message: str) -> None:
+        """The source could not deliver: answer if nothing was sent yet, else abort the client
+        (a broken response never ends cleanly)."""
+        if not self.active:
+            return
+        self.source = None
+        self.outcome, self.reason = "error", message
+        if self.response_started:
+            self.client.abort(message)
+        else:
+            self.answer(status, message)
+
+    def stop(self) -> None:
+        """The proxy is stopping: a stream ends now (cleanly, if its head was sent); a finite
+        answer is delivered, then the connection closes."""
+        self.close_after = True
+        if not self.streaming:
+            return
+        if self.source is not None:
+            self.source.cancel(self)
+            self.source = None
+        if not self.response_started:
+            self.answer(503, "porthole is shutting down", close=True)
+            return
+        self.reason = "stream ended: proxy shutting down"
+        try:
+            self.client.out.write(self.client.h11.send(h11.EndOfMessage()))
+        except h11.LocalProtocolError:
+            self.client.abort(self.reason)
+            return
+        self.client.finish_exchange()
 
 
-@dataclass
-class SharedStream:
-    """One upstream /events subscription fanned out to every client asking for the same
-    canonical target: the daemon serves one subscriber, and an event costs porthole one parse
-    plus one send per watcher. A lone watcher that falls CLIENT_HIGH_WATER behind pauses the
-    upstream, as an unshared stream would; with others sharing it, it is disconnected instead
-    (it must not hold them up)."""
+class OutputQueue:
+    """Bytes waiting for a client's socket, and a ledger of whose body bytes they are.
 
-    key: str
-    upstream: Upstream
-    exchanges: list[Exchange] = field(default_factory=list)
-    head: h11.Response | None = None
-
-
-class Client:
-    """One client connection: an h11 server state machine plus bounded buffers.
-
-    state: "reading"  waiting for (or parsing) a request head
-           "waiting"  request forwarded, no response head yet
-           "relaying" response body flowing from upstream
-           "closing"  flushing the last bytes; what the client still sends is discarded
+    Rule 1: an exchange's body bytes count as delivered only once the socket accepted them.
+    Rule 2: an exchange is complete once the socket accepted its last byte.
     """
 
-    def __init__(self, sock: socket.socket, listener: Endpoint, peer: str, identity: str,
-                 max_head_bytes: int) -> None:
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self.clock = clock
+        self.buffer = bytearray()
+        self.queued = 0  # bytes ever queued
+        self.sent = 0  # bytes ever accepted by the socket
+        self.last_progress = clock()
+        self.payloads: deque[tuple[int, int, Exchange]] = deque()  # (start, length, exchange)
+        self.ends: deque[tuple[int, Exchange]] = deque()  # (offset after its last byte, exchange)
+
+    def __len__(self) -> int:
+        return len(self.buffer)
+
+    def write(self, data: bytes) -> None:
+        if not self.buffer:
+            self.last_progress = self.clock()  # the write-stall clock starts now
+        self.buffer += data
+        self.queued += len(data)
+
+    def write_body(self, wire: bytes, payload: int, exchange: Exchange) -> None:
+        """Queue `wire`, which carries `payload` body bytes (framed by h11: chunked adds CRLF)."""
+        trailer = 2 if len(wire) > payload else 0
+        self.payloads.append((self.queued + len(wire) - payload - trailer, payload, exchange))
+        exchange.body_bytes += payload
+        self.write(wire)
+
+    def end(self, exchange: Exchange) -> None:
+        self.ends.append((self.queued, exchange))
+
+    def send(self, sock: socket.socket) -> list[Exchange]:
+        """Send what the socket takes; return the exchanges now completely delivered.
+        Raises OSError when the client is gone."""
+        if self.buffer:
+            try:
+                sent = sock.send(self.buffer)
+            except BlockingIOError:
+                sent = 0
+            if sent:
+                del self.buffer[:sent]
+                self.sent += sent
+                self.last_progress = self.clock()
+        while self.payloads and self.payloads[0][0] + self.payloads[0][1] <= self.sent:
+            _, length, exchange = self.payloads.popleft()
+            exchange.delivered += length
+        done = []
+        while self.ends and self.ends[0][0] <= self.sent:
+            done.append(self.ends.popleft()[1])
+        return done
+
+    def settle(self) -> list[Exchange]:
+        """The connection is closing: credit partly sent payloads; return every exchange still
+        in the ledger (each appears once)."""
+        for start, length, exchange in self.payloads:
+            exchange.delivered += max(0, min(length, self.sent - start))
+        self.payloads.clear()
+        pending = list(dict.fromkeys(exchange for _, exchange in self.ends))
+        self.ends.clear()
+        self.buffer.clear()
+        return pending
+
+
+class ClientState(enum.Enum):
+    IDLE = "idle"  # between requests: waiting for the first byte of the next head
+    HEAD = "head"  # part of a request head has arrived
+    ACTIVE = "active"  # one request is being answered (forwarded, relayed or answered locally)
+    DRAINING = "draining"  # the last answer is queued: deliver it, then send FIN
+    LINGERING = "lingering"  # FIN sent: discard what the client still sends until it closes
+    CLOSED = "closed"
+
+    __hash__ = object.__hash__  # members are singletons; Enum's own __hash__ is Python code
+
+
+_C = ClientState
+CLIENT_TRANSITIONS: Mapping[ClientState, frozenset[ClientState]] = {
+    _C.IDLE: frozenset({_C.HEAD, _C.ACTIVE, _C.DRAINING, _C.CLOSED}),
+    _C.HEAD: frozenset({_C.ACTIVE, _C.DRAINING, _C.CLOSED}),
+    _C.ACTIVE: frozenset({_C.IDLE, _C.HEAD, _C.DRAINING, _C.CLOSED}),
+    _C.DRAINING: frozenset({_C.LINGERING, _C.CLOSED}),
+    _C.LINGERING: frozenset({_C.CLOSED}),
+    _C.CLOSED: frozenset(),
+}
+
+
+class RequestReader:
+    """A client's bytes on their way into its h11 server connection: fed one chunk at a time,
+    only when h11 asks, so what h11 holds stays bounded, the backlog is what stops us reading a
+    flooding client, and the raw size of each request head is exact."""
+
+    def __init__(self, connection: h11.Connection, max_head_bytes: int) -> None:
+        self.h11 = connection
+        self.backlog = bytearray()  # read from the socket, not yet given to h11
+        self.backlog_limit = 4 * max_head_bytes
+        self.eof = False  # the client sent FIN
+        self.eof_fed = False  # ... and h11 has been told
+        self.cycle_bytes = 0  # bytes h11 was given since this request cycle began
+
+    def add(self, data: bytes) -> None:
+        if data:
+            self.backlog += data
+        else:
+            self.eof = True
+
+    @property
+    def pending(self) -> bool:
+        """Bytes of a next request are waiting (in the backlog or inside h11)."""
+        return bool(self.backlog or self.cycle_bytes)
+
+    @property
+    def wants_more(self) -> bool:
+        return not self.eof and len(self.backlog) < self.backlog_limit
+
+    def next_event(self) -> Any:
+        while True:
+            event = self.h11.next_event()
+            if event is not h11.NEED_DATA:
+                return event
+            if self.backlog:
+                chunk = bytes(self.backlog[:READ_CHUNK])
+                del self.backlog[:READ_CHUNK]
+                self.h11.receive_data(chunk)
+                self.cycle_bytes += len(chunk)
+            elif self.eof and not self.eof_fed:
+                self.eof_fed = True
+                self.h11.receive_data(b"")
+            else:
+                return event
+
+    def head_size(self) -> int:
+        """What h11 was given this cycle minus what it holds beyond the head just parsed."""
+        return self.cycle_bytes - len(self.h11.trailing_data[0])
+
+    def next_cycle(self) -> None:
+        self.h11.start_next_cycle()
+        self.cycle_bytes = len(self.h11.trailing_data[0])  # pipelined bytes h11 already holds
+
+
+class ClientConnection:
+    """The server side of one client connection.
+
+    Rule 1: a client is closed exactly once: gracefully (queue delivered, FIN, then closed
+            when it closes or LINGER_SECONDS pass) or aborted on purpose (RST, with a reason).
+            A queued byte is never dropped behind a clean FIN.
+    Rule 2: at most one exchange is active; the next request is parsed only once the answer to
+            the last one is completely queued.
+    Rule 3: what is read but not parsed is bounded (RequestReader), and so is the work of one
+            turn (REQUESTS_PER_TURN requests); a client whose answers pile up unread
+            (CLIENT_HIGH_WATER) is not parsed until it reads.
+    Rule 4: every exchange is reported to the owner exactly once (exchange_done), when its
+            last byte is delivered or the connection closes, with the body bytes delivered.
+    Rule 5: a finite answer stalled longer than --write-timeout aborts the client; a stream
+            never times out on writes (it pauses its source instead).
+    """
+
+    def __init__(self, sock: socket.socket, loop: Loop, owner: Any, settings: Settings,
+                 listener: Endpoint, peer: str, identity: str, rejection: str | None = None) -> None:
         self.sock = sock
+        self.loop = loop
+        self.owner = owner  # on_request(client, request), exchange_done(exchange), client_closed(client)
+        self.settings = settings
         self.listener = listener
         self.peer = peer
         self.identity = identity  # whom per-client limits count against
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head_bytes)
-        self.backlog_limit = 4 * max_head_bytes
-        self.state = "reading"
-        self.inbuf = bytearray()  # bytes that arrived while a request was in flight
-        self.outbuf = bytearray()
+        self.rejection = rejection  # over a connection cap: every request gets this 503
+        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_head_bytes)
+        self.reader = RequestReader(self.h11, settings.max_head_bytes)
+        self.out = OutputQueue(loop.clock)
         self.exchange: Exchange | None = None
-        self.cycle_started = time.monotonic()
-        self.first_byte_at: float | None = None
-        self.last_progress = time.monotonic()
-        self.eof = False  # the client sent FIN
-        self.eof_fed = False  # ... and h11 has been told
-        self.parsing = False  # inside Proxy.process_client for this client
-        self.cycle_bytes = 0  # bytes h11 has been given since this request cycle began
-        self.close_after_response = False
-        self.linger_until = 0.0
-        self.closed = False
+        self.state = ClientState.IDLE
+        self.entered = loop.clock()
+        self.head_size = 0  # raw size of the last request head
+        self.mask = 0  # the events the loop watches for
+        self.refusals_in_a_row = 0
+        self.rearm()
 
-    def queue(self, data: bytes) -> None:
-        if not self.outbuf:
-            self.last_progress = time.monotonic()  # the write-stall clock starts now
-        self.outbuf += data
+    # ---- state ---------------------------------------------------------------------------------
+
+    def enter(self, state: ClientState) -> None:
+        """The one place a client changes state (and so its deadline)."""
+        if state not in CLIENT_TRANSITIONS[self.state]:
+            raise illegal_transition(self.state, state)
+        self.state = state
+        self.entered = self.loop.clock()
+        self.rearm()
+
+    def rearm(self) -> None:
+        self.loop.set_deadline(self, self.deadline())
+
+    def deadline(self) -> float | None:
+        """The earlier of the state's own deadline and the write-stall deadline."""
+        state, stall = self.state, self.stall_deadline()
+        if state is ClientState.IDLE:  # idle counts once the last answer is delivered
+            return stall if self.out.buffer else max(self.entered, self.out.last_progress) + self.settings.idle_timeout
+        if state is ClientState.HEAD:
+            own = self.entered + self.settings.head_timeout
+        elif state is ClientState.LINGERING:
+            own = self.entered + LINGER_SECONDS
+        else:
+            return stall
+        return own if stall is None or own < stall else stall
+
+    def stall_deadline(self) -> float | None:
+        if self.out.buffer and self.state is not ClientState.CLOSED and not (self.exchange and self.exchange.streaming):
+            return self.out.last_progress + self.settings.write_timeout
+        return None
+
+    def on_deadline(self, now: float) -> None:
+        when = self.deadline()
+        if when is not None and when > now:
+            self.loop.set_deadline(self, when)  # progress since it was set: not yet
+        elif when is None:
+            return
+        elif (self.stall_deadline() or now + 1) <= now:
+            self.abort("client stopped reading the response")
+        elif self.state is ClientState.HEAD:
+            self.refuse(Refusal(408, "request head not received in time", close=True))
+        elif self.state is ClientState.IDLE:
+            self.close()
+        elif self.state is ClientState.LINGERING:
+            self.finish_close(rst=False, reason=None)
+
+    # ---- reading and parsing -------------------------------------------------------------------
+
+    def on_io(self, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE:
+            self.flush()
+        if self.state is ClientState.CLOSED or not mask & selectors.EVENT_READ:
+            return
+        try:
+            data = self.sock.recv(READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError:
+            self.abort("client went away")
+            return
+        if self.state in (ClientState.DRAINING, ClientState.LINGERING):
+            if not data:
+                self.reader.eof = True
+                if self.state is ClientState.LINGERING:
+                    self.finish_close(rst=False, reason=None)
+                else:
+                    self.update_interest()
+            return  # discarded: we only wait until the client has read our last answer
+        if not data:
+            if self.exchange is not None:
+                # Gone mid-exchange (as nginx reads it): free the upstream at once rather than
+                # hold a daemon connection, a stream slot and a connection slot for nobody.
+                self.abort("client went away")
+                return
+        elif self.state is ClientState.IDLE:
+            self.enter(ClientState.HEAD)
+        self.reader.add(data)
+        if self.exchange is None:
+            self.wake()  # parsed in this pass's turns: at most REQUESTS_PER_TURN a pass
+        self.update_interest()
+
+    def wake(self) -> None:
+        """Something was queued or may be parsed: one turn later in this pass sends it all with
+        one system call, however many events were queued."""
+        self.loop.turns[self] = None  # Loop.soon, inlined: this is the hottest call there is
+
+    def on_turn(self) -> None:
+        if self.out.buffer:
+            self.flush()
+        if self.exchange is None and self.state in (ClientState.IDLE, ClientState.HEAD):
+            self.parse()
+
+    def parse(self) -> None:
+        for _ in range(REQUESTS_PER_TURN):
+            if self.exchange is not None or self.state not in (ClientState.IDLE, ClientState.HEAD):
+                break
+            if len(self.out.buffer) >= CLIENT_HIGH_WATER:
+                break  # answers pile up unread: on_io parses on once the client drains them
+            try:
+                event = self.reader.next_event()
+            except h11.RemoteProtocolError as exc:
+                self.refuse(Refusal(exc.error_status_hint, f"malformed request: {exc}", close=True))
+                break
+            if event is h11.NEED_DATA:
+                break
+            if isinstance(event, h11.Request):
+                self.begin(event)
+            elif isinstance(event, h11.ConnectionClosed):
+                self.close()
+                break
+            else:  # a refused request's body is never read: we close instead
+                break
+        else:
+            self.loop.soon(self)  # more may be waiting: the next pass, after everyone else
+        self.update_interest()
+
+    def begin(self, request: h11.Request) -> None:
+        facts = RequestFacts(request.method.decode("latin-1"), request.target, list(request.headers),
+                             self.listener.kind, self.listener.profile, request.http_version)
+        self.exchange = Exchange(self, facts, self.loop.clock())
+        self.enter(ClientState.ACTIVE)
+        if self.h11.their_state is h11.SEND_BODY and not _declares_body(facts.headers):
+            self.h11.next_event()  # the EndOfMessage of a body-less request, already framed
+        self.head_size = self.reader.head_size()
+        if self.rejection is not None:
+            self.refuse(Refusal(503, self.rejection, close=True))
+        else:
+            self.owner.on_request(self, self.exchange)
+
+    # ---- answering -----------------------------------------------------------------------------
+
+    def refuse(self, refusal: Refusal) -> None:
+        """Answer locally with a Docker-style JSON error."""
+        exchange = self.exchange
+        if exchange is None:  # the request head never parsed: log what we know
+            exchange = Exchange(self, RequestFacts("-", b"", [], self.listener.kind, self.listener.profile),
+                                self.loop.clock())
+            self.exchange = exchange
+            if self.state is ClientState.IDLE:
+                self.enter(ClientState.HEAD)
+        exchange.outcome = "deny" if refusal.status in (403, 429) else "error"
+        exchange.reason = refusal.reason
+        self.refusals_in_a_row += 1
+        close = refusal.close
+        if self.refusals_in_a_row >= MAX_REFUSALS_IN_A_ROW and not close:
+            close = True
+            exchange.reason += f" (closing the connection after {MAX_REFUSALS_IN_A_ROW} refusals in a row)"
+        exchange.answer(refusal.status, refusal.reason, close=close)
+
+    def finish_exchange(self) -> None:
+        """The answer is completely queued: the ledger logs it once delivered."""
+        exchange, self.exchange = self.exchange, None
+        assert exchange is not None
+        exchange.source = None
+        self.out.end(exchange)
+        if (exchange.close_after or self.owner.stopping
+                or self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE):
+            self.close()
+            return
+        self.reader.next_cycle()
+        self.enter(ClientState.HEAD if self.reader.pending else ClientState.IDLE)
+        self.wake()  # deliver, and parse the next pipelined request, in a turn (no recursion)
+
+    def stop(self) -> None:
+        """The proxy is stopping (see Exchange.stop)."""
+        if self.exchange is None:
+            self.close()
+        else:
+            self.exchange.stop()
+
+    # ---- delivering and closing ----------------------------------------------------------------
+
+    @property
+    def has_room(self) -> bool:
+        return len(self.out.buffer) < CLIENT_HIGH_WATER
+
+    def flush(self) -> None:
+        if self.state is ClientState.CLOSED:
+            return
+        try:
+            done = self.out.send(self.sock)
+        except OSError:
+            self.abort("client went away")
+            return
+        for exchange in done:
+            self.owner.exchange_done(exchange)
+        if self.state is ClientState.DRAINING and not self.out.buffer:
+            with contextlib.suppress(OSError):
+                self.sock.shutdown(socket.SHUT_WR)
+            if self.reader.eof:
+                self.finish_close(rst=False, reason=None)
+                return
+            self.enter(ClientState.LINGERING)
+        if self.exchange is not None and self.exchange.source is not None and len(self.out.buffer) < CLIENT_LOW_WATER:
+            self.exchange.source.resume(self.exchange)
+        elif (self.exchange is None and self.state in (ClientState.IDLE, ClientState.HEAD)
+              and self.reader.pending and len(self.out.buffer) < CLIENT_LOW_WATER):
+            self.loop.soon(self)  # parsing was paused while our answers were unread
+        self.rearm()  # the write-stall deadline moves with the queue
+        self.update_interest()
+
+    def update_interest(self) -> None:
+        if self.state is ClientState.CLOSED:
+            return
+        mask = selectors.EVENT_WRITE if self.out.buffer else 0
+        if self.reader.wants_more:
+            mask |= selectors.EVENT_READ  # a full pipelining backlog stops reading this client
+        if mask != self.mask:
+            self.mask = mask
+            self.loop.watch(self.sock, mask, self)
+
+    def close(self) -> None:
+        """Graceful: deliver what is queued, send FIN, linger, close."""
+        if self.state in (ClientState.DRAINING, ClientState.LINGERING, ClientState.CLOSED):
+            return
+        if self.exchange is not None:  # shutting down: a request never answered
+            self.abort("proxy closing the connection")
+            return
+        self.reader.backlog.clear()
+        self.enter(ClientState.DRAINING)
+        self.flush()
+
+    def abort(self, reason: str) -> None:
+        """On purpose: RST, so a truncated response never looks like a clean end."""
+        exchange = self.exchange
+        if exchange is not None:
+            if exchange.outcome == "allow":
+                exchange.outcome = "error"
+            exchange.reason = exchange.reason or reason
+        self.finish_close(rst=True, reason=reason)
+
+    def finish_close(self, rst: bool, reason: str | None) -> None:
+        if self.state is ClientState.CLOSED:
+            return
+        self.enter(ClientState.CLOSED)
+        self.loop.cancel(self)
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            if exchange.source is not None:
+                exchange.source.cancel(exchange)
+                exchange.source = None
+            self.out.end(exchange)
+        for pending in self.out.settle():
+            if pending.delivered < pending.body_bytes or pending is exchange:
+                if pending.outcome == "allow":
+                    pending.outcome = "error"
+                pending.reason = pending.reason or reason or "client went away before the answer was delivered"
+            self.owner.exchange_done(pending)
+        self.loop.forget(self.sock)
+        if rst:
+            with contextlib.suppress(OSError):
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.sock.close()
+        self.owner.client_closed(self)
+
+
+def _declares_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    return any(name == b"transfer-encoding" or (name == b"content-length" and value.strip() != b"0")
+               for name, value in headers)
+
+
+class TransformError(Exception):
+    """A response could not be transformed: the client gets a 502 or an abort, never the
+    untransformed bytes."""
+
+
+@dataclass(frozen=True)
+class ResponseTransform:
+    """How to rewrite one exchange's successful (2xx) response body on its way to the client.
+    `document` rewrites a finite JSON body (a parsed value in, a value out); `event` rewrites
+    each event of a stream of JSON lines (None drops the event). Each buffers at most
+    `max_bytes` (the whole document, or one event)."""
+
+    document: Callable[[Any], Any] | None = None
+    event: Callable[[Any], Any] | None = None
+    max_bytes: int = 32 * 1024 * 1024
+
+
+class ResponseRewriter:
+    """Applies a ResponseTransform to one response. A document's head is held back until the
+    whole body is rewritten, so its Content-Length is right and a failure can still be a 502."""
+
+    def __init__(self, transform: ResponseTransform, head: h11.Response, method: str) -> None:
+        self.transform = transform
+        self.original = head
+        self.method = method
+        self.buffer = bytearray()
+
+    def _head(self, length: int | None) -> h11.Response:
+        headers = [(n, v) for n, v in self.original.headers.raw_items()
+                   if n.lower() not in (b"content-length", b"transfer-encoding")]
+        if length is not None:
+            headers.append((b"Content-Length", str(length).encode()))
+        return h11.Response(status_code=self.original.status_code, reason=self.original.reason,
+                            headers=headers, _parsed=True)
+
+    def head(self) -> h11.Response | None:
+        if self.transform.document is not None and self.method != "HEAD":
+            return None
+        return self._head(None)  # re-framed by h11 (chunked for HTTP/1.1)
+
+    def feed(self, data: bytes) -> bytes:
+        self.buffer += data
+        if self.transform.document is not None:
+            if len(self.buffer) > self.transform.max_bytes:
+                raise TransformError(f"the response is over {self.transform.max_bytes} bytes")
+            return b""
+        if self.transform.event is None:
+            out, self.buffer = bytes(self.buffer), bytearray()
+            return out
+        *events, rest = self.buffer.split(b"\n")
+        if max(map(len, events), default=0) > self.transform.max_bytes or len(rest) > self.transform.max_bytes:
+            raise TransformError(f"an event is over {self.transform.max_bytes} bytes")
+        self.buffer = bytearray(rest)
+        return b"".join(self._event(line) for line in events if line.strip())
+
+    def _event(self, line: bytes) -> bytes:
+        parsed = self._parse(line)
+        try:
+            value = self.transform.event(parsed)  # type: ignore[misc]
+        except Exception as exc:  # the filter could not be applied: fail closed
+            raise TransformError(f"{type(exc).__name__}: {exc}") from None
+        return b"" if value is None else json.dumps(value, separators=(",", ":")).encode() + b"\n"
+
+    @staticmethod
+    def _parse(data: bytes) -> Any:
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise TransformError(f"the daemon's answer is not JSON ({str(exc)[:80]})") from None
+
+    def finish(self) -> tuple[h11.Response | None, bytes]:
+        if self.transform.document is not None:
+            if self.method == "HEAD":
+                return None, b""
+            try:
+                value = self.transform.document(self._parse(bytes(self.buffer)))
+                body = json.dumps(value, separators=(",", ":")).encode() + b"\n"
+            except TransformError:
+                raise
+            except Exception as exc:  # the filter could not be applied: fail closed
+                raise TransformError(f"{type(exc).__name__}: {exc}") from None
+            return self._head(len(body)), body
+        if self.buffer.strip():
+            if self.transform.event is None:
+                return None, bytes(self.buffer)
+            return None, self._event(bytes(self.buffer))
+        return None, b""
+
+
+def relayed_head(event: h11.Response) -> h11.Response:
+    """The daemon's response head as porthole relays it; ValueError says why it is refused
+    (smuggling shapes, control bytes)."""
+    raw_headers = event.headers.raw_items()
+    if has_both_framings(raw_headers):
+        raise ValueError("the daemon's response has both Content-Length and Transfer-Encoding")
+    if _CONTROL_BYTES.search(event.reason) or any(_CONTROL_BYTES.search(v) for _, v in raw_headers):
+        raise ValueError("the daemon's response head holds control characters")
+    headers = relayed_response_headers(raw_headers)
+    if event.status_code in (204, 304):  # never a body, so never framing headers (RFC 9110 8.6)
+        headers = [(n, v) for n, v in headers if n.lower() not in (b"content-length", b"transfer-encoding")]
+    return h11.Response(status_code=event.status_code, reason=event.reason, http_version=b"1.1",
+                        headers=headers, _parsed=True)  # values as h11 parsed and we checked them
+
+
+class UpstreamState(enum.Enum):
+    CONNECTING = "connecting"  # a non-blocking connect is under way; the request waits queued
+    AWAITING = "awaiting"  # the request is sent (or being sent); no response head yet
+    RECEIVING = "receiving"  # the head went to the consumer; the body flows
+    IDLE = "idle"  # in the pool, between exchanges
+    CLOSED = "closed"
+
+    __hash__ = object.__hash__  # members are singletons; Enum's own __hash__ is Python code
+
+
+_U = UpstreamState
+UPSTREAM_TRANSITIONS: Mapping[UpstreamState, frozenset[UpstreamState]] = {
+    _U.CONNECTING: frozenset({_U.AWAITING, _U.CLOSED}),
+    _U.AWAITING: frozenset({_U.RECEIVING, _U.CLOSED}),
+    _U.RECEIVING: frozenset({_U.IDLE, _U.CLOSED}),
+    _U.IDLE: frozenset({_U.AWAITING, _U.CLOSED}),
+    _U.CLOSED: frozenset(),
+}
+
+
+class UpstreamConnection:
+    """One connection to the daemon, with its own h11 client state machine.
+
+    Rule 1: it serves one consumer at a time (a Relay or a SharedStream), or none while IDLE.
+    Rule 2: it reads only while its consumer has not paused it; on resume() it first hands on
+            what h11 already holds, in a turn of its own.
+    Rule 3: a failure reaches the consumer exactly once (upstream_failed), then it is closed.
+    Rule 4: 1xx heads are skipped (at most MAX_INFORMATIONAL); a head with both framings or
+            with control bytes is a failure (502), never relayed.
+    Deadlines: CONNECTING --connect-timeout (502), AWAITING --response-timeout (504),
+    IDLE POOL_IDLE_SECONDS (closed), RECEIVING none (the client side owns write stalls).
+    """
+
+    def __init__(self, pool: UpstreamPool, sock: socket.socket, reused: bool = False) -> None:
+        self.pool = pool
+        self.loop = pool.loop
+        self.sock = sock
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=UPSTREAM_MAX_HEAD)
+        self.outbuf = bytearray()
+        self.state = UpstreamState.CONNECTING
+        self.entered = self.loop.clock()
+        self.consumer: Any = None
+        self.reused = reused  # came from the idle pool: a failure before any byte may be retried
+        self.received_any = False
+        self.informational = 0
+        self.paused = False
+        self.send_error: OSError | None = None
+        self.address: tuple[int, Any] = (sock.family, None)  # what it connects to
+        self.candidates: list[tuple[int, Any]] = []  # the daemon's other addresses, to try next
+        self.mask = 0  # the events the loop watches for
+
+    def enter(self, state: UpstreamState) -> None:
+        """The one place an upstream connection changes state (and so its deadline)."""
+        if state not in UPSTREAM_TRANSITIONS[self.state]:
+            raise illegal_transition(self.state, state)
+        self.state = state
+        self.arm()
+
+    def arm(self) -> None:
+        self.entered = now = self.loop.clock()
+        state = self.state
+        if state is UpstreamState.AWAITING:
+            self.loop.set_deadline(self, now + self.pool.settings.response_timeout)
+        elif state is UpstreamState.CONNECTING:
+            self.loop.set_deadline(self, now + self.pool.settings.connect_timeout)
+        elif state is UpstreamState.IDLE:
+            self.loop.set_deadline(self, now + POOL_IDLE_SECONDS)
+        else:
+            self.loop.set_deadline(self, None)
+        self.update_interest()
+
+    def start(self, consumer: Any, request: h11.Request, connected: bool) -> None:
+        """Send one request for `consumer`; a connection still connecting sends it once connected."""
+        self.consumer = consumer
+        self.send_error = None
+        self.received_any = False
+        self.informational = 0
+        self.paused = False
+        self.outbuf += self.h11.send(request) + self.h11.send(h11.EndOfMessage())
+        if not connected:
+            self.arm()  # a new connection: CONNECTING since __init__
+            return
+        try:  # most requests leave at once; a failure is reported in a turn of its own, so
+            # that the consumer learns of it after acquire() has returned
+            del self.outbuf[:self.sock.send(self.outbuf)]
+        except BlockingIOError:
+            pass
+        except OSError as exc:
+            self.send_error = exc
+            self.loop.soon(self)
+        self.enter(UpstreamState.AWAITING)  # watches for what is left to send, and the answer
+
+    def on_deadline(self, now: float) -> None:
+        if self.state is UpstreamState.CONNECTING:
+            self.fail(502, upstream_error_message(self.pool.endpoint, OSError(errno.ETIMEDOUT, "connect timed out")))
+        elif self.state is UpstreamState.AWAITING:
+            self.fail(504, f"the daemon did not start answering within --response-timeout "
+                           f"{self.pool.settings.response_timeout:g} s")
+        elif self.state is UpstreamState.IDLE:
+            self.close()
+
+    def on_io(self, mask: int) -> None:
+        if self.state is UpstreamState.IDLE:  # the daemon closed it, or sent junk: either way, gone
+            self.close()
+            return
+        if mask & selectors.EVENT_WRITE:
+            if self.state is UpstreamState.CONNECTING:
+                code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                if code:
+                    self.connect_next(OSError(code, os.strerror(code)))
+                    return
+                self.enter(UpstreamState.AWAITING)
+            self.flush()
+        if self.state is UpstreamState.CLOSED or not mask & selectors.EVENT_READ:
+            return
+        try:
+            data = self.sock.recv(READ_CHUNK)
+        except BlockingIOError:
+            return
+        except OSError as exc:
+            self.fail(502, upstream_error_message(self.pool.endpoint, exc))
+            return
+        self.received_any = self.received_any or bool(data)
+        self.h11.receive_data(data)
+        self.pump()
+
+    def connect_next(self, exc: OSError) -> None:
+        """The connect failed: on to the daemon's next address, if it has another."""
+        self.pool.connect_failed(*self.address, exc)
+        if not self.candidates:
+            self.fail(502, upstream_error_message(self.pool.endpoint, exc))
+            return
+        try:
+            sock, connected, self.address = self.pool.connect(self.candidates)
+        except OSError as last:
+            self.fail(502, upstream_error_message(self.pool.endpoint, last))
+            return
+        self.loop.forget(self.sock)
+        self.sock.close()
+        self.sock, self.mask = sock, 0
+        if connected:
+            self.enter(UpstreamState.AWAITING)
+            self.flush()
+        else:
+            self.update_interest()
+
+    def on_turn(self) -> None:
+        if self.send_error is not None:
+            self.fail(502, upstream_error_message(self.pool.endpoint, self.send_error))
+        elif not self.paused and self.state in (UpstreamState.AWAITING, UpstreamState.RECEIVING):
+            self.pump()
+
+    def pump(self) -> None:
+        """Hand what h11 holds to the consumer while it is not paused."""
+        while self.state in (UpstreamState.AWAITING, UpstreamState.RECEIVING) and not self.paused:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                closed = self.h11.their_state is h11.ERROR and self.h11.trailing_data[1]
+                self.fail(502, "the daemon closed the connection before the response was complete"
+                          if closed else f"malformed response from the daemon: {exc}")
+                return
+            if event is h11.NEED_DATA:
+                break
+            if isinstance(event, h11.InformationalResponse):
+                self.informational += 1
+                if self.informational > MAX_INFORMATIONAL:
+                    self.fail(502, "the daemon sent too many 1xx responses")
+                    return
+                continue  # never relayed: porthole sends no bodies, so never waits for 100
+            if isinstance(event, h11.Response):
+                try:
+                    head = relayed_head(event)
+                except ValueError as exc:
+                    self.fail(502, str(exc))
+                    return
+                self.enter(UpstreamState.RECEIVING)
+                self.consumer.upstream_head(self, head)
+            elif isinstance(event, h11.Data):
+                self.consumer.upstream_data(self, event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                consumer, self.consumer = self.consumer, None
+                self.pool.release(self)
+                consumer.upstream_end(self)
+                return
+            else:  # ConnectionClosed or PAUSED before the response ended
+                self.fail(502, "the daemon closed the connection mid-response")
+                return
+        self.update_interest()
+
+    def pause(self) -> None:
+        self.paused = True
+        self.update_interest()
+
+    def resume(self) -> None:
+        if self.paused:
+            self.paused = False
+            self.loop.soon(self)  # first what h11 already holds, then read again
+            self.update_interest()
+
+    def flush(self) -> None:
+        if self.outbuf:
+            try:
+                sent = self.sock.send(self.outbuf)
+                del self.outbuf[:sent]
+            except BlockingIOError:
+                pass
+            except OSError as exc:
+                self.fail(502, upstream_error_message(self.pool.endpoint, exc))
+                return
+        self.update_interest()
+
+    def update_interest(self) -> None:
+        state = self.state
+        if state is UpstreamState.CLOSED:
+            return
+        if state is UpstreamState.IDLE:
+            mask = selectors.EVENT_READ  # only to notice the daemon closing it
+        elif state is UpstreamState.CONNECTING:
+            mask = selectors.EVENT_WRITE
+        else:
+            mask = (selectors.EVENT_WRITE if self.outbuf else 0) | (0 if self.paused else selectors.EVENT_READ)
+        if mask != self.mask:
+            self.mask = mask
+            self.loop.watch(self.sock, mask, self)
+
+    @property
+    def reusable(self) -> bool:
+        """Only a connection that ended its exchange cleanly with nothing extra goes back."""
+        return (self.state is UpstreamState.RECEIVING and self.h11.our_state is h11.DONE
+                and self.h11.their_state is h11.DONE and not self.h11.trailing_data[0])
+
+    def fail(self, status: int, message: str) -> None:
+        consumer, self.consumer = self.consumer, None
+        retryable = self.reused and not self.received_any
+        self.close()
+        if consumer is not None:
+            consumer.upstream_failed(self, status, message, retryable)
+
+    def abort(self, reason: str) -> None:
+        self.fail(502, f"porthole {reason}")
+
+    def close(self) -> None:
+        if self.state is UpstreamState.CLOSED:
+            return
+        self.enter(UpstreamState.CLOSED)
+        self.loop.cancel(self)
+        self.consumer = None
+        self.loop.forget(self.sock)
+        self.sock.close()
+        self.pool.discard(self)
+
+
+class UpstreamPool:
+    """Daemon connections: fresh ones, and idle ones kept for reuse.
+
+    Rule 1: a connection is in exactly one place: the idle list, one consumer, or closed.
+    Rule 2: only a connection whose exchange ended cleanly goes back (UpstreamConnection.reusable).
+    Rule 3: acquire(fresh=True) never takes an idle one: a retry must not meet another stale
+            connection.
+    Rule 4: a TCP daemon's name is resolved outside the loop: before it starts, and again in a
+            helper thread after a failure; the loop only ever reads the last answer.
+    """
+
+    def __init__(self, loop: Loop, settings: Settings, log: Log) -> None:
+        self.loop = loop
+        self.settings = settings
+        self.endpoint = settings.upstream
+        self.log = log
+        self.idle: list[UpstreamConnection] = []
+        self.addresses: list[tuple[int, Any]] = []  # (family, sockaddr), for TCP daemons
+        self.resolving = False
+        self.closed = False
+        if self.endpoint.kind == "tcp":
+            self.resolve()
+
+    def resolve(self) -> None:
+        """getaddrinfo, which blocks: called before the loop runs, or from a helper thread."""
+        try:
+            found = socket.getaddrinfo(self.endpoint.host, self.endpoint.port, type=socket.SOCK_STREAM)
+            self.addresses = [(family, address) for family, _, _, _, address in found]
+        except OSError as exc:
+            self.log("warning", "upstream_resolve_failed", upstream=self.endpoint.url, error=str(exc))
+        finally:
+            self.resolving = False
+
+    def re_resolve(self) -> None:
+        if self.endpoint.kind == "tcp" and not self.resolving and not _is_ip_literal(self.endpoint.host):
+            self.resolving = True
+            threading.Thread(target=self.resolve, name="porthole-resolve", daemon=True).start()
+
+    def acquire(self, consumer: Any, request: h11.Request, fresh: bool = False) -> UpstreamConnection:
+        """A connection already sending `request` for `consumer`. Raises OSError (with a
+        message for the client) when no connection can be made at once."""
+        if self.idle and not fresh:
+            conn = self.idle.pop()
+            conn.reused = True
+            conn.start(consumer, request, connected=True)
+            return conn
+        if self.endpoint.kind == "unix":
+            candidates = [(socket.AF_UNIX, self.endpoint.path)]
+        elif self.addresses:
+            candidates = list(self.addresses)
+        else:
+            self.re_resolve()
+            raise OSError(errno.EHOSTUNREACH, f"cannot resolve {self.endpoint.host}")
+        sock, connected, address = self.connect(candidates)
+        conn = UpstreamConnection(self, sock)
+        conn.address, conn.candidates = address, candidates
+        conn.start(consumer, request, connected=connected)
+        return conn
+
+    def connect(self, candidates: list[tuple[int, Any]]) -> tuple[socket.socket, bool, tuple[int, Any]]:
+        """Start connecting to the first candidate address that does not fail at once (each
+        tried is taken off the list): (socket, connected already, the address). Raises the
+        last OSError."""
+        while True:
+            family, address = candidates.pop(0)
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                code = sock.connect_ex(address)
+                if code == errno.EAGAIN:
+                    raise OSError(errno.EAGAIN, "the daemon's socket backlog is full")
+                if code not in (0, errno.EINPROGRESS):
+                    raise OSError(code, os.strerror(code))
+                if family != socket.AF_UNIX:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                return sock, code == 0, (family, address)
+            except OSError as exc:
+                sock.close()
+                self.connect_failed(family, address, exc)
+                if not candidates:
+                    raise
+
+    def connect_failed(self, family: int, address: Any, exc: OSError) -> None:
+        """Try that address last from now on, and ask DNS again."""
+        if family != socket.AF_UNIX:
+            if (family, address) in self.addresses and len(self.addresses) > 1:
+                self.addresses = [a for a in self.addresses if a != (family, address)] + [(family, address)]
+            self.re_resolve()
+
+    def release(self, conn: UpstreamConnection) -> None:
+        """An exchange ended: keep the connection if it is clean and there is room."""
+        if conn.reusable and len(self.idle) < MAX_IDLE_UPSTREAMS and not self.closed:
+            conn.h11.start_next_cycle()
+            conn.reused = False
+            conn.enter(UpstreamState.IDLE)
+            self.idle.append(conn)
+        else:
+            conn.close()
+
+    def discard(self, conn: UpstreamConnection) -> None:
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def close(self) -> None:
+        self.closed = True
+        for conn in list(self.idle):
+            conn.close()
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        socket.inet_pton(socket.AF_INET6 if ":" in host else socket.AF_INET, host)
+        return True
+    except OSError:
+        return False
+
+
+class Relay:
+    """One exchange's response, from its own daemon connection to its client.
+
+    Rule 1: an exchange has exactly one source (exchange.source): its Relay or one SharedStream.
+    Rule 2: the daemon is read only while the client has room (CLIENT_HIGH_WATER); the client
+            resumes it once its queue is under CLIENT_LOW_WATER.
+    Rule 3: a pooled connection that fails before any response byte is retried once, on a fresh
+            connection (a body-less GET or HEAD is safe to repeat).
+    Rule 4: before the response head a failure is answered (502, or 504 for the head timeout);
+            after it, the client is aborted.
+    """
+
+    def __init__(self, pool: UpstreamPool, exchange: Exchange, request: h11.Request) -> None:
+        self.pool = pool
+        self.exchange = exchange
+        self.request = request
+        self.conn: UpstreamConnection | None = None
+        self.retried = False
+        exchange.source = self
+
+    def start(self, fresh: bool = False) -> None:
+        try:
+            self.conn = self.pool.acquire(self, self.request, fresh=fresh)
+        except OSError as exc:
+            self.exchange.fail(502, upstream_error_message(self.pool.endpoint, exc))
+
+    def upstream_head(self, conn: UpstreamConnection, head: h11.Response) -> None:
+        self.exchange.send_head(head)
+        self.apply_backpressure(conn)
+
+    def upstream_data(self, conn: UpstreamConnection, data: bytes) -> None:
+        self.exchange.send_body(data)
+        self.apply_backpressure(conn)
+
+    def apply_backpressure(self, conn: UpstreamConnection) -> None:
+        client = self.exchange.client
+        if not self.exchange.active:
+            conn.close()  # the client is gone (cancel() ran) or moved on
+        elif not client.has_room:
+            conn.pause()
+
+    def upstream_end(self, conn: UpstreamConnection) -> None:
+        self.conn = None
+        if self.exchange.active:
+            self.exchange.end_body()
+
+    def upstream_failed(self, conn: UpstreamConnection, status: int, message: str, retryable: bool) -> None:
+        self.conn = None
+        if retryable and not self.retried:
+            self.retried = True  # a stale pooled connection: once more, on a fresh one
+            self.start(fresh=True)
+            return
+        self.exchange.fail(status, message)
+
+    def resume(self, exchange: Exchange) -> None:
+        if self.conn is not None:
+            self.conn.resume()
+
+    def cancel(self, exchange: Exchange) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.consumer = None
+            conn.close()
+
+
+class SharedStream:
+    """One /events subscription fanned out to every watcher of the same canonical target: the
+    daemon serves one subscriber, and an event costs porthole one parse plus one send per watcher.
+
+    Rule 1: a watcher joins at an event boundary only: before the head, or right after a newline
+            of the body. Until then it is pending and receives nothing.
+    Rule 2: an answer that is not an open-ended 200 stream (an error, a Content-Length body) is
+            never shared with a late joiner: the stream leaves the registry at its head, so later
+            watchers get their own subscription.
+    Rule 3: a lone watcher that falls CLIENT_HIGH_WATER behind pauses the daemon, as an unshared
+            stream would; with others sharing it, it is disconnected instead.
+    Rule 4: every watcher is answered: the stream, a 502 when the subscription fails before its
+            head (pending ones too), or an abort after.
+    """
+
+    def __init__(self, key: str, pool: UpstreamPool, registry: dict[str, SharedStream],
+                 request: h11.Request, reopen: Callable[[Exchange], None]) -> None:
+        self.key = key
+        self.pool = pool
+        self.registry = registry
+        self.request = request
+        self.reopen = reopen  # a pending watcher of a stream that ended gets a new subscription
+        self.watchers: list[Exchange] = []
+        self.pending: list[Exchange] = []
+        self.head: h11.Response | None = None
+        self.at_boundary = True
+        self.conn: UpstreamConnection | None = None
+
+    def open(self, first: Exchange) -> None:
+        self.registry[self.key] = self
+        self.watchers.append(first)
+        first.source = self
+        try:  # fresh: a stream outlives any pooled connection's staleness check
+            self.conn = self.pool.acquire(self, self.request, fresh=True)
+        except OSError as exc:
+            self.upstream_failed(None, 502, upstream_error_message(self.pool.endpoint, exc), False)
+
+    def join(self, exchange: Exchange) -> None:
+        exchange.source = self
+        if self.head is None:
+            self.watchers.append(exchange)
+            return
+        self.pending.append(exchange)
+        if self.at_boundary:
+            self.admit_pending()
+        elif self.conn is not None:
+            self.conn.resume()  # a lone slow watcher may have paused it mid-event: not alone now
+
+    def admit_pending(self) -> None:
+        pending, self.pending = self.pending, []
+        for exchange in pending:
+            self.watchers.append(exchange)
+            exchange.send_head(self.head)  # type: ignore[arg-type]
+        if self.conn is not None and len(self.watchers) > 1:
+            self.conn.resume()  # paused by a lone slow watcher: no longer alone
+
+    def upstream_head(self, conn: UpstreamConnection, head: h11.Response) -> None:
+        self.head = head
+        open_ended = head.status_code == 200 and not any(
+            name.lower() == b"content-length" for name, _ in head.headers.raw_items())
+        if not open_ended:
+            self.leave_registry()
+        for exchange in list(self.watchers):
+            exchange.send_head(head)
+
+    def upstream_data(self, conn: UpstreamConnection, data: bytes) -> None:
+        if self.pending:
+            boundary = data.find(b"\n") + 1
+            if boundary:
+                self.fan_out(data[:boundary])
+                self.at_boundary = True
+                self.admit_pending()
+                data = data[boundary:]
+        if data:
+            self.fan_out(data)
+            self.at_boundary = data.endswith(b"\n")
+        if len(self.watchers) == 1 and not self.pending and not self.watchers[0].client.has_room \
+                and self.conn is not None:
+            self.conn.pause()  # resumed by resume() when the lone watcher drains
+
+    def fan_out(self, data: bytes) -> None:
+        lone = len(self.watchers) == 1 and not self.pending
+        for exchange in list(self.watchers):
+            client = exchange.client
+            if not lone and not client.has_room:
+                client.abort("too slow for a shared event stream")
+                continue
+            exchange.send_body(data)
+
+    def upstream_end(self, conn: UpstreamConnection) -> None:
+        self.conn = None
+        self.leave_registry()
+        watchers, self.watchers = self.watchers, []
+        for exchange in watchers:
+            if exchange.active:
+                exchange.end_body()
+        pending, self.pending = self.pending, []
+        for exchange in pending:
+            exchange.source = None
+            self.reopen(exchange)
+
+    def upstream_failed(self, conn: UpstreamConnection | None, status: int, message: str, retryable: bool) -> None:
+        self.conn = None
+        self.leave_registry()
+        everyone = self.watchers + self.pending
+        self.watchers, self.pending = [], []
+        for exchange in everyone:
+            exchange.fail(status, message)
+
+    def resume(self, exchange: Exchange) -> None:
+        if self.conn is not None and len(self.watchers) == 1:
+            self.conn.resume()
+
+    def cancel(self, exchange: Exchange) -> None:
+        for group in (self.watchers, self.pending):
+            if exchange in group:
+                group.remove(exchange)
+        if not self.watchers and not self.pending:  # the last watcher left: unsubscribe
+            self.leave_registry()
+            conn, self.conn = self.conn, None
+            if conn is not None:
+                conn.consumer = None
+                conn.close()
+        elif self.conn is not None:
+            self.conn.resume()  # whoever paused it may have been the one who left
+
+    def leave_registry(self) -> None:
+        if self.registry.get(self.key) is self:
+            del self.registry[self.key]
+
+
+class Listener:
+    """A listening socket. Accepts at most ACCEPTS_PER_TURN connections a pass, so one busy
+    listener cannot starve the others; out of descriptors, it pauses briefly instead of spinning.
+    A socket that fails between accept() and its hand-over is closed, never leaked."""
+
+    def __init__(self, sock: socket.socket, endpoint: Endpoint, loop: Loop,
+                 on_accept: Callable[[socket.socket, Endpoint, Any], None]) -> None:
+        self.sock = sock
+        self.endpoint = endpoint
+        self.loop = loop
+        self.on_accept = on_accept
+        self.paused = False
+        sock.setblocking(False)
+        self.resume()
+
+    def on_io(self, mask: int) -> None:
+        for _ in range(ACCEPTS_PER_TURN):
+            if self.paused:
+                return
+            try:
+                sock, address = self.sock.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    self.loop.log("warning", "accept_paused", error=os.strerror(exc.errno))
+                    self.pause()
+                    self.loop.set_deadline(self, self.loop.clock() + ACCEPT_BACKOFF_SECONDS)
+                    return
+                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
+                    continue
+                raise
+            try:
+                sock.setblocking(False)
+                self.on_accept(sock, self.endpoint, address)
+            except BaseException:
+                sock.close()
+                raise
+
+    def on_deadline(self, now: float) -> None:
+        self.resume()
+
+    def pause(self) -> None:
+        self.paused = True
+        self.loop.watch(self.sock, 0, self)
+
+    def resume(self) -> None:
+        self.paused = False
+        self.loop.watch(self.sock, selectors.EVENT_READ, self)
+
+    def close(self) -> None:
+        self.loop.forget(self.sock)
+        self.loop.cancel(self)
+        self.sock.close()
+        if self.endpoint.kind == "unix":
+            with contextlib.suppress(OSError):
+                os.unlink(self.endpoint.path)
+
+
+class SignalPipe:
+    """Signals arrive as bytes on a socketpair (signal.set_wakeup_fd): the loop handles them in
+    order, guarded like any other I/O, never inside an arbitrary bytecode of a callback."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self, loop: Loop, on_signal: Callable[[int], None]) -> None:
+        self.loop = loop
+        self.on_signal = on_signal
+        self.reader, self.writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self.writer.setblocking(False)
+        signal.set_wakeup_fd(self.writer.fileno(), warn_on_full_buffer=False)
+        for signum in self.SIGNALS:
+            signal.signal(signum, lambda num, frame: None)  # the wakeup fd carries it
+        loop.watch(self.reader, selectors.EVENT_READ, self)
+
+    def on_io(self, mask: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            for signum in self.reader.recv(4096):
+                self.on_signal(signum)
+
+    def close(self) -> None:
+        """After this a late signal is ignored: the onefile bootloaders forward a signal sent
+        to the whole process group, so a copy can arrive while we exit."""
+        for signum in self.SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+        signal.set_wakeup_fd(-1)
+        self.loop.forget(self.reader)
+        self.reader.close()
+        self.writer.close()
+
+
+class Timer:
+    """A deadline with a callback, for the loop's heap."""
+
+    def __init__(self, callback: Callable[[], None]) -> None:
+        self.callback = callback
+
+    def on_deadline(self, now: float) -> None:
+        self.callback()
 
 
 # --------------------------------------------------------------------------------------------
-# 5. Event loop
+# 5. The proxy: the parts above wired to the policy
 # --------------------------------------------------------------------------------------------
 
 class Proxy:
-    def __init__(self, settings: Settings, policy: Policy, log: Log) -> None:
+    """Listeners, clients, the daemon pool and the shared streams, around one Loop.
+
+    Rule 1: per-client counts (connections, streams) go up in one place (accept, on_request)
+            and down in one place (client_closed, exchange_done).
+    Rule 2: a connection over --max-connections-per-client or --max-connections is still
+            accepted (up to REJECT_SLACK more) and gets a 503 that says why; past that the
+            listeners pause until a connection closes.
+    Rule 3: after SIGTERM/SIGINT nothing new is accepted; idle clients close, streams end now,
+            finite answers get --shutdown-grace to be delivered; then whatever is left is aborted.
+    """
+
+    def __init__(self, settings: Settings, policy: Policy, log: Log,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.settings = settings
         self.policy = policy
         self.log = log
-        self.selector = selectors.DefaultSelector()
-        self.listeners: list[tuple[socket.socket, Endpoint]] = []
-        self.clients: set[Client] = set()
-        self.idle_upstreams: list[Upstream] = []
+        self.loop = Loop(log, clock)
+        self.pool = UpstreamPool(self.loop, settings, log)
+        self.listeners: list[Listener] = []
+        self.clients: set[ClientConnection] = set()
+        self.served = 0  # clients not rejected by a cap
+        self.connections_per_client: dict[str, int] = {}
         self.streams_per_client: dict[str, int] = {}
         self.shared_streams: dict[str, SharedStream] = {}
-        self.accepting = False
-        self.accept_paused_until = 0.0
-        self.stopping_since: float | None = None
-        self.signals_received: list[int] = []
-        self.wakeup_r, self.wakeup_w = socket.socketpair()
+        self.signals: SignalPipe | None = None
+        self.stopping = False
+        self.grace_timer = Timer(self.grace_over)
 
-    # ---- set-up ------------------------------------------------------------------------------
+    # ---- set-up and the loop -------------------------------------------------------------------
 
     def bind(self) -> None:
         for endpoint in self.settings.listeners:
             if endpoint.profile not in self.policy.profiles:
                 raise UsageError(f"{endpoint.url}: no profile {endpoint.profile!r} in {self.policy.source}")
             sock = bind_unix(endpoint) if endpoint.kind == "unix" else bind_tcp(endpoint)
-            sock.setblocking(False)
-            self.listeners.append((sock, endpoint))
-        self.set_accepting(True)
-        self.wakeup_r.setblocking(False)
-        self.wakeup_w.setblocking(False)
-        self.selector.register(self.wakeup_r, selectors.EVENT_READ, "wakeup")
-        signal.set_wakeup_fd(self.wakeup_w.fileno(), warn_on_full_buffer=False)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, lambda num, frame: self.signals_received.append(num))
+            self.listeners.append(Listener(sock, endpoint, self.loop, self.accept))
+        self.signals = SignalPipe(self.loop, self.on_signal)
         self.write_state_file()
-        self.log("info", "listening", listeners=[e.url for _, e in self.listeners],
+        self.log("info", "listening", listeners=[l.endpoint.url for l in self.listeners],
                  upstream=self.settings.upstream.url, rules=self.policy.source,
                  profiles=sorted(self.policy.profiles), version=VERSION, pid=os.getpid())
+
+    def run(self) -> int:
+        self.log.pending = []
+        while not self.stopping or self.clients:
+            self.log.flush()
+            self.loop.run_once(1.0)
+        self.pool.close()
+        self.remove_state_file()
+        if self.signals is not None:
+            self.signals.close()
+        self.log("info", "shutdown", reason="all connections closed")
+        self.log.flush()
+        self.log.pending = None
+        return 0
 
     def write_state_file(self) -> None:
         """Record our listeners for --healthcheck, which runs as a separate process (the image's
@@ -1103,7 +2495,7 @@ class Proxy:
             return
         temporary = path.with_name(f".{path.name}.{os.getpid()}")
         try:
-            temporary.write_text(json.dumps({"pid": os.getpid(), "listen": [e.url for _, e in self.listeners]}))
+            temporary.write_text(json.dumps({"pid": os.getpid(), "listen": [l.endpoint.url for l in self.listeners]}))
             os.replace(temporary, path)
         except OSError as exc:
             self.log("warning", "state_file_failed", path=str(path), error=exc.strerror)
@@ -1113,81 +2505,22 @@ class Proxy:
             with contextlib.suppress(OSError):
                 self.settings.state_file.unlink()
 
-    def set_accepting(self, on: bool) -> None:
-        if on != self.accepting:
-            for sock, endpoint in self.listeners:
-                set_interest(self.selector, sock, selectors.EVENT_READ if on else 0, ("listener", endpoint))
-            self.accepting = on
+    # ---- signals -------------------------------------------------------------------------------
 
-    def maybe_resume_accepting(self, now: float) -> None:
-        if (not self.accepting and self.stopping_since is None and now >= self.accept_paused_until
-                and len(self.clients) < self.settings.max_connections):
-            self.set_accepting(True)
-
-    # ---- the loop ----------------------------------------------------------------------------
-
-    def run(self) -> int:
-        last_sweep = 0.0
-        self.log.pending = []
-        while self.stopping_since is None or self.clients:
-            self.log.flush()
-            for key, mask in self.selector.select(timeout=0.25):
-                tag = key.data
-                try:
-                    if tag == "wakeup":
-                        self.drain_wakeup()
-                    elif isinstance(tag, tuple):
-                        self.accept(key.fileobj, tag[1])  # type: ignore[arg-type]
-                    elif isinstance(tag, Client):
-                        self.on_client_event(tag, mask)
-                    elif isinstance(tag, Upstream):
-                        self.on_upstream_event(tag, mask)
-                except Exception as exc:  # a bug on one connection must not stop the others
-                    self.log("error", "internal_error", error=repr(exc))
-                    owner = tag if isinstance(tag, Client) else getattr(tag, "owner", None)
-                    if isinstance(tag, Upstream) and tag.stream is not None:
-                        self.fail_stream(tag.stream, "internal error")
-                    elif isinstance(tag, Upstream):
-                        self.drop_upstream(tag)
-                    if isinstance(owner, Client):
-                        self.close_client(owner, abort=True)
-            self.log.flush()
-            self.handle_signals()
-            now = time.monotonic()
-            if now - last_sweep >= 0.25:
-                last_sweep = now
-                self.sweep_timers(now)
-        self.remove_state_file()
-        # The onefile bootloaders forward a signal sent to the whole process group, so a late
-        # copy can arrive while we exit, after Python has put the default handlers back.
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            signal.signal(signum, signal.SIG_IGN)
-        self.log("info", "shutdown", reason="all connections closed")
-        self.log.flush()
-        self.log.pending = None
-        return 0
-
-    def drain_wakeup(self) -> None:
-        with contextlib.suppress(BlockingIOError):
-            while self.wakeup_r.recv(4096):
-                pass
-
-    def handle_signals(self) -> None:
-        while self.signals_received:
-            signum = self.signals_received.pop(0)
-            if signum == signal.SIGHUP:
-                self.reload()
-            elif self.stopping_since is None:
-                self.begin_shutdown(signal.Signals(signum).name)
+    def on_signal(self, signum: int) -> None:
+        if signum == signal.SIGHUP:
+            self.reload()
+        elif signum in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
+            self.begin_shutdown(signal.Signals(signum).name)
 
     def reload(self) -> None:
         """SIGHUP: swap in the new rules only if they are valid; otherwise keep the old ones."""
+        path = self.settings.rules_path
         try:
-            policy = load_policy(self.settings.rules_path.read_text(encoding="utf-8"), str(self.settings.rules_path))
-            missing = sorted({e.profile for _, e in self.listeners} - policy.profiles.keys())
+            policy = load_policy(path.read_text(encoding="utf-8"), str(path))
+            missing = sorted({l.endpoint.profile for l in self.listeners} - policy.profiles.keys())
             if missing:
-                raise PolicyError(str(self.settings.rules_path), "$.profiles",
-                                  f"a listener uses profile {missing[0]!r}, which is gone")
+                raise PolicyError(str(path), "$.profiles", f"a listener uses profile {missing[0]!r}, which is gone")
         except (OSError, UnicodeDecodeError, PolicyError) as exc:
             self.log("error", "reload_failed", error=str(exc), kept=self.policy.source)
             return
@@ -1195,186 +2528,70 @@ class Proxy:
         self.log("info", "reload", rules=policy.source, profiles=sorted(policy.profiles))
 
     def begin_shutdown(self, why: str) -> None:
-        """Stop accepting; finite requests get the grace period, streams end now."""
-        self.stopping_since = time.monotonic()
+        self.stopping = True
         self.log("info", "stopping", signal=why, open_connections=len(self.clients),
                  grace_seconds=self.settings.shutdown_grace)
-        self.set_accepting(False)
-        for sock, endpoint in self.listeners:
-            sock.close()
-            if endpoint.kind == "unix":
-                with contextlib.suppress(OSError):
-                    os.unlink(endpoint.path)
+        for listener in self.listeners:
+            listener.close()
         self.listeners.clear()
-        for upstream in list(self.idle_upstreams):
-            self.drop_upstream(upstream)
+        self.pool.close()
+        self.loop.set_deadline(self.grace_timer, self.loop.clock() + self.settings.shutdown_grace)
         for client in list(self.clients):
-            exchange = client.exchange
-            if exchange is None:
-                self.start_closing(client)
-            elif exchange.decision and exchange.decision.streaming:
-                self.end_stream_for_shutdown(client, exchange)
-            else:
-                client.close_after_response = True
+            client.stop()
 
-    def sweep_timers(self, now: float) -> None:
-        settings = self.settings
-        self.maybe_resume_accepting(now)
-        if self.stopping_since is not None and now - self.stopping_since > settings.shutdown_grace:
-            for client in list(self.clients):
-                self.close_client(client, abort=True, reason="shutdown grace period over")
-            return
+    def grace_over(self) -> None:
         for client in list(self.clients):
-            exchange = client.exchange
-            streaming = exchange is not None and exchange.decision is not None and exchange.decision.streaming
-            if client.outbuf and not streaming and now - client.last_progress > settings.write_timeout:
-                self.close_client(client, abort=True, reason="client stopped reading the response")
-            elif client.state == "closing":
-                if now > client.linger_until:
-                    self.close_client(client)
-            elif client.state == "reading" and exchange is None and not client.outbuf:
-                if client.first_byte_at is not None:
-                    if now - client.first_byte_at > settings.head_timeout:
-                        self.refuse(client, Refusal(408, "request head not received in time", close=True))
-                elif now - client.cycle_started > settings.idle_timeout:
-                    self.start_closing(client)
-            upstream = exchange.upstream if exchange else None
-            if upstream and upstream.connecting and now > upstream.connect_deadline:
-                self.upstream_failed(upstream, OSError(errno.ETIMEDOUT, "connect timed out"))
+            client.abort("shutdown grace period over")
 
-    # ---- accepting ---------------------------------------------------------------------------
+    # ---- clients -------------------------------------------------------------------------------
 
-    def accept(self, listener: socket.socket, endpoint: Endpoint) -> None:
-        for _ in range(64):  # bounded, so one busy listener cannot starve the others
-            if len(self.clients) >= self.settings.max_connections:
-                self.set_accepting(False)
-                return
-            try:
-                sock, address = listener.accept()
-            except BlockingIOError:
-                return
-            except OSError as exc:
-                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    # Out of descriptors: stop polling the listeners briefly instead of spinning.
-                    self.log("warning", "accept_paused", error=os.strerror(exc.errno))
-                    self.set_accepting(False)
-                    self.accept_paused_until = time.monotonic() + 0.1
-                    return
-                if exc.errno in (errno.ECONNABORTED, errno.EPROTO, errno.EPERM):
-                    continue
-                raise
-            sock.setblocking(False)
-            if endpoint.kind == "unix":
-                pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
-                peer, identity = f"uid={uid} gid={gid} pid={pid}", f"uid={uid}"
-            else:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                peer = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
-                identity = address[0]
-            client = Client(sock, endpoint, peer, identity, self.settings.max_head_bytes)
-            self.clients.add(client)
-            self.selector.register(sock, selectors.EVENT_READ, client)
-
-    # ---- client side -------------------------------------------------------------------------
-
-    def on_client_event(self, client: Client, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE:
-            self.write_client(client)
-            self.resume_upstream(client)
-            if client.state == "reading" and not client.closed and len(client.outbuf) < CLIENT_LOW_WATER:
-                self.process_client(client)  # parsing paused while our answers were unread
-        if client.closed or not mask & selectors.EVENT_READ:
-            return
-        try:
-            data = client.sock.recv(READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError:
-            self.close_client(client, abort=True)
-            return
-        if client.state == "closing":
-            if not data:
-                self.close_client(client)
-            return  # discarded: we only wait until the client has read our last answer
-        if not data:
-            client.eof = True
-            if client.exchange is not None:
-                # Gone mid-exchange (as nginx reads it): free the upstream at once rather than
-                # hold a daemon connection, a stream slot and a connection slot for nobody.
-                self.close_client(client, reason="client went away")
-                return
-        elif client.first_byte_at is None:
-            client.first_byte_at = time.monotonic()
-        client.inbuf += data  # h11 gets it only when it asks for more (see process_client)
-        if client.state == "reading":
-            self.process_client(client)
+    def accept(self, sock: socket.socket, endpoint: Endpoint, address: Any) -> None:
+        if endpoint.kind == "unix":
+            pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            peer, identity = f"uid={uid} gid={gid} pid={pid}", f"uid={uid}"
         else:
-            self.update_client_interest(client)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            peer = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+            identity = address[0]
+        self.admit(sock, endpoint, peer, identity)
 
-    def process_client(self, client: Client) -> None:
-        """Parse and handle the client's requests while it is waiting for one.
+    def admit(self, sock: socket.socket, endpoint: Endpoint, peer: str, identity: str) -> ClientConnection:
+        """A new client connection, served or (over a cap) answered with a 503."""
+        settings, count = self.settings, self.connections_per_client.get(identity, 0)
+        rejection = None
+        if count >= settings.max_connections_per_client:
+            rejection = (f"this client already has {count} connections open "
+                         f"(--max-connections-per-client {settings.max_connections_per_client})")
+        elif self.served >= settings.max_connections:
+            rejection = f"porthole has {self.served} connections open (--max-connections {settings.max_connections})"
+        client = ClientConnection(sock, self.loop, self, settings, endpoint, peer, identity, rejection)
+        self.clients.add(client)
+        if rejection is None:  # the rejected are bounded by REJECT_SLACK, not counted
+            self.served += 1
+            self.connections_per_client[identity] = count + 1
+        else:
+            self.log("warning", "connection_rejected", client=peer, reason=rejection)
+        client.update_interest()
+        if len(self.clients) >= settings.max_connections + REJECT_SLACK:
+            for listener in self.listeners:
+                listener.pause()
+        return client
 
-        Re-entrant calls (a locally answered request finishing inside this loop) return at
-        once: the outer loop picks up the next pipelined request, so a long pipeline costs no
-        stack depth."""
-        if client.parsing:
-            return
-        client.parsing = True
+    def client_closed(self, client: ClientConnection) -> None:
+        self.clients.discard(client)
+        if client.rejection is None:
+            self.served -= 1
+            _decrement(self.connections_per_client, client.identity)
+        if len(self.clients) < self.settings.max_connections + REJECT_SLACK:
+            for listener in self.listeners:
+                if listener.paused and self.loop.wanted.get(listener) is None:
+                    listener.resume()
+
+    def on_request(self, client: ClientConnection, exchange: Exchange) -> None:
+        facts = exchange.facts
         try:
-            self.parse_requests(client)
-        finally:
-            client.parsing = False
-        self.update_client_interest(client)
-
-    def parse_requests(self, client: Client) -> None:
-        while client.state == "reading" and not client.closed:
-            if len(client.outbuf) >= CLIENT_HIGH_WATER:
-                self.write_client(client)
-                if client.closed or len(client.outbuf) >= CLIENT_HIGH_WATER:
-                    break  # answers pile up unread: parse more once the client drains them
-            try:
-                event = client.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                self.refuse(client, Refusal(exc.error_status_hint, f"malformed request: {exc}", close=True))
-                return
-            if event is h11.NEED_DATA:
-                # Feed h11 one chunk at a time, only when it asks: so what h11 holds stays
-                # bounded and the backlog in inbuf is what stops us reading a flooding client.
-                if client.inbuf:
-                    chunk = bytes(client.inbuf[:READ_CHUNK])
-                    del client.inbuf[:READ_CHUNK]
-                    client.h11.receive_data(chunk)
-                    client.cycle_bytes += len(chunk)
-                    continue
-                if client.eof and not client.eof_fed:
-                    client.eof_fed = True
-                    client.h11.receive_data(b"")
-                    continue
-                break
-            if isinstance(event, h11.Request):
-                self.on_request(client, event)
-            elif isinstance(event, h11.ConnectionClosed):
-                self.start_closing(client)
-                return
-            else:  # a refused request's body is never read: we close instead
-                break
-
-    def on_request(self, client: Client, request: h11.Request) -> None:
-        headers = list(request.headers)
-        facts = RequestFacts(request.method.decode("latin-1"), request.target, headers,
-                             client.listener.kind, client.listener.profile, request.http_version)
-        exchange = Exchange(client, facts, time.monotonic())
-        client.exchange = exchange
-        has_body = bool(_header_values(headers, b"transfer-encoding")) or any(
-            v.strip() != b"0" for v in _header_values(headers, b"content-length"))
-        if not has_body and client.h11.their_state is h11.SEND_BODY:
-            client.h11.next_event()  # the EndOfMessage of a body-less request, already framed
-        # Exact raw size, whitespace included, however the bytes arrived: what h11 was given
-        # this cycle minus what it has left over after the head.
-        head_size = client.cycle_bytes - len(client.h11.trailing_data[0])
-        try:
-            if head_size > self.settings.max_head_bytes:
-                raise Refusal(431, f"request head of {head_size} bytes exceeds "
+            if client.head_size > self.settings.max_head_bytes:
+                raise Refusal(431, f"request head of {client.head_size} bytes exceeds "
                                    f"--max-head-bytes {self.settings.max_head_bytes}", close=True)
             decision = decide(self.policy, facts, self.settings.allow_hosts)
             if decision.streaming:
@@ -1383,475 +2600,48 @@ class Proxy:
                     raise Refusal(429, f"this client already has {active} streams open "
                                        f"(--max-streams-per-client {self.settings.max_streams_per_client})")
         except Refusal as refusal:
-            self.refuse(client, refusal)
+            client.refuse(refusal)
             return
         exchange.decision = decision
         if decision.streaming:
             self.streams_per_client[client.identity] = self.streams_per_client.get(client.identity, 0) + 1
-        client.state = "waiting"
+        request = forwarded_request(facts.method, decision.target, facts.headers)
         if is_shareable(facts.method, decision.target):
-            self.join_stream(exchange)
+            self.join_stream(exchange, request)
         else:
-            self.forward(exchange)
+            Relay(self.pool, exchange, request).start()
 
-    def refuse(self, client: Client, refusal: Refusal) -> None:
-        """Answer locally with a Docker-style JSON error."""
-        exchange = client.exchange
-        if exchange is None:  # the request head never parsed: log what we know
-            exchange = Exchange(client, RequestFacts("-", b"", [], client.listener.kind, client.listener.profile),
-                                time.monotonic())
-            client.exchange = exchange
-        exchange.outcome = "deny" if refusal.status in (403, 429) else "error"
-        exchange.reason = refusal.reason
-        self.respond_locally(exchange, refusal.status, refusal.reason, close=refusal.close)
+    def join_stream(self, exchange: Exchange, request: h11.Request | None = None) -> None:
+        assert exchange.decision is not None
+        if request is None:
+            request = forwarded_request(exchange.facts.method, exchange.decision.target, exchange.facts.headers)
+        key = exchange.decision.target.forward_form_text
+        stream = self.shared_streams.get(key)
+        if stream is not None:
+            stream.join(exchange)
+        else:
+            SharedStream(key, self.pool, self.shared_streams, request, self.join_stream).open(exchange)
 
-    def respond_locally(self, exchange: Exchange, status: int, message: str, close: bool) -> None:
-        client = exchange.client
-        body = error_body(message)
-        exchange.status = status
-        headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
-        if close:
-            headers.append((b"Connection", b"close"))
-            client.close_after_response = True
-        try:
-            self.send_to_client(client, h11.Response(status_code=status, headers=headers))
-            if exchange.facts.method != "HEAD":
-                self.send_to_client(client, h11.Data(data=body))
-            self.send_to_client(client, h11.EndOfMessage())
-        except h11.LocalProtocolError:  # h11 cannot answer in this state (e.g. after an error)
-            client.close_after_response = True
-        self.finish_exchange(client)
-
-    def send_to_client(self, client: Client, event: Any) -> None:
-        data = client.h11.send(event)
-        if data:
-            client.queue(data)
-        if isinstance(event, h11.Data) and client.exchange:
-            client.exchange.body_bytes += len(event.data)
-
-    def finish_exchange(self, client: Client) -> None:
-        """The response is fully queued: log it, and get ready for the next request."""
-        exchange = client.exchange
-        if exchange is not None:
-            self.end_exchange(exchange)
-        if (client.close_after_response or self.stopping_since is not None
-                or client.h11.our_state is not h11.DONE or client.h11.their_state is not h11.DONE):
-            self.start_closing(client)
-            return
-        client.h11.start_next_cycle()
-        client.state = "reading"
-        client.cycle_started = time.monotonic()
-        client.cycle_bytes = len(client.h11.trailing_data[0])  # pipelined bytes h11 already holds
-        client.first_byte_at = client.cycle_started if client.inbuf or client.cycle_bytes else None
-        self.write_client(client)
-        if not client.closed:
-            self.process_client(client)
-
-    def end_exchange(self, exchange: Exchange) -> None:
-        """Log the exchange exactly once and give back what it held."""
-        client = exchange.client
-        if exchange.upstream is not None:
-            self.drop_upstream(exchange.upstream)
-            exchange.upstream = None
-        if exchange.stream is not None:
-            self.leave_stream(exchange)
-        if exchange.decision and exchange.decision.streaming:
-            count = self.streams_per_client.get(client.identity, 0) - 1
-            if count > 0:
-                self.streams_per_client[client.identity] = count
-            else:
-                self.streams_per_client.pop(client.identity, None)
-        facts, decision = exchange.facts, exchange.decision
+    def exchange_done(self, exchange: Exchange) -> None:
+        """Once per exchange: its answer was delivered, or its connection closed."""
+        client, facts, decision = exchange.client, exchange.facts, exchange.decision
+        if exchange.streaming:
+            _decrement(self.streams_per_client, client.identity)
         if self.log.enabled("info"):
             self.log("info", "request", listener=client.listener.url, client=client.peer,
                      method=facts.method, target=facts.target.decode("latin-1"),
                      path=decision.target.forward_form_text if decision else None,
                      decision=exchange.outcome, rule=decision.rule.label if decision else None,
-                     reason=exchange.reason, status=exchange.status, bytes=exchange.body_bytes,
-                     duration_ms=round((time.monotonic() - exchange.started) * 1000, 3))
-        client.exchange = None
-
-    def start_closing(self, client: Client) -> None:
-        """Send what is queued, then close. Reading goes on (discarded) meanwhile so the kernel
-        does not reset the connection before the client has read our answer."""
-        client.state = "closing"
-        client.linger_until = time.monotonic() + LINGER_SECONDS
-        client.inbuf.clear()
-        self.write_client(client)
-
-    def write_client(self, client: Client) -> None:
-        if client.closed:
-            return
-        if client.outbuf:
-            try:
-                sent = client.sock.send(client.outbuf)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.close_client(client, abort=True, reason="client went away")
-                return
-            if sent:
-                del client.outbuf[:sent]
-                client.last_progress = time.monotonic()
-        if client.state == "closing" and not client.outbuf:
-            with contextlib.suppress(OSError):
-                client.sock.shutdown(socket.SHUT_WR)
-            if client.eof:
-                self.close_client(client)
-                return
-        self.update_client_interest(client)
-
-    def update_client_interest(self, client: Client) -> None:
-        if client.closed:
-            return
-        mask = selectors.EVENT_WRITE if client.outbuf else 0
-        if not client.eof and len(client.inbuf) < client.backlog_limit:
-            mask |= selectors.EVENT_READ  # a full pipelining backlog stops reading this client
-        set_interest(self.selector, client.sock, mask, client)
-
-    def close_client(self, client: Client, abort: bool = False, reason: str | None = None) -> None:
-        if client.closed:
-            return
-        exchange = client.exchange
-        if exchange is not None:
-            if exchange.outcome == "allow" and (abort or exchange.status is None):
-                exchange.outcome = "error"
-            exchange.reason = exchange.reason or reason or "client went away"
-            self.end_exchange(exchange)
-        client.closed = True
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(client.sock)
-        if abort:
-            # RST instead of FIN: a truncated response must not look like a clean end.
-            with contextlib.suppress(OSError):
-                client.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        client.sock.close()
-        self.clients.discard(client)
-        self.maybe_resume_accepting(time.monotonic())
-
-    def end_stream_for_shutdown(self, client: Client, exchange: Exchange) -> None:
-        if not exchange.response_started:
-            self.close_client(client, reason="proxy shutting down")
-            return
-        exchange.reason = "stream ended: proxy shutting down"
-        try:
-            self.send_to_client(client, h11.EndOfMessage())
-        except h11.LocalProtocolError:
-            self.close_client(client, abort=True)
-            return
-        client.close_after_response = True
-        self.finish_exchange(client)
-
-    # ---- upstream side -----------------------------------------------------------------------
-
-    def forward(self, exchange: Exchange) -> None:
-        decision = exchange.decision
-        assert decision is not None
-        upstream = self.idle_upstreams.pop() if self.idle_upstreams else None
-        if upstream is not None:
-            upstream.reused = True
-        else:
-            upstream = self.connect_upstream(exchange)
-            if upstream is None:
-                return
-        upstream.exchange = exchange
-        upstream.owner = exchange.client
-        upstream.received_any = False
-        upstream.informational = 0
-        upstream.paused = False
-        exchange.upstream = upstream
-        self.send_request(upstream, exchange)
-
-    def send_request(self, upstream: Upstream, exchange: Exchange) -> None:
-        """Queue the canonical request on the upstream connection and send what it takes."""
-        assert exchange.decision is not None
-        request = forwarded_request(exchange.facts.method, exchange.decision.target, exchange.facts.headers)
-        upstream.outbuf += upstream.h11.send(request) + upstream.h11.send(h11.EndOfMessage())
-        if upstream.connecting:
-            self.update_upstream_interest(upstream)
-        else:
-            self.write_upstream(upstream)
-
-    def connect_upstream(self, exchange: Exchange) -> Upstream | None:
-        """A new daemon connection, or None after answering the client with the reason (daemon
-        down, socket permission, or no file descriptor left for the socket)."""
-        upstream = None
-        try:
-            upstream = Upstream(self.settings.upstream)
-            upstream.start_connect(self.settings.connect_timeout)
-            return upstream
-        except OSError as exc:
-            if upstream is not None:
-                upstream.close()
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
-                message = f"porthole is out of file descriptors ({exc.strerror}); try again"
-            else:
-                message = upstream_error_message(self.settings.upstream, exc)
-            self.answer_upstream_error(exchange, message)
-            return None
-
-    def answer_upstream_error(self, exchange: Exchange, message: str) -> None:
-        self.log("warning", "upstream_error", error=message, client=exchange.client.peer)
-        exchange.outcome, exchange.reason = "error", message
-        if exchange.response_started:
-            self.close_client(exchange.client, abort=True)  # never end a broken stream cleanly
-        else:
-            self.respond_locally(exchange, 502, message, close=False)
-
-    def on_upstream_event(self, upstream: Upstream, mask: int) -> None:
-        if upstream.exchange is None and upstream.stream is None:  # idle in the pool: closed, or junk
-            self.drop_upstream(upstream)
-            return
-        if mask & selectors.EVENT_WRITE:
-            if upstream.connecting:
-                try:
-                    upstream.finish_connect()
-                except OSError as exc:
-                    self.upstream_failed(upstream, exc)
-                    return
-            self.write_upstream(upstream)
-        if upstream.closed or not mask & selectors.EVENT_READ:
-            return
-        try:
-            data = upstream.sock.recv(READ_CHUNK)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self.upstream_failed(upstream, exc)
-            return
-        upstream.received_any = upstream.received_any or bool(data)
-        upstream.h11.receive_data(data)
-        self.process_upstream(upstream)
-
-    def write_upstream(self, upstream: Upstream) -> None:
-        if upstream.outbuf:
-            try:
-                sent = upstream.sock.send(upstream.outbuf)
-                del upstream.outbuf[:sent]
-            except BlockingIOError:
-                pass
-            except OSError as exc:
-                self.upstream_failed(upstream, exc)
-                return
-        self.update_upstream_interest(upstream)
-
-    def update_upstream_interest(self, upstream: Upstream) -> None:
-        if upstream.closed:
-            return
-        if upstream.exchange is None and upstream.stream is None:
-            mask = selectors.EVENT_READ  # idle: only to notice the daemon closing it
-        elif upstream.connecting:
-            mask = selectors.EVENT_WRITE
-        else:
-            mask = selectors.EVENT_WRITE if upstream.outbuf else 0
-            if not upstream.paused:
-                mask |= selectors.EVENT_READ
-        set_interest(self.selector, upstream.sock, mask, upstream)
-
-    def process_upstream(self, upstream: Upstream) -> None:
-        """Relay h11 events from the daemon to the client, pausing when the client lags."""
-        if upstream.stream is not None:
-            self.process_stream(upstream.stream)
-            return
-        exchange = upstream.exchange
-        if exchange is None:
-            return
-        client = exchange.client
-        while not upstream.closed and upstream.exchange is exchange:
-            if len(client.outbuf) >= CLIENT_HIGH_WATER:
-                self.write_client(client)
-                if client.closed or len(client.outbuf) >= CLIENT_HIGH_WATER:
-                    upstream.paused = True  # resumed by resume_upstream when the client drains
-                    break
-            event, problem = self.next_upstream_event(upstream)
-            if problem:
-                self.upstream_failed(upstream, None, problem)
-                return
-            if event is h11.NEED_DATA:
-                break
-            if isinstance(event, h11.Response):
-                exchange.status = event.status_code
-                exchange.response_started = True
-                client.state = "relaying"
-                self.send_to_client(client, event)
-            elif isinstance(event, h11.Data):
-                self.send_to_client(client, event)
-            elif isinstance(event, h11.EndOfMessage):
-                self.send_to_client(client, h11.EndOfMessage())
-                self.release_upstream(upstream)
-                self.finish_exchange(client)
-                return
-            else:  # ConnectionClosed or PAUSED before the response ended
-                self.upstream_failed(upstream, None, "the daemon closed the connection mid-response")
-                return
-        if client.closed:
-            return
-        self.write_client(client)
-        self.update_upstream_interest(upstream)
-
-    def next_upstream_event(self, upstream: Upstream) -> tuple[Any, str | None]:
-        """The daemon's next event worth relaying, with 1xx skipped and the response head
-        rebuilt for the client; or (None, why the response is unusable)."""
-        while True:
-            try:
-                event = upstream.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                closed = upstream.h11.their_state is h11.ERROR and upstream.h11.trailing_data[1]
-                return None, ("the daemon closed the connection before the response was complete"
-                              if closed else f"malformed response from the daemon: {exc}")
-            if isinstance(event, h11.InformationalResponse):
-                upstream.informational += 1
-                if upstream.informational > MAX_INFORMATIONAL:
-                    return None, "the daemon sent too many 1xx responses"
-                continue  # never relayed: porthole sends no bodies, so never waits for 100
-            if isinstance(event, h11.Response):
-                raw_headers = event.headers.raw_items()
-                if has_both_framings(raw_headers):
-                    return None, "the daemon's response has both Content-Length and Transfer-Encoding"
-                return h11.Response(  # headers as h11 parsed them
-                    status_code=event.status_code, reason=event.reason, http_version=b"1.1",
-                    headers=relayed_response_headers(raw_headers), _parsed=True), None
-            return event, None
-
-    def resume_upstream(self, client: Client) -> None:
-        """The client drained its queue: let a paused upstream flow again."""
-        exchange = client.exchange
-        upstream = exchange and (exchange.upstream or (exchange.stream and exchange.stream.upstream))
-        if upstream and upstream.paused and len(client.outbuf) < CLIENT_LOW_WATER:
-            upstream.paused = False
-            self.process_upstream(upstream)  # first what h11 already holds, then read again
-
-    def release_upstream(self, upstream: Upstream) -> None:
-        """Back to the idle pool if the exchange ended cleanly, else closed."""
-        exchange, upstream.exchange = upstream.exchange, None
-        if exchange is not None:
-            exchange.upstream = None
-        if upstream.reusable() and len(self.idle_upstreams) < MAX_IDLE_UPSTREAMS and self.stopping_since is None:
-            upstream.h11.start_next_cycle()
-            upstream.reused = False
-            self.idle_upstreams.append(upstream)
-            self.update_upstream_interest(upstream)
-        else:
-            self.drop_upstream(upstream)
-
-    def drop_upstream(self, upstream: Upstream) -> None:
-        with contextlib.suppress(KeyError, ValueError):
-            self.selector.unregister(upstream.sock)
-        if upstream in self.idle_upstreams:
-            self.idle_upstreams.remove(upstream)
-        upstream.close()
-
-    def upstream_failed(self, upstream: Upstream, exc: OSError | None, message: str = "") -> None:
-        if upstream.stream is not None:
-            if exc is not None:
-                message = upstream_error_message(self.settings.upstream, exc)
-            self.fail_stream(upstream.stream, message)
-            return
-        exchange, upstream.exchange = upstream.exchange, None
-        self.drop_upstream(upstream)
-        if exchange is None:
-            return
-        exchange.upstream = None
-        if upstream.reused and not upstream.received_any and not exchange.retried:
-            # A pooled connection the daemon had already closed: retry once on a fresh one
-            # (the request is a body-less GET or HEAD, so sending it again is safe).
-            exchange.retried = True
-            self.forward(exchange)
-            return
-        if exc is not None:
-            message = upstream_error_message(self.settings.upstream, exc)
-        self.answer_upstream_error(exchange, message)
+                     reason=exchange.reason, status=exchange.status, bytes=exchange.delivered,
+                     duration_ms=round((self.loop.clock() - exchange.started) * 1000, 3))
 
 
-    # ---- shared event streams ----------------------------------------------------------------
-
-    def join_stream(self, exchange: Exchange) -> None:
-        decision = exchange.decision
-        assert decision is not None
-        key = decision.target.forward_form_text
-        stream = self.shared_streams.get(key)
-        if stream is None:
-            upstream = self.connect_upstream(exchange)
-            if upstream is None:
-                return
-            stream = SharedStream(key, upstream)
-            upstream.stream = stream
-            self.shared_streams[key] = stream
-            self.send_request(upstream, exchange)
-            if upstream.closed:  # failed at once; fail_stream has answered this watcher
-                return
-        stream.exchanges.append(exchange)
-        exchange.stream = stream
-        if stream.head is not None:
-            self.start_shared_response(exchange, stream.head)
-        if stream.upstream.paused:  # paused by a lone slow watcher: no longer alone
-            self.resume_stream(stream)
-
-    def resume_stream(self, stream: SharedStream) -> None:
-        stream.upstream.paused = False
-        self.process_stream(stream)
-
-    def start_shared_response(self, exchange: Exchange, head: h11.Response) -> None:
-        exchange.status = head.status_code
-        exchange.response_started = True
-        exchange.client.state = "relaying"
-        self.send_to_client(exchange.client, head)
-        self.write_client(exchange.client)
-
-    def process_stream(self, stream: SharedStream) -> None:
-        upstream = stream.upstream
-        while not upstream.closed and not upstream.paused:
-            event, problem = self.next_upstream_event(upstream)
-            if problem:
-                self.fail_stream(stream, problem)
-                return
-            if event is h11.NEED_DATA:
-                break
-            if isinstance(event, h11.Response):
-                stream.head = event
-                for exchange in list(stream.exchanges):
-                    self.start_shared_response(exchange, stream.head)
-            elif isinstance(event, h11.Data):
-                for exchange in list(stream.exchanges):
-                    client = exchange.client
-                    if len(client.outbuf) >= CLIENT_HIGH_WATER and len(stream.exchanges) > 1:
-                        self.close_client(client, abort=True, reason="too slow for a shared event stream")
-                        continue
-                    self.send_to_client(client, event)
-                    self.write_client(client)
-                    if len(stream.exchanges) == 1 and len(client.outbuf) >= CLIENT_HIGH_WATER:
-                        upstream.paused = True  # resumed by resume_upstream when it drains
-            elif isinstance(event, h11.EndOfMessage):
-                self.retire_stream(stream)
-                for exchange in list(stream.exchanges):
-                    exchange.stream = None
-                    self.send_to_client(exchange.client, h11.EndOfMessage())
-                    self.finish_exchange(exchange.client)
-                return
-            else:
-                self.fail_stream(stream, "the daemon closed the event stream")
-                return
-        self.update_upstream_interest(upstream)
-
-    def leave_stream(self, exchange: Exchange) -> None:
-        stream, exchange.stream = exchange.stream, None
-        if stream is not None and exchange in stream.exchanges:
-            stream.exchanges.remove(exchange)
-            if not stream.exchanges:
-                self.retire_stream(stream)  # the last watcher left: unsubscribe
-
-    def retire_stream(self, stream: SharedStream) -> None:
-        if self.shared_streams.get(stream.key) is stream:
-            del self.shared_streams[stream.key]
-        stream.upstream.stream = None
-        self.drop_upstream(stream.upstream)
-
-    def fail_stream(self, stream: SharedStream, message: str) -> None:
-        self.retire_stream(stream)
-        watchers, stream.exchanges = stream.exchanges, []
-        for exchange in watchers:
-            exchange.stream = None
-            self.answer_upstream_error(exchange, message)
+def _decrement(counts: dict[str, int], key: str) -> None:
+    count = counts.get(key, 0) - 1
+    if count > 0:
+        counts[key] = count
+    else:
+        counts.pop(key, None)
 
 
 def bind_tcp(endpoint: Endpoint) -> socket.socket:

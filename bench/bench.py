@@ -442,7 +442,8 @@ class Lab:
         return (["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", f"--groups={SOCK_GID}"]
                 + prog + ["--listen", f"tcp://127.0.0.1:{port}", "--upstream", f"unix://{upstream}",
                           "--rules", self.src_dir / "rules.json",
-                          "--max-connections", "4096", "--max-streams-per-client", "4096"]
+                          "--max-connections", "4096", "--max-streams-per-client", "4096",
+                          "--max-connections-per-client", "4096"]
                 + self.args.porthole_args.split())
 
     def start_proxy(self, kind: str, upstream_name: str, tag: str = "") -> Contender:
@@ -971,7 +972,8 @@ def main(argv=None) -> int:
         "containers": args.containers, "running": args.running, "watchers": args.watchers,
         "events": args.events, "contenders": args.contenders,
         "haproxy_nbthread": args.haproxy_nbthread or "auto",
-        "porthole_args": "--max-connections 4096 --max-streams-per-client 4096 " + args.porthole_args,
+        "porthole_args": ("--max-connections 4096 --max-streams-per-client 4096 "
+                          "--max-connections-per-client 4096 " + args.porthole_args),
     }
     problems: list[str] = []
     try:

@@ -218,6 +218,7 @@ def reference(data: bytes, delivery: str = "whole") -> list[tuple[str, int, byte
     conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEAD)
     feed: list[bytes] = [piece for piece in pieces(data, delivery) if piece] + [b""]  # b"": EOF
     out: list[tuple[str, int, bytes | None]] = []
+    refusals_in_a_row = 0
     while True:
         try:
             event = conn.next_event()
@@ -243,10 +244,12 @@ def reference(data: bytes, delivery: str = "whole") -> list[tuple[str, int, byte
             decision = proxy.decide(common.POLICY, facts)
         except proxy.Refusal as refusal:
             out.append((method, refusal.status, None))
-            if refusal.close:
+            refusals_in_a_row += 1
+            if refusal.close or refusals_in_a_row >= proxy.MAX_REFUSALS_IN_A_ROW:
                 return out
         else:
             out.append((method, 200, decision.target.forward_form().encode("ascii")))
+            refusals_in_a_row = 0
         conn.send(h11.Response(status_code=200, headers=[("Content-Length", "0")]))
         conn.send(h11.EndOfMessage())
         if conn.our_state is not h11.DONE or conn.their_state is not h11.DONE:
@@ -307,23 +310,18 @@ class Run:
         self.ours, theirs = socket.socketpair()
         self.ours.setblocking(False)
         theirs.setblocking(False)
-        self.client = proxy.Client(theirs, LISTENER, "127.0.0.1:40000", "127.0.0.1", MAX_HEAD)
-        self.proxy.clients.add(self.client)
-        self.proxy.selector.register(theirs, selectors.EVENT_READ, self.client)
+        self.client = self.proxy.admit(theirs, LISTENER, "127.0.0.1:40000", "127.0.0.1")
         self.received = bytearray()
         self.peer_closed = False
 
     def close(self) -> None:
         p = self.proxy
-        for key in list(p.selector.get_map().values()):
+        for key in list(p.loop.selector.get_map().values()):
             with contextlib.suppress(OSError):
                 key.fileobj.close()  # type: ignore[union-attr]
-        for upstream in p.idle_upstreams:
-            upstream.close()
+        p.pool.close()
         self.client.sock.close()
-        p.selector.close()
-        p.wakeup_r.close()
-        p.wakeup_w.close()
+        p.loop.selector.close()
         self.ours.close()
         self.up.reset()
 
@@ -344,16 +342,7 @@ class Run:
         return busy
 
     def round(self) -> bool:
-        busy = False
-        for key, mask in self.proxy.selector.select(0):
-            busy = True
-            tag = key.data
-            if isinstance(tag, proxy.Client):
-                self.proxy.on_client_event(tag, mask)
-            elif isinstance(tag, proxy.Upstream):
-                self.proxy.on_upstream_event(tag, mask)
-            else:
-                raise InvariantViolation(f"unexpected selector entry {tag!r}")
+        busy = self.proxy.loop.run_once(0) > 0  # the proxy's own loop pass, without waiting
         busy = self.up.serve() or busy
         return self.drain_client() or busy
 
@@ -396,7 +385,7 @@ def check(data: bytes, delivery: str | None = None) -> None:
         with contextlib.suppress(OSError):
             run.ours.shutdown(socket.SHUT_WR)
         run.settle()
-        require(run.client.closed and not run.proxy.clients, "the proxy kept the connection after the "
+        require(run.client.state is proxy.ClientState.CLOSED and not run.proxy.clients, "the proxy kept the connection after the "
                 "client's FIN", run.client.state, bytes(run.received[-200:]))
         require(run.peer_closed, "the client never saw the proxy close the connection")
         require(not run.proxy.streams_per_client, "stream slots leaked", run.proxy.streams_per_client)

@@ -35,6 +35,7 @@ CATEGORIES = ("method", "path", "framing", "upgrade", "browser", "dangerous-read
 
 HEAD_TIMEOUT = 1.0  # the --head-timeout test_hostile.py gives the proxy
 MAX_HEAD_BYTES = 16384  # the proxy's default --max-head-bytes (not overridden)
+MAX_REFUSALS = 100  # refusals in a row after which the proxy closes a connection
 
 
 @dataclass(frozen=True)
@@ -524,12 +525,15 @@ LIMITS = [
         pause=0.05),
     lim("slow-but-in-time", tuple(_ALLOWED_WITH_UA[i:i + 16] for i in range(0, len(_ALLOWED_WITH_UA), 16)),
         _CANON_WITH_UA, 200, pause=0.03),
-    lim("pipelined-300-denied", req("GET", "/containers/c1/export") * 300, None, (403,) * 300,
-        note="keep-alive refusals answered one after another; no request is forwarded"),
+    lim("pipelined-300-denied", req("GET", "/containers/c1/export") * 300, None, (403,) * MAX_REFUSALS,
+        closes=True, note="keep-alive refusals answered one after another, until 100 in a row "
+                          "close the connection; no request is forwarded"),
     lim("pipelined-300-denied-then-allowed", req("GET", "/containers/c1/top") * 300 + req("GET", "/_ping"),
-        PING, (403,) * 300 + (200,)),
+        None, (403,) * MAX_REFUSALS, closes=True, note="the connection is closed before the allowed request"),
+    lim("pipelined-99-denied-then-allowed", req("GET", "/containers/c1/top") * 99 + req("GET", "/_ping"),
+        PING, (403,) * 99 + (200,), note="under the limit: the allowed request is served"),
     lim("pipelined-allowed-then-300-denied", req("GET", "/_ping") + req("GET", "/containers/c1/export") * 300,
-        PING, (200,) + (403,) * 300,
+        PING, (200,) + (403,) * MAX_REFUSALS, closes=True,
         note="the refusals are processed from the upstream's answer to the first request"),
     lim("pipelined-100-allowed", req("HEAD", "/_ping") * 100, canonical("HEAD", "/_ping") * 100, (200,) * 100,
         head=True, note="each is forwarded once, in canonical form, in order"),

@@ -115,13 +115,13 @@ def test_checks_catch_a_raw_target_forwarded(monkeypatch):
 
 
 def test_checks_catch_dropped_pipelined_requests(monkeypatch):
-    real = proxy.Proxy.finish_exchange
+    real = proxy.ClientConnection.finish_exchange
 
-    def hangs_up(self, client):
-        client.close_after_response = True  # drops what the client pipelined
-        real(self, client)
+    def hangs_up(self):
+        self.exchange.close_after = True  # drops what the client pipelined
+        real(self)
 
-    monkeypatch.setattr(proxy.Proxy, "finish_exchange", hangs_up)
+    monkeypatch.setattr(proxy.ClientConnection, "finish_exchange", hangs_up)
     data = (FUZZ / "corpus" / "request" / "seed-pipelined-mixed").read_bytes()
     with pytest.raises(InvariantViolation, match="differ from the reference"):
         fuzz_request.check(data)

@@ -78,7 +78,7 @@ HEAD_TIMEOUT = 3
 
 
 def test_slowloris_connections_are_cut_at_the_head_deadline(start_proxy, upstream):
-    p = start_proxy("--head-timeout", HEAD_TIMEOUT)
+    p = start_proxy("--head-timeout", HEAD_TIMEOUT, "--max-connections-per-client", 1000)
     timed_ping(p)
     head = build_request("GET", "/_ping", [("Host", "localhost"), ("User-Agent", "slowloris"),
                                            ("X-Padding", "x" * 40)])
@@ -338,7 +338,7 @@ def test_hundreds_of_streams_from_one_client(start_proxy, upstream, targets):
     or as 300 watchers of one shared subscription."""
     distinct = targets == "distinct"
     upstream.route("/events", fu.events(interval=0.5))
-    p = start_proxy("--max-streams-per-client", 1000)
+    p = start_proxy("--max-streams-per-client", 1000, "--max-connections-per-client", 1000)
     timed_ping(p)
     base_rss = support.rss_bytes(p.pid)
     streams = open_streams(p.addr, 300, distinct)
