@@ -321,3 +321,61 @@ def test_cross_site_fetches_refused_on_tcp():
     assert not allowed("GET", "/_ping", [("Host", "127.0.0.1"), ("Sec-Fetch-Site", "same-site")], kind="tcp")
     assert allowed("GET", "/_ping", [("Host", "127.0.0.1"), ("Sec-Fetch-Site", "none")], kind="tcp")
     assert allowed("GET", "/_ping", [("Sec-Fetch-Site", "cross-site")], kind="unix")
+
+
+SHIPPED_RULES = json.loads((Path(__file__).resolve().parent.parent / "rules.json").read_text())
+_ANY_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False) | st.text(max_size=8)
+    | st.sampled_from(["GET", "HEAD", "POST", "/_ping", "/containers/{id}/json", "*", "default"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["rules", "extends", "method", "path", "query", "dangerous", "comment",
+                         "description", "version", "profiles", "x"]), inner, max_size=3),
+    max_leaves=8)
+
+
+def _places(value, path=()):
+    yield path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _places(item, path + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _places(item, path + (index,))
+
+
+_SHIPPED_PLACES = list(_places(SHIPPED_RULES))
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(_SHIPPED_PLACES), _ANY_JSON, st.booleans()), min_size=1, max_size=3))
+def test_any_mistyped_rules_file_is_a_policy_error(edits):
+    """Whatever value stands wherever in rules.json, load_policy returns a policy or raises
+    PolicyError: never TypeError, RecursionError or anything else (a SIGHUP with a broken file
+    must not take the proxy down, and --check must exit 2)."""
+    document = json.loads(json.dumps(SHIPPED_RULES))
+    for path, value, add_key in edits:
+        if not path:
+            document = value
+            continue
+        target = document
+        try:
+            for step in path[:-1]:
+                target = target[step]
+            if add_key and isinstance(target, dict):
+                target["extends" if isinstance(path[-1], int) else path[-1]] = value
+            else:
+                target[path[-1]] = value
+        except (KeyError, IndexError, TypeError):
+            continue  # an earlier edit replaced the container
+    try:
+        load_policy(json.dumps(document))
+    except PolicyError:
+        pass
+
+
+@pytest.mark.parametrize("text", ["[" * 100000, "{" * 50000, '{"version": 1' + "0" * 5000 + "}",
+                                  '{"version": 1, "profiles": {"default": {"rules": [], "extends": []}}}',
+                                  '{"version": 1, "profiles": {"default": {"rules": [], "extends": {}}}}'])
+def test_pathological_rules_files_are_policy_errors(text):
+    with pytest.raises(PolicyError):
+        load_policy(text)
