@@ -931,7 +931,7 @@ class Log:
 #    Section 5 (Proxy) wires them to the policy.
 # --------------------------------------------------------------------------------------------
 
-REQUESTS_PER_TURN = 16  # pipelined requests parsed per client per loop pass (fairness)
+REQUESTS_PER_TURN = 4  # pipelined requests parsed per client per loop pass (fairness)
 MAX_REFUSALS_IN_A_ROW = 100  # then the connection is closed: refusals are cheap, not free
 ACCEPTS_PER_TURN = 64
 REJECT_SLACK = 64  # connections over --max-connections that may wait for their 503 at once
