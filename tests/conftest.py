@@ -92,12 +92,13 @@ def proxy_factory(request):
 @pytest.fixture
 def start_proxy(proxy_factory, upstream, request):
     """start_proxy(*args, rules=None, **proxy_factory_kw): a proxy in front of the fake
-    `upstream`, with the test module's RULES (a dict) unless `rules` (a file) is given.
-    `.addr` is its first listener's address (for fake_upstream.HttpClient / get)."""
+    `upstream` (or of upstream=URL), with the test module's RULES (a dict) unless `rules` (a
+    file) is given. `.addr` is its first listener's address (for fake_upstream.HttpClient / get)."""
     def start(*args, rules=None, **kw):
         if rules is None:
             rules = support.write_rules(request.module.RULES)
-        p = proxy_factory(upstream=upstream.url, rules=rules, args=[str(a) for a in args], **kw)
+        kw.setdefault("upstream", upstream.url)
+        p = proxy_factory(rules=rules, args=[str(a) for a in args], **kw)
         p.addr = p.first_listener_address()
         return p
     return start

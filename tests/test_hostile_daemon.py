@@ -131,6 +131,7 @@ def assert_refused(answer, raw, allow_first_ok=False):
     and nothing follows the answers read."""
     statuses, responses, received, leftover = answer
     assert statuses and statuses[0] != "hang", ("no answer and no close", raw, received[:500])
+    assert "quiet" not in statuses, ("a pipelined request was neither answered nor closed", raw, received[:500])
     for i, (status, r) in enumerate(zip(statuses, responses)):
         if allow_first_ok and i == 0 and status == 200 and r.body == b"OK":
             continue

@@ -243,7 +243,7 @@ def test_max_connections_extra_connection_gets_503(start_proxy, upstream):
         assert r3.status == 503, "served a third connection with --max-connections 2"
         assert "--max-connections 2" in r3.json()["message"]
         assert (r3.header("connection") or "").lower() == "close"
-        c3.wait_closed(timeout=5)
+        assert c3.wait_closed(timeout=5), "the rejected connection was not closed"
         # both first connections still work
         for c in (c1, c2):
             c.request("GET", "/_ping")

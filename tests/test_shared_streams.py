@@ -77,28 +77,33 @@ def test_a_late_watcher_gets_the_head_and_only_new_events(proxy, upstream):
 
 
 def test_a_slow_watcher_among_several_is_cut_off_not_the_others(proxy, upstream):
+    """The slow watcher is disconnected once it falls behind; the fast one never stops
+    receiving. No throughput figure: how much must flow first depends on kernel buffers."""
     upstream.route("/events", fu.events(interval=0, payload=b"x" * 60000))
     slow = fu.connect(proxy.addr)
     slow.setsockopt(fu.socket.SOL_SOCKET, fu.socket.SO_RCVBUF, 4096)
     slow.sendall(fu.build_request("GET", "/v1.41/events", [("Host", "localhost")]))
     fast, r = watch(proxy.addr)
     try:
-        received, deadline = 0, time.monotonic() + 20
-        while received < 40 * MB and time.monotonic() < deadline:
-            received += len(fast.read_chunk(r, timeout=5))
-        assert received >= 40 * MB, "the fast watcher was held up by the slow one"
-        # the slow one has been disconnected (reset or EOF once its buffers drain)
-        slow.settimeout(5)
-        with pytest.raises((ConnectionResetError, ConnectionClosed, TimeoutError, OSError)):
-            while True:
-                if not slow.recv(1 << 20):
-                    raise ConnectionClosed("eof")
-        logged = proxy.wait_for_log(lambda l: l.get("reason") == "too slow for a shared event stream", 5)
-        assert logged is not None
+        cut = lambda l: l.get("reason") == "too slow for a shared event stream"  # noqa: E731
+        deadline = time.monotonic() + 60
+        while not proxy.wait_for_log(cut, 0) and time.monotonic() < deadline:
+            assert fast.read_chunk(r, timeout=30), "the fast watcher's stream ended"
+        assert proxy.wait_for_log(cut, 0), "the slow watcher was never cut off"
+        for _ in range(20):  # and the fast one goes on receiving
+            assert fast.read_chunk(r, timeout=30)
+        # the slow one was disconnected: reset, or EOF once its buffers drain; never a hang
+        slow.settimeout(10)
+        try:
+            while slow.recv(1 << 20):
+                pass
+        except TimeoutError:
+            pytest.fail("the slow watcher is still connected")
+        except (ConnectionResetError, OSError):
+            pass
     finally:
         slow.close()
         fast.close()
-    assert_served(proxy)
 
 
 def test_upstream_death_aborts_every_watcher(proxy, upstream):
@@ -106,10 +111,16 @@ def test_upstream_death_aborts_every_watcher(proxy, upstream):
     watchers = [watch(proxy.addr) for _ in range(3)]
     for c, r in watchers:
         assert c.read_chunk(r, timeout=5) is not None
-    for c, r in watchers:  # no clean last chunk: the stream is aborted
-        with pytest.raises((ConnectionClosed, ConnectionResetError, OSError)):
+    for i, (c, r) in enumerate(watchers):  # no clean last chunk: the stream is aborted
+        try:
             while c.read_chunk(r, timeout=5) is not None:
                 pass
+        except TimeoutError:  # socket.timeout; an OSError too, but no abort: the watcher hangs
+            pytest.fail("watcher %d still connected 5 s after the daemon died" % i)
+        except (ConnectionClosed, OSError):
+            pass  # aborted: EOF or reset before the stream's end
+        else:
+            pytest.fail("watcher %d got a clean last chunk after the daemon died" % i)
         assert not r.complete
         c.close()
     assert_served(proxy)
