@@ -1302,6 +1302,28 @@ CLIENT_TRANSITIONS: Mapping[ClientState, frozenset[ClientState]] = {
 }
 
 
+def client_deadline(state: ClientState, entered: float, out: OutputQueue, streaming: bool,
+                    settings: Settings) -> tuple[float | None, bool]:
+    """When a client's deadline falls, and whether it is the write-stall one. IDLE:
+    --idle-timeout after the last answer was delivered; HEAD: --head-timeout after the head
+    began; LINGERING: LINGER_SECONDS; in any open state, a finite answer queued but not moving
+    for --write-timeout (a stream pauses its source instead)."""
+    stall = None
+    if out.buffer and state is not ClientState.CLOSED and not streaming:
+        stall = out.last_progress + settings.write_timeout
+    if state is ClientState.IDLE:
+        own = None if out.buffer else max(entered, out.last_progress) + settings.idle_timeout
+    elif state is ClientState.HEAD:
+        own = entered + settings.head_timeout
+    elif state is ClientState.LINGERING:
+        own = entered + LINGER_SECONDS
+    else:
+        own = None
+    if stall is not None and (own is None or stall <= own):
+        return stall, True
+    return own, False
+
+
 class RequestReader:
     """A client's bytes on their way into its h11 server connection: fed one chunk at a time,
     only when h11 asks, so what h11 holds stays bounded, the backlog is what stops us reading a
@@ -1404,33 +1426,19 @@ class ClientConnection:
         self.rearm()
 
     def rearm(self) -> None:
-        self.loop.set_deadline(self, self.deadline())
+        self.loop.set_deadline(self, self.deadline()[0])
 
-    def deadline(self) -> float | None:
-        """The earlier of the state's own deadline and the write-stall deadline."""
-        state, stall = self.state, self.stall_deadline()
-        if state is ClientState.IDLE:  # idle counts once the last answer is delivered
-            return stall if self.out.buffer else max(self.entered, self.out.last_progress) + self.settings.idle_timeout
-        if state is ClientState.HEAD:
-            own = self.entered + self.settings.head_timeout
-        elif state is ClientState.LINGERING:
-            own = self.entered + LINGER_SECONDS
-        else:
-            return stall
-        return own if stall is None or own < stall else stall
-
-    def stall_deadline(self) -> float | None:
-        if self.out.buffer and self.state is not ClientState.CLOSED and not (self.exchange and self.exchange.streaming):
-            return self.out.last_progress + self.settings.write_timeout
-        return None
+    def deadline(self) -> tuple[float | None, bool]:
+        streaming = self.exchange is not None and self.exchange.streaming
+        return client_deadline(self.state, self.entered, self.out, streaming, self.settings)
 
     def on_deadline(self, now: float) -> None:
-        when = self.deadline()
-        if when is not None and when > now:
-            self.loop.set_deadline(self, when)  # progress since it was set: not yet
-        elif when is None:
+        when, stalled = self.deadline()
+        if when is None:
             return
-        elif (self.stall_deadline() or now + 1) <= now:
+        if when > now:
+            self.loop.set_deadline(self, when)  # progress since it was set: not yet
+        elif stalled:
             self.abort("client stopped reading the response")
         elif self.state is ClientState.HEAD:
             self.refuse(Refusal(408, "request head not received in time", close=True))
@@ -1555,13 +1563,6 @@ class ClientConnection:
         self.reader.next_cycle()
         self.enter(ClientState.HEAD if self.reader.pending else ClientState.IDLE)
         self.wake()  # deliver, and parse the next pipelined request, in a turn (no recursion)
-
-    def stop(self) -> None:
-        """The proxy is stopping (see Exchange.stop)."""
-        if self.exchange is None:
-            self.close()
-        else:
-            self.exchange.stop()
 
     # ---- delivering and closing ----------------------------------------------------------------
 
@@ -2537,7 +2538,10 @@ class Proxy:
         self.pool.close()
         self.loop.set_deadline(self.grace_timer, self.loop.clock() + self.settings.shutdown_grace)
         for client in list(self.clients):
-            client.stop()
+            if client.exchange is None:
+                client.close()
+            else:
+                client.exchange.stop()
 
     def grace_over(self) -> None:
         for client in list(self.clients):
