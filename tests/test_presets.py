@@ -1,7 +1,7 @@
 """Least-privilege presets: each consumer's own requests pass its preset, nothing more does.
 
-CONSUMERS holds, per preset, the requests its consumer sends (from the consumer's source and
-../shared/consumer-calls.md; the rule comments in rules.json say where each comes from). They
+CONSUMERS holds, per preset, the requests its consumer sends (read from the consumer's source and
+the project's consumer survey; the rule comments in rules.json say where each comes from). They
 are replayed against `decide` in every spelling a client uses (unversioned and /v1.NN, both
 `filters` JSON shapes, raw unencoded JSON) and, end to end, through one proxy with a unix
 listener per preset in front of the suite's real dockerd. The table is also the yardstick for
