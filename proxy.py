@@ -460,6 +460,7 @@ DANGEROUS_READS = {
     "/services/{name*}/logs": "logs can hold secrets the workload printed",
     "/tasks/{name*}/logs": "logs can hold secrets the workload printed",
     "/containers/{name*}/top": "process command lines can hold secrets",
+    "/containers/{name*}/changes": "changes lists every path the container wrote or deleted",
     "/images/get": "images/get dumps whole images",
     "/images/{name*}/get": "images/get dumps whole images",
     "/swarm": "GET /swarm returns the swarm join tokens",
@@ -812,18 +813,20 @@ def decide(policy: Policy, facts: RequestFacts, allow_hosts: frozenset[str] = fr
     query_problem = None
     for rule in index.matches(target.segments):
         if facts.method in rule.methods:
+            if danger and not rule.dangerous:  # defence in depth: load_policy refuses such rules
+                break
             problem = rule.query_problem(target)
             if problem:
                 query_problem = query_problem or problem
                 continue
-            if danger and not rule.dangerous:  # defence in depth: load_policy refuses such rules
-                break
             return Decision(target, rule, is_streaming(target))
+    # A rule took the path (and, for a dangerous read, acknowledged it) but refused the query:
+    # the query is the reason, so say which key or value.
+    if query_problem:
+        raise Refusal(403, query_problem)
     if danger:
         raise Refusal(403, f"{facts.method} {target.path} is a dangerous read ({danger}) "
                            f"and no rule in profile {facts.profile!r} acknowledges it")
-    if query_problem:
-        raise Refusal(403, query_problem)
     raise Refusal(403, f"no rule in profile {facts.profile!r} allows {facts.method} {target.path}")
 
 

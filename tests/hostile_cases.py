@@ -492,7 +492,7 @@ DANGEROUS = [
       canonical("GET", "/containers/c1/logs?stdout=1&follow=0"), 404, listener="unix-logs"),
     d("logreader-follow-repeated", req("GET", "/containers/c1/logs?follow=0&follow=1"), None, 400,
       listener="unix-logs", closes=True),
-    d("logreader-logs-unlisted-query", req("GET", "/containers/c1/logs?stdout=1&details=1"), None, 403,
+    d("logreader-logs-unlisted-query", req("GET", "/containers/c1/logs?stdout=1&ps_args=aux"), None, 403,
       listener="unix-logs"),
     d("logreader-legacy-link-logs", req("GET", "/containers/web/db/logs?stdout=1"), None, 403,
       listener="unix-logs"),

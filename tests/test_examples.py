@@ -17,7 +17,11 @@ def load_compose(name):
     return yaml.safe_load((EXAMPLES / name).read_text())
 
 
-@pytest.mark.parametrize("name", ["compose-traefik.yml", "compose-tcp.yml"])
+PRESET_FILES = sorted(str(path.relative_to(EXAMPLES)) for path in (EXAMPLES / "presets").glob("*.yml"))
+BASE_PROFILES = {"default", "monitoring", "log-reader"}
+
+
+@pytest.mark.parametrize("name", ["compose-traefik.yml", "compose-tcp.yml", *PRESET_FILES])
 def test_compose_runs_porthole_hardened(name):
     porthole = load_compose(name)["services"]["porthole"]
     assert porthole["image"].startswith("porthole")
@@ -40,6 +44,22 @@ def test_traefik_compose_shares_a_unix_socket_and_no_network():
     assert "porthole-socket:/run/porthole:ro" in traefik["volumes"]
     assert "--providers.docker.endpoint=unix:///run/porthole/docker.sock" in traefik["command"]
     assert "/var/run/docker.sock" not in " ".join(traefik["volumes"])
+
+
+def test_every_preset_has_a_compose_snippet_that_uses_it():
+    presets = set(json.loads((REPO / "rules.json").read_text())["profiles"]) - BASE_PROFILES
+    assert {Path(name).stem for name in PRESET_FILES} == presets
+    for name in PRESET_FILES:
+        services = load_compose(name)["services"]
+        listen = services["porthole"]["command"][services["porthole"]["command"].index("--listen") + 1]
+        assert listen.startswith("unix:///run/porthole/docker.sock?"), name
+        assert listen.endswith("&profile=" + Path(name).stem), name
+        for consumer, service in services.items():
+            if consumer == "porthole":
+                continue
+            assert "/var/run/docker.sock" not in json.dumps(service), (name, consumer)
+            assert "porthole-socket:/run/porthole:ro" in service["volumes"], (name, consumer)
+            assert "/run/porthole/docker.sock" in (EXAMPLES / name).read_text()
 
 
 def test_tcp_compose_uses_an_internal_network():

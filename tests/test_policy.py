@@ -151,7 +151,8 @@ def test_relayed_response_headers_drop_hop_by_hop():
 
 def test_log_reader_profile_acknowledges_logs():
     assert allowed("GET", "/containers/c1/logs?follow=1&stdout=1", profile="log-reader")
-    assert not allowed("GET", "/containers/c1/logs?details=1", profile="log-reader")  # not listed
+    assert allowed("GET", "/containers/c1/logs?details=1", profile="log-reader")  # docker logs --details
+    assert not allowed("GET", "/containers/c1/logs?ps_args=aux", profile="log-reader")  # not listed
     assert not allowed("GET", "/containers/c1/export", profile="log-reader")
     assert not allowed("GET", "/containers/c1/logs", profile="monitoring")
 
