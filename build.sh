@@ -23,7 +23,7 @@ BUILD_VENV="$ROOT/.venv-build"
 IMAGE="${PORTHOLE_IMAGE:-porthole:latest}"
 MAX_IMAGE_BYTES="${PORTHOLE_MAX_IMAGE_BYTES:-10000000}"
 TEST_PACKAGES=(python3 python3-venv python3-dev docker.io busybox-static util-linux procps
-               patchelf binutils systemd)
+               patchelf binutils systemd podman)
 BUILD_PACKAGES=(python3 python3-venv python3-dev patchelf binutils)
 # Standard-library packages proxy.py never imports. Excluding them keeps the binary small;
 # the smoke test after freezing (and the test suite) prove nothing needed went missing.

@@ -145,17 +145,26 @@ class Settings:
     shutdown_grace: float = 10.0
     state_file: Path | None = None  # where the running proxy records its listeners
     listeners_given: bool = False  # --listen or PORTHOLE_LISTEN was set (else the default)
+    rules_given: bool = False  # --rules or PORTHOLE_RULES was set (else the shipped rules)
+    # Tecnativa-style variables found in the environment (name, value), when no rules were given:
+    # they then make the policy (see tecnativa_policy).
+    dropin: tuple[tuple[str, str], ...] = ()
     mode: str = "run"  # run, check, healthcheck, version
 
 
-def default_rules_path() -> Path:
-    """The rules.json shipped with the program: beside proxy.py, or bundled into the binary."""
+def default_rules_path(environ: Mapping[str, str] | None = None) -> Path:
+    """The rules.json shipped with the program: beside proxy.py; for the executable, a
+    rules.json beside it (the image's /rules.json, which a user may mount over), else the
+    copy bundled into it."""
+    if not getattr(sys, "frozen", False):
+        return Path(__file__).resolve().parent / "rules.json"
+    # staticx runs the real program from a temporary directory and names the original here.
+    program = (environ if environ is not None else os.environ).get("STATICX_PROG_PATH") or sys.executable
+    beside = Path(program).resolve().parent / "rules.json"
     bundle = getattr(sys, "_MEIPASS", None)
-    if bundle and (Path(bundle) / "rules.json").is_file():
-        return Path(bundle) / "rules.json"
-    if getattr(sys, "frozen", False):
-        return Path(sys.executable).resolve().parent / "rules.json"
-    return Path(__file__).resolve().parent / "rules.json"
+    if beside.is_file() or not bundle:
+        return beside
+    return Path(bundle) / "rules.json"
 
 
 # (option, type, default, help). Each option also reads PORTHOLE_<OPTION> from the environment.
@@ -226,19 +235,25 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
             raise UsageError(f"--{name} must be positive")
         numbers[name.replace("-", "_")] = value
     allow_root = args.allow_root if args.allow_root is not None else (env("allow-root") or "").lower() in _TRUE
+    rules_given = bool(args.rules or env("rules"))
+    dropin = () if rules_given else tuple(
+        (name, environ[name]) for name in sorted(TECNATIVA_VARIABLES) if name in environ)
+    dropin_values = dict(dropin)
     log_format = args.log_format or env("log-format") or "json"
-    log_level = args.log_level or env("log-level") or "info"
+    log_level = args.log_level or env("log-level") or tecnativa_log_level(dropin_values.get("LOG_LEVEL")) or "info"
     if log_format not in ("json", "text"):
         raise UsageError("PORTHOLE_LOG_FORMAT must be json or text")
     if log_level not in LOG_LEVELS:
         raise UsageError("PORTHOLE_LOG_LEVEL must be debug, info, warning or error")
     listeners = tuple(parse_endpoint(url, listener=True) for url in listen_urls)
-    upstream = parse_endpoint(args.upstream or env("upstream") or DEFAULT_UPSTREAM, listener=False)
+    upstream = parse_endpoint(args.upstream or env("upstream") or tecnativa_upstream(dropin_values.get("SOCKET_PATH"))
+                              or DEFAULT_UPSTREAM, listener=False)
     hosts = frozenset(h.lower() for h in (args.allow_host or env_list("allow-hosts")))
     state_file = args.state_file or env("state-file")
     return Settings(
         listeners=listeners, upstream=upstream,
-        rules_path=Path(args.rules or env("rules") or default_rules_path()),
+        rules_path=Path(args.rules or env("rules") or default_rules_path(environ)), rules_given=rules_given,
+        dropin=dropin,
         log_format=log_format, log_level=log_level, allow_root=allow_root, allow_hosts=hosts,
         state_file=Path(state_file) if state_file else None, listeners_given=bool(given_urls),
         mode=args.mode or "run", **numbers,
@@ -263,7 +278,7 @@ class Refusal(Exception):
 # plugin names, IDs, tags and digests all fit; anything else is refused before matching.
 _SAFE_SEGMENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]*")
 _QUERY_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-_VERSION = re.compile(r"v(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})")
+_VERSION = re.compile(r"v(0|[1-9][0-9]{0,3})\.(0|[1-9][0-9]{0,3})(\.(?:0|[1-9][0-9]{0,3}))?")
 _VERSION_LIKE = re.compile(r"[vV][0-9.]+")
 _HEX = "0123456789abcdefABCDEF"
 
@@ -360,9 +375,12 @@ def canonicalize_target(raw: bytes) -> Target:
     version = None
     if segments and _VERSION_LIKE.fullmatch(segments[0]):  # the daemon routes /v{version:[0-9.]+}
         match = _VERSION.fullmatch(segments[0])
-        if not match:
-            raise Refusal(400, f"API version prefix {segments[0]!r} is not of the form /v<major>.<minor>", close=True)
-        version = f"{match.group(1)}.{match.group(2)}"
+        # Podman's own API (libpod) is versioned /v<major>.<minor>.<patch>/libpod/...: the
+        # patch part is accepted there only; the Docker API never sends one.
+        if not match or (match.group(3) and segments[1:2] != ["libpod"]):
+            raise Refusal(400, f"API version prefix {segments[0]!r} is not of the form /v<major>.<minor> "
+                               "(or /v<major>.<minor>.<patch>/libpod)", close=True)
+        version = f"{match.group(1)}.{match.group(2)}{match.group(3) or ''}"
         segments.pop(0)
     if not segments:
         raise Refusal(400, "the request target names no endpoint", close=True)
@@ -471,6 +489,18 @@ DANGEROUS_READS = {
     "/distribution/{name*}/json": "distribution asks registries with the daemon's credentials",
     "/images/search": "image search makes the daemon query registries",
     "/plugins/privileges": "plugin privileges makes the daemon query registries",
+    # Podman's own API (libpod) has the same reads under /libpod.
+    "/libpod/containers/{name*}/export": "export streams the container's whole filesystem",
+    "/libpod/containers/{name*}/archive": "archive reads files out of the container",
+    "/libpod/containers/{name*}/logs": "logs can hold secrets the workload printed",
+    "/libpod/containers/{name*}/top": "process command lines can hold secrets",
+    "/libpod/pods/{name*}/top": "process command lines can hold secrets",
+    "/libpod/images/export": "images/export dumps whole images",
+    "/libpod/images/{name*}/get": "images/get dumps whole images",
+    "/libpod/images/search": "image search makes the daemon query registries",
+    "/libpod/exec/{id*}/json": "exec inspect reveals command lines of other clients",
+    "/libpod/secrets/{name*}/json": "secret inspect returns the secret's data with showsecret=true",
+    "/libpod/volumes/{name*}/export": "volume export streams the volume's content",
 }
 class TemplateIndex:
     """(template, payload) pairs grouped by first path segment, order kept: a request is
@@ -697,6 +727,159 @@ def describe_policy(policy: Policy) -> str:
     lines.append("never forwarded: any method but GET/HEAD, Upgrade, request bodies, "
                  + ", ".join(NEVER_FORWARDED))
     return "\n".join(lines)
+
+
+# ---- Tecnativa drop-in -----------------------------------------------------------------------
+# tecnativa/docker-socket-proxy and its linuxserver fork are configured by environment
+# variables: each opens one path prefix of the API (HAProxy, `^(/v[\d.]+)?/containers` etc.)
+# to GET and HEAD, or to every method with POST=1. With no rules file given, porthole turns
+# those variables into the equivalent READ-ONLY policy, so swapping the image is the migration.
+# Each section opens the reads listed here and no others; a read the guards call dangerous is
+# forwarded only when its `gate` variable (linuxserver's ALLOW_LOGS and friends) is on too.
+
+@dataclass(frozen=True)
+class SectionRead:
+    path: str
+    methods: tuple[str, ...] = ("GET",)
+    gate: str | None = None  # a variable that must also be on (it acknowledges the read)
+
+
+_S = SectionRead
+TECNATIVA_SECTIONS: dict[str, tuple[SectionRead, ...]] = {
+    "PING": (_S("/_ping", ("GET", "HEAD")),),
+    "VERSION": (_S("/version"),),
+    "EVENTS": (_S("/events"),),
+    "INFO": (_S("/info"),),
+    "CONTAINERS": (_S("/containers/json"), _S("/containers/{id}/json"), _S("/containers/{id}/stats"),
+                   _S("/containers/{id}/changes", gate="ALLOW_CHANGES"),
+                   _S("/containers/{id}/top", gate="ALLOW_TOP"),
+                   _S("/containers/{id}/logs", gate="ALLOW_LOGS"),
+                   _S("/containers/{id}/export", gate="ALLOW_EXPORT"),
+                   _S("/containers/{id}/archive", ("GET", "HEAD"), gate="ALLOW_ARCHIVE")),
+    "IMAGES": (_S("/images/json"), _S("/images/{name*}/json"), _S("/images/{name*}/history"),
+               _S("/images/get"), _S("/images/{name*}/get"), _S("/images/search")),
+    "NETWORKS": (_S("/networks"), _S("/networks/{id}")),
+    "VOLUMES": (_S("/volumes"), _S("/volumes/{name}")),
+    "SERVICES": (_S("/services"), _S("/services/{id}"), _S("/services/{id}/logs", gate="ALLOW_LOGS")),
+    "TASKS": (_S("/tasks"), _S("/tasks/{id}"), _S("/tasks/{id}/logs", gate="ALLOW_LOGS")),
+    "NODES": (_S("/nodes"), _S("/nodes/{id}")),
+    "SWARM": (_S("/swarm"), _S("/swarm/unlockkey")),
+    "SECRETS": (_S("/secrets"), _S("/secrets/{id}")),
+    "CONFIGS": (_S("/configs"), _S("/configs/{id}")),
+    "PLUGINS": (_S("/plugins"), _S("/plugins/{name*}/json"), _S("/plugins/privileges")),
+    "SYSTEM": (_S("/system/df"),),
+    "DISTRIBUTION": (_S("/distribution/{name*}/json"),),
+    "EXEC": (_S("/exec/{id}/json"),),
+}
+TECNATIVA_DEFAULTS_ON = frozenset({"EVENTS", "PING", "VERSION"})  # both images' defaults
+TECNATIVA_GATES = frozenset({"ALLOW_ARCHIVE", "ALLOW_CHANGES", "ALLOW_EXPORT", "ALLOW_LOGS", "ALLOW_TOP"})
+# Variables whose only effect is to let writes through (their endpoints are all POST, PUT or
+# DELETE, or hijack the connection): porthole refuses to start with any of them on.
+TECNATIVA_WRITES = {
+    "POST": "every method, not only GET and HEAD",
+    "ALLOW_START": "POST /containers/{id}/start",
+    "ALLOW_STOP": "POST /containers/{id}/stop",
+    "ALLOW_RESTARTS": "POST /containers/{id}/stop, restart and kill",
+    "ALLOW_PAUSE": "POST /containers/{id}/pause",
+    "ALLOW_UNPAUSE": "POST /containers/{id}/unpause",
+    "ALLOW_KILL": "POST /containers/{id}/kill",
+    "ALLOW_DELETE": "DELETE requests",
+    "ALLOW_EXEC": "POST /containers/{id}/exec and /exec/{id}/start",
+    "AUTH": "POST /auth (registry credentials)",
+    "BUILD": "POST /build",
+    "COMMIT": "POST /commit (a new image from a container)",
+    "GRPC": "POST /grpc (hijacked by BuildKit)",
+    "SESSION": "POST /session (hijacked by BuildKit)",
+}
+# Read by the drop-in for where to listen and log, not for the policy.
+TECNATIVA_SETTINGS = frozenset({"LOG_LEVEL", "SOCKET_PATH", "DISABLE_IPV6"})
+TECNATIVA_VARIABLES = frozenset(TECNATIVA_SECTIONS) | TECNATIVA_GATES | frozenset(TECNATIVA_WRITES) | TECNATIVA_SETTINGS
+# HAProxy's syslog levels, as LOG_LEVEL takes them, to porthole's.
+_HAPROXY_LOG_LEVELS = {"emerg": "error", "alert": "error", "crit": "error", "err": "error",
+                       "warning": "warning", "notice": "info", "info": "info", "debug": "debug"}
+
+
+def tecnativa_flag(name: str, value: str) -> bool:
+    """On or off, as HAProxy's `env(NAME) -m bool` reads it: a number, non-zero is on; empty is
+    off. HAProxy reads 'true' as 0 (no digits), so words are refused rather than guessed."""
+    if value == "":
+        return False
+    if not re.fullmatch(r"[0-9]+", value):
+        raise UsageError(f"{name}={value!r}: Tecnativa-style variables are 0 or 1")
+    return int(value) != 0
+
+
+def tecnativa_log_level(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if value not in _HAPROXY_LOG_LEVELS:
+        raise UsageError(f"LOG_LEVEL={value!r}: must be one of {', '.join(_HAPROXY_LOG_LEVELS)}")
+    return _HAPROXY_LOG_LEVELS[value]
+
+
+def tecnativa_upstream(value: str | None) -> str | None:
+    if value is None or value == "":
+        return None
+    if not value.startswith("/"):
+        raise UsageError(f"SOCKET_PATH={value!r}: must be the absolute path of the Docker socket")
+    return "unix://" + value
+
+
+@dataclass(frozen=True)
+class DropIn:
+    document: dict[str, Any]  # a rules document, validated by load_policy like any other
+    notes: tuple[str, ...]  # what the variables asked for that porthole leaves out, and why
+
+
+def tecnativa_policy(variables: Mapping[str, str]) -> DropIn:
+    """The read-only rules document equivalent to Tecnativa-style variables (pure).
+
+    Raises UsageError if a variable asks for a write or a value is not a number."""
+    on = {name for name in TECNATIVA_DEFAULTS_ON if name not in variables}
+    for name, value in variables.items():
+        if name in TECNATIVA_VARIABLES and name not in TECNATIVA_SETTINGS and tecnativa_flag(name, value):
+            on.add(name)
+    writes = sorted(on & TECNATIVA_WRITES.keys())
+    if writes:
+        raise UsageError(
+            "porthole never forwards writes: " + "; ".join(f"{n}=1 asks for {TECNATIVA_WRITES[n]}" for n in writes)
+            + ". Set them to 0 or remove them; a consumer that needs writes cannot use porthole.")
+    rules: list[dict[str, Any]] = []
+    notes: list[str] = []
+    for section, reads in TECNATIVA_SECTIONS.items():
+        if section not in on:
+            continue
+        for read in reads:
+            if read.gate is not None and read.gate not in on:
+                notes.append(f"{section}=1: GET {read.path} left out: it needs {read.gate}=1 too")
+                continue
+            template = parse_template(read.path)
+            risky = [why for guard, why in _DANGEROUS if templates_overlap(template, guard)]
+            if risky and read.gate is None:
+                notes.append(f"{section}=1: GET {read.path} left out: a dangerous read ({risky[0]}) "
+                             "that no variable acknowledges; use a rules file to allow it")
+                continue
+            rule: dict[str, Any] = {"method": list(read.methods), "path": read.path}
+            if risky:
+                rule["dangerous"] = True
+            rule["comment"] = f"{section}=1" + (f" and {read.gate}=1" if read.gate else "")
+            rules.append(rule)
+    for gate in sorted(on & TECNATIVA_GATES):
+        if not any(read.gate == gate and section in on for section, reads in TECNATIVA_SECTIONS.items()
+                   for read in reads):
+            notes.append(f"{gate}=1 opens nothing without the section it belongs to (CONTAINERS=1)")
+    if not rules:
+        raise UsageError("the Tecnativa-style variables allow nothing at all (PING, VERSION and EVENTS are off "
+                         "and no other section is on)")
+    summary = " ".join(f"{name}={variables[name]}" for name in sorted(variables) if name in TECNATIVA_VARIABLES)
+    document = {
+        "version": 1,
+        "description": f"made from Tecnativa-style environment variables: {summary or 'their defaults'}",
+        "profiles": {"default": {"description": "sections opened by the environment: " + ", ".join(sorted(
+            on & TECNATIVA_SECTIONS.keys())), "rules": rules}},
+    }
+    return DropIn(document, tuple(notes))
+
 
 
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
@@ -2519,6 +2702,10 @@ class Proxy:
 
     def reload(self) -> None:
         """SIGHUP: swap in the new rules only if they are valid; otherwise keep the old ones."""
+        if self.settings.dropin:
+            self.log("info", "reload", rules=self.policy.source, kept=self.policy.source,
+                     note="the policy comes from environment variables, which cannot change")
+            return
         path = self.settings.rules_path
         try:
             policy = load_policy(path.read_text(encoding="utf-8"), str(path))
@@ -2766,16 +2953,24 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         return 0
     if settings.mode == "healthcheck":
         return healthcheck(settings)
+    notes: tuple[str, ...] = ()
     try:
-        policy = load_policy(settings.rules_path.read_text(encoding="utf-8"), str(settings.rules_path))
+        if settings.dropin:
+            dropin = tecnativa_policy(dict(settings.dropin))
+            notes = dropin.notes
+            policy = load_policy(json.dumps(dropin.document), "the Tecnativa-style environment variables")
+        else:
+            policy = load_policy(settings.rules_path.read_text(encoding="utf-8"), str(settings.rules_path))
     except (OSError, UnicodeDecodeError) as exc:
         print(f"porthole: {settings.rules_path}: cannot read: {exc}", file=sys.stderr)
         return 2
-    except PolicyError as exc:
+    except (PolicyError, UsageError) as exc:
         print(f"porthole: {exc}", file=sys.stderr)
         return 2
     if settings.mode == "check":
         print(describe_policy(policy))
+        for note in notes:
+            print(f"note: {note}")
         return 0
     if os.geteuid() == 0 and not settings.allow_root:
         print("porthole: refusing to run as root. Run it as an unprivileged user that has the Docker "
@@ -2784,6 +2979,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
               "--groups <socket gid>. Pass --allow-root to override.", file=sys.stderr)
         return 2
     log = Log(settings.log_format, settings.log_level)
+    for note in notes:
+        log("warning", "dropin_left_out", note=note)
     proxy = Proxy(settings, policy, log)
     try:
         proxy.bind()

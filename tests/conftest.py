@@ -48,6 +48,25 @@ def busybox_image(dockerd):
     return support.build_busybox_image(dockerd.url)
 
 
+@pytest.fixture(scope="session")
+def podman():
+    """A private `podman system service` (Debian's podman), socket root:2375 0660, with a
+    FROM-scratch busybox image imported as `.image` (its id `.image_id`)."""
+    require_docker_env()
+    problem = support.podman_problem()
+    if problem:
+        if support.in_ci():
+            pytest.fail("CI=true but podman cannot run: " + problem)
+        pytest.skip(problem)
+    p = support.Podman().start(support.DEFAULT_SOCK_GID)
+    try:
+        p.image = "localhost/porthole-busybox:latest"
+        p.image_id = support.import_busybox_into_podman(p, p.image)
+        yield p
+    finally:
+        p.stop()
+
+
 @pytest.fixture
 def proxy_factory(request):
     """Start proxies: proxy_factory(listen=None, upstream=None, args=(), groups=None,

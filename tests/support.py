@@ -195,6 +195,122 @@ def wait_for_item(items: "queue.Queue", pred: Callable[[object], bool], timeout:
 
 
 # --------------------------------------------------------------------------
+# podman
+
+
+PODMAN = shutil.which("podman") or "/usr/bin/podman"
+# A private podman: its own storage, run and tmp directories and configuration, so it shares
+# nothing with any other podman (nor with dockerd); no network for any container by default.
+# default_ulimits: podman would raise RLIMIT_NOFILE and RLIMIT_NPROC in every container, which
+# needs CAP_SYS_RESOURCE (these machines' root lacks it: runc then fails with EPERM).
+_PODMAN_CONF = """[containers]
+netns = "none"
+default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "{base}/events.log"
+tmp_dir = "{base}/tmp"
+volume_path = "{base}/volumes"
+[network]
+network_config_dir = "{base}/cni"
+"""
+_PODMAN_STORAGE = """[storage]
+driver = "vfs"
+graphroot = "{base}/root"
+runroot = "{base}/run"
+"""
+
+
+def podman_problem() -> Optional[str]:
+    if not (os.path.isfile(PODMAN) and os.access(PODMAN, os.X_OK)):
+        return "podman not found (Debian's podman, in build.sh's TEST_PACKAGES)"
+    return None
+
+
+class Podman:
+    """A private `podman system service` (Debian's podman 4) on a unix socket.
+
+    p = Podman(); p.start(sock_gid)   p.url, p.socket_path; p.cli(*args) runs podman directly
+    (not through the service) with the same private configuration; p.stop() removes everything."""
+
+    def __init__(self):
+        self.base: Optional[Path] = None
+        self.proc: Optional[subprocess.Popen] = None
+        self.socket_path = ""
+        self.url = ""
+
+    def env(self) -> dict:
+        return {"PATH": _CLEAN_PATH, "LANG": "C.UTF-8", "CONTAINERS_CONF": str(self.base / "containers.conf"),
+                "CONTAINERS_STORAGE_CONF": str(self.base / "storage.conf"), "XDG_RUNTIME_DIR": str(self.base / "xdg"),
+                "TMPDIR": str(self.base / "tmp")}
+
+    def start(self, socket_group_gid: int, timeout: float = 30.0) -> "Podman":
+        self.base = Path(tempfile.mkdtemp(prefix="php-", dir="/tmp"))
+        os.chmod(self.base, 0o755)  # the proxy (uid 65532) must reach the socket
+        for sub in ("tmp", "xdg", "cni", "volumes"):
+            (self.base / sub).mkdir(mode=0o700)
+        (self.base / "containers.conf").write_text(_PODMAN_CONF.format(base=self.base))
+        (self.base / "storage.conf").write_text(_PODMAN_STORAGE.format(base=self.base))
+        self.socket_path = str(self.base / "podman.sock")
+        self.url = "unix://" + self.socket_path
+        log = open(self.base / "service.log", "wb")
+        self.proc = subprocess.Popen([PODMAN, "system", "service", "--time=0", self.url], env=self.env(),
+                                     stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+        log.close()
+        if not wait_until(lambda: can_connect(self.socket_path), timeout, 0.1):
+            raise RuntimeError("podman system service did not start:\n" + self.log_tail())
+        os.chown(self.socket_path, 0, socket_group_gid)
+        os.chmod(self.socket_path, 0o660)
+        return self
+
+    def cli(self, *args, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        r = subprocess.run([PODMAN, *args], env=self.env(), capture_output=True, text=True, timeout=timeout)
+        if check and r.returncode != 0:
+            raise RuntimeError("podman %s failed (%s):\n%s%s" % (" ".join(args), r.returncode, r.stdout, r.stderr))
+        return r
+
+    def log_tail(self, n: int = 40) -> str:
+        try:
+            return "\n".join((self.base / "service.log").read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        if self.base is None:
+            return
+        with contextlib.suppress(Exception):
+            self.cli("rm", "--all", "--force", "--time", "0", check=False)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                kill_group(self.proc)
+        with contextlib.suppress(Exception):  # vfs layers and container files: podman's to remove
+            self.cli("system", "reset", "--force", check=False)
+        shutil.rmtree(self.base, ignore_errors=True)
+        self.base = None
+
+
+def import_busybox_into_podman(podman: Podman, tag: str = "localhost/porthole-busybox:latest") -> str:
+    """A FROM-scratch image made of busybox-static, imported locally (no registry); returns its id."""
+    root = Path(tempfile.mkdtemp(prefix="php-img-", dir="/tmp"))
+    try:
+        (root / "bin").mkdir()
+        shutil.copy2(BUSYBOX, root / "bin" / "busybox")
+        for applet in ("sh", "sleep", "true"):
+            os.symlink("busybox", root / "bin" / applet)
+        archive = root.parent / (root.name + ".tar")
+        subprocess.run(["tar", "-C", str(root), "-cf", str(archive), "."], check=True)
+        out = podman.cli("import", "--change", 'CMD ["/bin/sh"]', str(archive), tag).stdout
+        archive.unlink()
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return out.strip().splitlines()[-1].removeprefix("sha256:")
+
+
+# --------------------------------------------------------------------------
 # dockerd
 
 
