@@ -21,6 +21,7 @@ import enum
 import errno
 import functools
 import heapq
+import ipaddress
 import itertools
 import json
 import os
@@ -533,6 +534,7 @@ class Policy:
     source: str
     profiles: Mapping[str, tuple[Rule, ...]]
     descriptions: Mapping[str, str] = field(default_factory=dict)
+    clients: tuple[ClientRule, ...] = ()  # which client gets which profile: first match wins
 
     def __post_init__(self) -> None:
         indexes = {name: TemplateIndex((rule.template, rule) for rule in rules)
@@ -579,7 +581,7 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
         raise fail("$", "nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
         raise fail("$", f"not valid JSON: {exc}") from None
-    check_keys(document, "$", {"version", "profiles"}, {"$schema", "description"})
+    check_keys(document, "$", {"version", "profiles"}, {"$schema", "description", "clients"})
     for key in ("$schema", "description"):
         if not isinstance(document.get(key, ""), str):
             raise fail(f"$.{key}", "must be a string")
@@ -628,7 +630,8 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
         profiles[name] = tuple(rules)
     if "default" not in profiles:
         raise fail("$.profiles", "a profile named 'default' is required")
-    return Policy(source, profiles, descriptions)
+    clients = load_client_rules(document.get("clients", []), profiles.keys(), fail)
+    return Policy(source, profiles, descriptions, clients)
 
 
 def _load_rule(raw: Any, profile: str, index: int, where: str, fail: Any) -> Rule:
@@ -683,6 +686,175 @@ def _load_rule(raw: Any, profile: str, index: int, where: str, fail: Any) -> Rul
     return Rule(profile, index, frozenset(methods), raw["path"], template, query, dangerous)
 
 
+# ---- per-client profiles ---------------------------------------------------------------------
+#
+# "clients": [{"match": {"uid": 1000}, "profile": "traefik"}, ...]. An entry's match holds one or
+# more conditions and all of them must hold. uid and gid are a unix socket peer's (SO_PEERCRED:
+# its effective uid and gid when it connected); address and cert_cn belong to TCP peers (the peer
+# address; the common name of the client certificate a mutual-TLS listener verified). So uid and
+# gid combine with each other, address and cert_cn with each other, never one kind with the other.
+# The first entry that matches picks the profile; a client no entry matches gets its listener's.
+
+UNIX_CONDITIONS = ("uid", "gid")
+TCP_CONDITIONS = ("address", "cert_cn")
+_MAX_ID = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel: never a real id
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class ClientFacts:
+    """Who is at the other end of one connection: what `clients` entries are matched against."""
+
+    uid: int | None = None
+    gid: int | None = None
+    address: IPAddress | None = None
+    cert_cn: str | None = None
+
+
+def peer_address(host: str) -> IPAddress | None:
+    """The TCP peer as an address (IPv4-mapped IPv6 as IPv4, any %scope dropped)."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped if mapped is not None else address
+
+
+@dataclass(frozen=True)
+class ClientRule:
+    index: int
+    profile: str
+    uid: int | None = None
+    gid: int | None = None
+    network: IPNetwork | None = None
+    cert_cn: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"clients[{self.index}]"
+
+    def matches(self, facts: ClientFacts) -> bool:
+        return ((self.uid is None or self.uid == facts.uid)
+                and (self.gid is None or self.gid == facts.gid)
+                and (self.network is None or (facts.address is not None and facts.address in self.network))
+                and (self.cert_cn is None or self.cert_cn == facts.cert_cn))
+
+    def covers(self, later: ClientRule) -> bool:
+        """Every client `later` matches is matched by this entry too."""
+        if any(mine is not None and mine != theirs for mine, theirs in
+               ((self.uid, later.uid), (self.gid, later.gid), (self.cert_cn, later.cert_cn))):
+            return False
+        return self.network is None or (later.network is not None and later.network.version == self.network.version
+                                        and later.network.subnet_of(self.network))  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        parts = [f"uid={self.uid}" if self.uid is not None else "", f"gid={self.gid}" if self.gid is not None else "",
+                 f"address={self.network}" if self.network is not None else "",
+                 f"cert_cn={self.cert_cn!r}" if self.cert_cn is not None else ""]
+        return " ".join(part for part in parts if part)
+
+
+def choose_profile(clients: Sequence[ClientRule], facts: ClientFacts,
+                   listener_profile: str) -> tuple[str, ClientRule | None]:
+    """The profile for a connection: the first matching entry's, else the listener's."""
+    for rule in clients:
+        if rule.matches(facts):
+            return rule.profile, rule
+    return listener_profile, None
+
+
+def shadowing_entries(earlier: Sequence[ClientRule], later: ClientRule) -> list[ClientRule]:
+    """The earlier entries that together match every client `later` matches (so it can never
+    be the first match), or [] when some client would reach it. One broader entry is enough;
+    address entries whose other conditions `later` implies can also cover it together."""
+    for rule in earlier:
+        if rule.covers(later):
+            return [rule]
+    if later.network is None and later.cert_cn is None:
+        return []  # a unix-peer entry: address entries never match unix peers
+    remaining: list[IPNetwork] = ([later.network] if later.network is not None
+                                  else [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")])
+    used = []
+    for rule in earlier:
+        if rule.network is None or not ClientRule(rule.index, rule.profile, rule.uid, rule.gid, None,
+                                                  rule.cert_cn).covers(later):
+            continue
+        left: list[IPNetwork] = []
+        for net in remaining:
+            if net.version != rule.network.version or not net.overlaps(rule.network):
+                left.append(net)
+            elif not net.subnet_of(rule.network):  # type: ignore[arg-type]
+                left.extend(net.address_exclude(rule.network))  # type: ignore[arg-type]
+        if left != remaining:
+            used.append(rule)
+        remaining = left
+        if not remaining:
+            return used
+    return []
+
+
+def load_client_rules(raw: Any, profiles: Iterable[str], fail: Any) -> tuple[ClientRule, ...]:
+    """Validate the `clients` list (see above). Raises PolicyError naming the JSON path."""
+    if not isinstance(raw, list):
+        raise fail("$.clients", "must be a list of {\"match\": {...}, \"profile\": NAME}")
+    known = set(profiles)
+    rules: list[ClientRule] = []
+    for index, entry in enumerate(raw):
+        where = f"$.clients[{index}]"
+        if not isinstance(entry, dict):
+            raise fail(where, "must be an object")
+        unknown = sorted(entry.keys() - {"match", "profile", "comment"})
+        if unknown:
+            raise fail(where, f"unknown key {unknown[0]!r}")
+        for key in ("match", "profile"):
+            if key not in entry:
+                raise fail(where, f"missing key {key!r}")
+        if not isinstance(entry.get("comment", ""), str):
+            raise fail(where + ".comment", "must be a string")
+        profile = entry["profile"]
+        if not isinstance(profile, str):
+            raise fail(where + ".profile", "must be the name of a profile")
+        if profile not in known:
+            raise fail(where + ".profile", f"no profile named {profile!r}")
+        match = entry["match"]
+        if not isinstance(match, dict):
+            raise fail(where + ".match", "must be an object")
+        unknown = sorted(match.keys() - {*UNIX_CONDITIONS, *TCP_CONDITIONS})
+        if unknown:
+            raise fail(where + ".match", f"unknown key {unknown[0]!r} (use uid, gid, address, cert_cn)")
+        if not match:
+            raise fail(where + ".match", "needs at least one of uid, gid, address, cert_cn")
+        if match.keys() & set(UNIX_CONDITIONS) and match.keys() & set(TCP_CONDITIONS):
+            raise fail(where + ".match", "uid/gid (unix socket peers) and address/cert_cn (TCP peers) never "
+                                         "hold for the same client: use two entries")
+        for key in UNIX_CONDITIONS:
+            value = match.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_ID:
+                raise fail(f"{where}.match.{key}", f"must be a number from 0 to {_MAX_ID}")
+        network = None
+        if "address" in match:
+            if not isinstance(match["address"], str):
+                raise fail(where + ".match.address", "must be an IPv4 or IPv6 address or CIDR network")
+            try:
+                network = ipaddress.ip_network(match["address"], strict=True)
+            except ValueError as exc:
+                raise fail(where + ".match.address", f"not an IPv4 or IPv6 address or CIDR network: {exc}") from None
+            if network.version == 6 and network.network_address.ipv4_mapped is not None:
+                raise fail(where + ".match.address", "write IPv4-mapped addresses as IPv4")
+        cert_cn = match.get("cert_cn")
+        if cert_cn is not None and (not isinstance(cert_cn, str) or not cert_cn):
+            raise fail(where + ".match.cert_cn", "must be a non-empty string")
+        rule = ClientRule(index, profile, match.get("uid"), match.get("gid"), network, cert_cn)
+        shadows = shadowing_entries(rules, rule)
+        if shadows:
+            names = " and ".join(f"$.{earlier.label}" for earlier in shadows)
+            raise fail(where, f"can never match: every client it matches is matched first by {names}")
+        rules.append(rule)
+    return tuple(rules)
+
+
 def describe_policy(policy: Policy) -> str:
     lines = [f"policy from {policy.source}"]
     for name, rules in policy.profiles.items():
@@ -693,6 +865,10 @@ def describe_policy(policy: Policy) -> str:
                     f"{k}={'*' if v is None else '|'.join(sorted(v))}" for k, v in rule.query.items()))
             flag = "  [dangerous read, acknowledged]" if rule.dangerous else ""
             lines.append(f"  {'|'.join(sorted(rule.methods)):<8} {rule.path}  ({query}){flag}")
+    if policy.clients:
+        lines.append("clients (first match wins; any other client gets its listener's profile):")
+        for client in policy.clients:
+            lines.append(f"  {client.label:<12} {client.describe()} -> profile {client.profile}")
     lines.append("never forwarded: any method but GET/HEAD, Upgrade, request bodies, "
                  + ", ".join(NEVER_FORWARDED))
     return "\n".join(lines)
@@ -1101,6 +1277,7 @@ class Exchange:
     close_after: bool = False
     transform: ResponseTransform | None = None
     rewriter: ResponseRewriter | None = None
+    client_rule: str | None = None  # the `clients` entry that chose facts.profile, if any
 
     @property
     def streaming(self) -> bool:
@@ -1373,7 +1550,8 @@ class ClientConnection:
     """
 
     def __init__(self, sock: socket.socket, loop: Loop, owner: Any, settings: Settings,
-                 listener: Endpoint, peer: str, identity: str, rejection: str | None = None) -> None:
+                 listener: Endpoint, peer: str, identity: str, rejection: str | None = None,
+                 facts: ClientFacts = ClientFacts()) -> None:
         self.sock = sock
         self.loop = loop
         self.owner = owner  # on_request(client, request), exchange_done(exchange), client_closed(client)
@@ -1382,6 +1560,9 @@ class ClientConnection:
         self.peer = peer
         self.identity = identity  # whom per-client limits count against
         self.rejection = rejection  # over a connection cap: every request gets this 503
+        self.facts = facts  # who the peer is, for the `clients` entries of rules.json
+        self.profile = listener.profile  # the owner assigns it (choose_profile), per connection
+        self.client_rule: ClientRule | None = None  # ... and the entry that chose it
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_head_bytes)
         self.reader = RequestReader(self.h11, settings.max_head_bytes)
         self.out = OutputQueue(loop.clock)
@@ -1511,8 +1692,9 @@ class ClientConnection:
 
     def begin(self, request: h11.Request) -> None:
         facts = RequestFacts(request.method.decode("latin-1"), request.target, list(request.headers),
-                             self.listener.kind, self.listener.profile, request.http_version)
-        self.exchange = Exchange(self, facts, self.loop.clock())
+                             self.listener.kind, self.profile, request.http_version)
+        self.exchange = Exchange(self, facts, self.loop.clock(),
+                                 client_rule=self.client_rule.label if self.client_rule else None)
         self.enter(ClientState.ACTIVE)
         if self.h11.their_state is h11.SEND_BODY and not _declares_body(facts.headers):
             self.h11.next_event()  # the EndOfMessage of a body-less request, already framed
@@ -1528,8 +1710,8 @@ class ClientConnection:
         """Answer locally with a Docker-style JSON error."""
         exchange = self.exchange
         if exchange is None:  # the request head never parsed: log what we know
-            exchange = Exchange(self, RequestFacts("-", b"", [], self.listener.kind, self.listener.profile),
-                                self.loop.clock())
+            exchange = Exchange(self, RequestFacts("-", b"", [], self.listener.kind, self.profile),
+                                self.loop.clock(), client_rule=self.client_rule.label if self.client_rule else None)
             self.exchange = exchange
             if self.state is ClientState.IDLE:
                 self.enter(ClientState.HEAD)
@@ -2525,7 +2707,10 @@ class Proxy:
             self.log("error", "reload_failed", error=str(exc), kept=self.policy.source)
             return
         self.policy = policy
-        self.log("info", "reload", rules=policy.source, profiles=sorted(policy.profiles))
+        for client in self.clients:
+            self.assign_profile(client)
+        self.log("info", "reload", rules=policy.source, profiles=sorted(policy.profiles),
+                 clients=len(policy.clients))
 
     def begin_shutdown(self, why: str) -> None:
         self.stopping = True
@@ -2547,15 +2732,24 @@ class Proxy:
 
     def accept(self, sock: socket.socket, endpoint: Endpoint, address: Any) -> None:
         if endpoint.kind == "unix":
-            pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            pid, uid, gid = struct.unpack("iII", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             peer, identity = f"uid={uid} gid={gid} pid={pid}", f"uid={uid}"
+            facts = ClientFacts(uid=uid, gid=gid)
         else:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
             identity = address[0]
-        self.admit(sock, endpoint, peer, identity)
+            facts = ClientFacts(address=peer_address(address[0]))
+        self.admit(sock, endpoint, peer, identity, facts)
 
-    def admit(self, sock: socket.socket, endpoint: Endpoint, peer: str, identity: str) -> ClientConnection:
+    def assign_profile(self, client: ClientConnection) -> None:
+        """Per connection: at accept, once a TLS handshake named the client, and on every
+        reload (an open connection's next request is decided under the new mapping)."""
+        client.profile, client.client_rule = choose_profile(self.policy.clients, client.facts,
+                                                            client.listener.profile)
+
+    def admit(self, sock: socket.socket, endpoint: Endpoint, peer: str, identity: str,
+              facts: ClientFacts = ClientFacts()) -> ClientConnection:
         """A new client connection, served or (over a cap) answered with a 503."""
         settings, count = self.settings, self.connections_per_client.get(identity, 0)
         rejection = None
@@ -2564,7 +2758,8 @@ class Proxy:
                          f"(--max-connections-per-client {settings.max_connections_per_client})")
         elif self.served >= settings.max_connections:
             rejection = f"porthole has {self.served} connections open (--max-connections {settings.max_connections})"
-        client = ClientConnection(sock, self.loop, self, settings, endpoint, peer, identity, rejection)
+        client = ClientConnection(sock, self.loop, self, settings, endpoint, peer, identity, rejection, facts)
+        self.assign_profile(client)
         self.clients.add(client)
         if rejection is None:  # the rejected are bounded by REJECT_SLACK, not counted
             self.served += 1
@@ -2631,6 +2826,7 @@ class Proxy:
             self.log("info", "request", listener=client.listener.url, client=client.peer,
                      method=facts.method, target=facts.target.decode("latin-1"),
                      path=decision.target.forward_form_text if decision else None,
+                     profile=facts.profile, client_rule=exchange.client_rule,
                      decision=exchange.outcome, rule=decision.rule.label if decision else None,
                      reason=exchange.reason, status=exchange.status, bytes=exchange.delivered,
                      duration_ms=round((self.loop.clock() - exchange.started) * 1000, 3))
