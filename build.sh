@@ -23,14 +23,15 @@ BUILD_VENV="$ROOT/.venv-build"
 IMAGE="${PORTHOLE_IMAGE:-porthole:latest}"
 MAX_IMAGE_BYTES="${PORTHOLE_MAX_IMAGE_BYTES:-10000000}"
 TEST_PACKAGES=(python3 python3-venv python3-dev docker.io busybox-static util-linux procps
-               patchelf binutils systemd podman)
+               patchelf binutils systemd podman openssl)
 BUILD_PACKAGES=(python3 python3-venv python3-dev patchelf binutils)
 # Standard-library packages proxy.py never imports. Excluding them keeps the binary small;
 # the smoke test after freezing (and the test suite) prove nothing needed went missing.
-EXCLUDES=(asyncio base64 bz2 _bz2 calendar concurrent csv datetime decimal _decimal _pydecimal
-          doctest email fractions getopt gettext gzip hashlib _hashlib http importlib.metadata
+# ssl (TLS listeners) needs _ssl, base64 and, through OpenSSL, hashlib/_hashlib: kept.
+EXCLUDES=(asyncio bz2 _bz2 calendar concurrent csv datetime decimal _decimal _pydecimal
+          doctest email fractions getopt gettext gzip http importlib.metadata
           importlib.resources logging lzma _lzma mimetypes multiprocessing numbers pdb pickle
-          _pickle pprint py_compile pydoc pyexpat quopri random resource sqlite3 ssl _ssl
+          _pickle pprint py_compile pydoc pyexpat quopri random resource sqlite3
           statistics stringprep _strptime subprocess tarfile tempfile _threading_local tkinter
           tracemalloc unittest urllib.request xml _multibytecodec _codecs_cn _codecs_hk
           _codecs_iso2022 _codecs_jp _codecs_kr _codecs_tw)

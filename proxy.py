@@ -21,6 +21,7 @@ import enum
 import errno
 import functools
 import heapq
+import ipaddress
 import itertools
 import json
 import os
@@ -28,6 +29,7 @@ import re
 import selectors
 import signal
 import socket
+import ssl
 import stat
 import struct
 import sys
@@ -75,6 +77,13 @@ class Endpoint:
     mode: int | None = None  # unix listeners: file mode of the socket
     gid: int | None = None  # unix listeners: group of the socket
     profile: str = "default"
+    tlscert: str | None = None  # TCP listeners: TLS with this certificate (chain) ...
+    tlskey: str | None = None  # ... and key; with tlscacert, clients need a certificate it signed
+    tlscacert: str | None = None
+
+    @property
+    def tls(self) -> bool:
+        return self.tlscert is not None
 
     @property
     def family(self) -> int:
@@ -93,7 +102,7 @@ def parse_endpoint(url: str, *, listener: bool) -> Endpoint:
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     if parts.fragment or parts.username or parts.password:
         raise UsageError(f"{url}: unexpected user, password or fragment")
-    allowed = {"mode", "gid", "profile"} if parts.scheme == "unix" else {"profile"}
+    allowed = {"mode", "gid", "profile"} if parts.scheme == "unix" else {"profile", *TLS_OPTIONS}
     if not listener:
         allowed = set()
     unknown = sorted(set(options) - allowed)
@@ -120,8 +129,17 @@ def parse_endpoint(url: str, *, listener: bool) -> Endpoint:
             raise UsageError(f"{url}: {exc}") from None
         if not host or port is None:
             raise UsageError(f"{url}: a tcp URL is tcp://HOST:PORT or tcp://[::1]:PORT")
-        return Endpoint(url, "tcp", host=host, port=port, profile=profile)
+        tls = {key: options[key] for key in TLS_OPTIONS if key in options}
+        if any(not value for value in tls.values()):
+            raise UsageError(f"{url}: tlscert, tlskey and tlscacert name files")
+        if tls and not {"tlscert", "tlskey"} <= tls.keys():
+            raise UsageError(f"{url}: TLS needs both tlscert and tlskey (and tlscacert to require "
+                             f"client certificates)")
+        return Endpoint(url, "tcp", host=host, port=port, profile=profile, **tls)
     raise UsageError(f"{url}: the scheme must be tcp:// or unix://")
+
+
+TLS_OPTIONS = ("tlscert", "tlskey", "tlscacert")  # the names of docker's own flags
 
 
 @dataclass(frozen=True)
@@ -564,6 +582,7 @@ class Policy:
     source: str
     profiles: Mapping[str, tuple[Rule, ...]]
     descriptions: Mapping[str, str] = field(default_factory=dict)
+    clients: tuple[ClientRule, ...] = ()  # which client gets which profile: first match wins
 
     def __post_init__(self) -> None:
         indexes = {name: TemplateIndex((rule.template, rule) for rule in rules)
@@ -610,7 +629,7 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
         raise fail("$", "nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
         raise fail("$", f"not valid JSON: {exc}") from None
-    check_keys(document, "$", {"version", "profiles"}, {"$schema", "description"})
+    check_keys(document, "$", {"version", "profiles"}, {"$schema", "description", "clients"})
     for key in ("$schema", "description"):
         if not isinstance(document.get(key, ""), str):
             raise fail(f"$.{key}", "must be a string")
@@ -659,7 +678,8 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
         profiles[name] = tuple(rules)
     if "default" not in profiles:
         raise fail("$.profiles", "a profile named 'default' is required")
-    return Policy(source, profiles, descriptions)
+    clients = load_client_rules(document.get("clients", []), profiles.keys(), fail)
+    return Policy(source, profiles, descriptions, clients)
 
 
 def _load_rule(raw: Any, profile: str, index: int, where: str, fail: Any) -> Rule:
@@ -714,6 +734,175 @@ def _load_rule(raw: Any, profile: str, index: int, where: str, fail: Any) -> Rul
     return Rule(profile, index, frozenset(methods), raw["path"], template, query, dangerous)
 
 
+# ---- per-client profiles ---------------------------------------------------------------------
+#
+# "clients": [{"match": {"uid": 1000}, "profile": "traefik"}, ...]. An entry's match holds one or
+# more conditions and all of them must hold. uid and gid are a unix socket peer's (SO_PEERCRED:
+# its effective uid and gid when it connected); address and cert_cn belong to TCP peers (the peer
+# address; the common name of the client certificate a mutual-TLS listener verified). So uid and
+# gid combine with each other, address and cert_cn with each other, never one kind with the other.
+# The first entry that matches picks the profile; a client no entry matches gets its listener's.
+
+UNIX_CONDITIONS = ("uid", "gid")
+TCP_CONDITIONS = ("address", "cert_cn")
+_MAX_ID = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel: never a real id
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+@dataclass(frozen=True)
+class ClientFacts:
+    """Who is at the other end of one connection: what `clients` entries are matched against."""
+
+    uid: int | None = None
+    gid: int | None = None
+    address: IPAddress | None = None
+    cert_cn: str | None = None
+
+
+def peer_address(host: str) -> IPAddress | None:
+    """The TCP peer as an address (IPv4-mapped IPv6 as IPv4, any %scope dropped)."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return None
+    mapped = getattr(address, "ipv4_mapped", None)
+    return mapped if mapped is not None else address
+
+
+@dataclass(frozen=True)
+class ClientRule:
+    index: int
+    profile: str
+    uid: int | None = None
+    gid: int | None = None
+    network: IPNetwork | None = None
+    cert_cn: str | None = None
+
+    @property
+    def label(self) -> str:
+        return f"clients[{self.index}]"
+
+    def matches(self, facts: ClientFacts) -> bool:
+        return ((self.uid is None or self.uid == facts.uid)
+                and (self.gid is None or self.gid == facts.gid)
+                and (self.network is None or (facts.address is not None and facts.address in self.network))
+                and (self.cert_cn is None or self.cert_cn == facts.cert_cn))
+
+    def covers(self, later: ClientRule) -> bool:
+        """Every client `later` matches is matched by this entry too."""
+        if any(mine is not None and mine != theirs for mine, theirs in
+               ((self.uid, later.uid), (self.gid, later.gid), (self.cert_cn, later.cert_cn))):
+            return False
+        return self.network is None or (later.network is not None and later.network.version == self.network.version
+                                        and later.network.subnet_of(self.network))  # type: ignore[arg-type]
+
+    def describe(self) -> str:
+        parts = [f"uid={self.uid}" if self.uid is not None else "", f"gid={self.gid}" if self.gid is not None else "",
+                 f"address={self.network}" if self.network is not None else "",
+                 f"cert_cn={self.cert_cn!r}" if self.cert_cn is not None else ""]
+        return " ".join(part for part in parts if part)
+
+
+def choose_profile(clients: Sequence[ClientRule], facts: ClientFacts,
+                   listener_profile: str) -> tuple[str, ClientRule | None]:
+    """The profile for a connection: the first matching entry's, else the listener's."""
+    for rule in clients:
+        if rule.matches(facts):
+            return rule.profile, rule
+    return listener_profile, None
+
+
+def shadowing_entries(earlier: Sequence[ClientRule], later: ClientRule) -> list[ClientRule]:
+    """The earlier entries that together match every client `later` matches (so it can never
+    be the first match), or [] when some client would reach it. One broader entry is enough;
+    address entries whose other conditions `later` implies can also cover it together."""
+    for rule in earlier:
+        if rule.covers(later):
+            return [rule]
+    if later.network is None and later.cert_cn is None:
+        return []  # a unix-peer entry: address entries never match unix peers
+    remaining: list[IPNetwork] = ([later.network] if later.network is not None
+                                  else [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")])
+    used = []
+    for rule in earlier:
+        if rule.network is None or not ClientRule(rule.index, rule.profile, rule.uid, rule.gid, None,
+                                                  rule.cert_cn).covers(later):
+            continue
+        left: list[IPNetwork] = []
+        for net in remaining:
+            if net.version != rule.network.version or not net.overlaps(rule.network):
+                left.append(net)
+            elif not net.subnet_of(rule.network):  # type: ignore[arg-type]
+                left.extend(net.address_exclude(rule.network))  # type: ignore[arg-type]
+        if left != remaining:
+            used.append(rule)
+        remaining = left
+        if not remaining:
+            return used
+    return []
+
+
+def load_client_rules(raw: Any, profiles: Iterable[str], fail: Any) -> tuple[ClientRule, ...]:
+    """Validate the `clients` list (see above). Raises PolicyError naming the JSON path."""
+    if not isinstance(raw, list):
+        raise fail("$.clients", "must be a list of {\"match\": {...}, \"profile\": NAME}")
+    known = set(profiles)
+    rules: list[ClientRule] = []
+    for index, entry in enumerate(raw):
+        where = f"$.clients[{index}]"
+        if not isinstance(entry, dict):
+            raise fail(where, "must be an object")
+        unknown = sorted(entry.keys() - {"match", "profile", "comment"})
+        if unknown:
+            raise fail(where, f"unknown key {unknown[0]!r}")
+        for key in ("match", "profile"):
+            if key not in entry:
+                raise fail(where, f"missing key {key!r}")
+        if not isinstance(entry.get("comment", ""), str):
+            raise fail(where + ".comment", "must be a string")
+        profile = entry["profile"]
+        if not isinstance(profile, str):
+            raise fail(where + ".profile", "must be the name of a profile")
+        if profile not in known:
+            raise fail(where + ".profile", f"no profile named {profile!r}")
+        match = entry["match"]
+        if not isinstance(match, dict):
+            raise fail(where + ".match", "must be an object")
+        unknown = sorted(match.keys() - {*UNIX_CONDITIONS, *TCP_CONDITIONS})
+        if unknown:
+            raise fail(where + ".match", f"unknown key {unknown[0]!r} (use uid, gid, address, cert_cn)")
+        if not match:
+            raise fail(where + ".match", "needs at least one of uid, gid, address, cert_cn")
+        if match.keys() & set(UNIX_CONDITIONS) and match.keys() & set(TCP_CONDITIONS):
+            raise fail(where + ".match", "uid/gid (unix socket peers) and address/cert_cn (TCP peers) never "
+                                         "hold for the same client: use two entries")
+        for key in UNIX_CONDITIONS:
+            value = match.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_ID:
+                raise fail(f"{where}.match.{key}", f"must be a number from 0 to {_MAX_ID}")
+        network = None
+        if "address" in match:
+            if not isinstance(match["address"], str):
+                raise fail(where + ".match.address", "must be an IPv4 or IPv6 address or CIDR network")
+            try:
+                network = ipaddress.ip_network(match["address"], strict=True)
+            except ValueError as exc:
+                raise fail(where + ".match.address", f"not an IPv4 or IPv6 address or CIDR network: {exc}") from None
+            if network.version == 6 and network.network_address.ipv4_mapped is not None:
+                raise fail(where + ".match.address", "write IPv4-mapped addresses as IPv4")
+        cert_cn = match.get("cert_cn")
+        if cert_cn is not None and (not isinstance(cert_cn, str) or not cert_cn):
+            raise fail(where + ".match.cert_cn", "must be a non-empty string")
+        rule = ClientRule(index, profile, match.get("uid"), match.get("gid"), network, cert_cn)
+        shadows = shadowing_entries(rules, rule)
+        if shadows:
+            names = " and ".join(f"$.{earlier.label}" for earlier in shadows)
+            raise fail(where, f"can never match: every client it matches is matched first by {names}")
+        rules.append(rule)
+    return tuple(rules)
+
+
 def describe_policy(policy: Policy) -> str:
     lines = [f"policy from {policy.source}"]
     for name, rules in policy.profiles.items():
@@ -724,6 +913,10 @@ def describe_policy(policy: Policy) -> str:
                     f"{k}={'*' if v is None else '|'.join(sorted(v))}" for k, v in rule.query.items()))
             flag = "  [dangerous read, acknowledged]" if rule.dangerous else ""
             lines.append(f"  {'|'.join(sorted(rule.methods)):<8} {rule.path}  ({query}){flag}")
+    if policy.clients:
+        lines.append("clients (first match wins; any other client gets its listener's profile):")
+        for client in policy.clients:
+            lines.append(f"  {client.label:<12} {client.describe()} -> profile {client.profile}")
     lines.append("never forwarded: any method but GET/HEAD, Upgrade, request bodies, "
                  + ", ".join(NEVER_FORWARDED))
     return "\n".join(lines)
@@ -1287,6 +1480,7 @@ class Exchange:
     close_after: bool = False
     transform: ResponseTransform | None = None
     rewriter: ResponseRewriter | None = None
+    client_rule: str | None = None  # the `clients` entry that chose facts.profile, if any
 
     @property
     def streaming(self) -> bool:
@@ -1467,6 +1661,7 @@ class OutputQueue:
 
 
 class ClientState(enum.Enum):
+    HANDSHAKE = "handshake"  # TLS listeners: the handshake is under way, no HTTP yet
     IDLE = "idle"  # between requests: waiting for the first byte of the next head
     HEAD = "head"  # part of a request head has arrived
     ACTIVE = "active"  # one request is being answered (forwarded, relayed or answered locally)
@@ -1479,6 +1674,7 @@ class ClientState(enum.Enum):
 
 _C = ClientState
 CLIENT_TRANSITIONS: Mapping[ClientState, frozenset[ClientState]] = {
+    _C.HANDSHAKE: frozenset({_C.IDLE, _C.HEAD, _C.DRAINING, _C.CLOSED}),
     _C.IDLE: frozenset({_C.HEAD, _C.ACTIVE, _C.DRAINING, _C.CLOSED}),
     _C.HEAD: frozenset({_C.ACTIVE, _C.DRAINING, _C.CLOSED}),
     _C.ACTIVE: frozenset({_C.IDLE, _C.HEAD, _C.DRAINING, _C.CLOSED}),
@@ -1488,19 +1684,20 @@ CLIENT_TRANSITIONS: Mapping[ClientState, frozenset[ClientState]] = {
 }
 
 
-def client_deadline(state: ClientState, entered: float, out: OutputQueue, streaming: bool,
-                    settings: Settings) -> tuple[float | None, bool]:
+def client_deadline(state: ClientState, entered: float, head_since: float, out: OutputQueue,
+                    streaming: bool, settings: Settings) -> tuple[float | None, bool]:
     """When a client's deadline falls, and whether it is the write-stall one. IDLE:
-    --idle-timeout after the last answer was delivered; HEAD: --head-timeout after the head
-    began; LINGERING: LINGER_SECONDS; in any open state, a finite answer queued but not moving
-    for --write-timeout (a stream pauses its source instead)."""
+    --idle-timeout after the last answer was delivered; HANDSHAKE and HEAD: --head-timeout
+    after the connection (TLS) or the head began; LINGERING: LINGER_SECONDS; in any open
+    state, a finite answer queued but not moving for --write-timeout (a stream pauses its
+    source instead)."""
     stall = None
     if out.buffer and state is not ClientState.CLOSED and not streaming:
         stall = out.last_progress + settings.write_timeout
     if state is ClientState.IDLE:
         own = None if out.buffer else max(entered, out.last_progress) + settings.idle_timeout
-    elif state is ClientState.HEAD:
-        own = entered + settings.head_timeout
+    elif state is ClientState.HEAD or state is ClientState.HANDSHAKE:
+        own = head_since + settings.head_timeout
     elif state is ClientState.LINGERING:
         own = entered + LINGER_SECONDS
     else:
@@ -1563,6 +1760,218 @@ class RequestReader:
         self.cycle_bytes = len(self.h11.trailing_data[0])  # pipelined bytes h11 already holds
 
 
+TLS_RECORD = 16384  # plaintext per TLS record: the unit TlsTransport.send encrypts and reports
+
+
+class TlsError(Exception):
+    """A TLS handshake failed; the message says why, in words."""
+
+
+_TLS_REASONS = {
+    "HTTP_REQUEST": "plain HTTP on a TLS listener",
+    "HTTPS_PROXY_REQUEST": "plain HTTP (a proxy CONNECT) on a TLS listener",
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "the client presented no certificate, and this listener "
+                                         "requires one signed by its tlscacert",
+    "UNSUPPORTED_PROTOCOL": "the client offered only TLS versions below 1.2",
+    "WRONG_VERSION_NUMBER": "the client does not speak TLS (or only a version below 1.2)",
+    "NO_SHARED_CIPHER": "no cipher suite in common with the client",
+    "NO_PROTOCOLS_AVAILABLE": "no TLS version in common with the client (1.2 at least)",
+}
+
+
+def tls_failure_reason(exc: Exception) -> str:
+    """Why a handshake failed, for the log line."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"client certificate rejected: {exc.verify_message}"
+    reason = getattr(exc, "reason", None) or ""
+    if reason in _TLS_REASONS:
+        return _TLS_REASONS[reason]
+    if reason.startswith(("TLSV1_ALERT_", "SSLV3_ALERT_", "TLSV13_ALERT_")):
+        return f"the client aborted the handshake ({reason.split('ALERT_', 1)[1].lower().replace('_', ' ')})"
+    return f"TLS handshake failed: {reason or exc}"
+
+
+def certificate_cn(certificate: Mapping[str, Any] | None) -> str | None:
+    """The subject's common name of a verified certificate; None when it has none or several
+    (ambiguous: no `cert_cn` entry should match it)."""
+    names = [value for rdn in (certificate or {}).get("subject", ()) for key, value in rdn if key == "commonName"]
+    return names[0] if len(names) == 1 else None
+
+
+class TlsState(enum.Enum):
+    HANDSHAKE = "handshake"
+    OPEN = "open"  # the handshake completed: plaintext moves both ways
+    CLOSING = "closing"  # our close_notify is queued: no plaintext goes out any more
+    FAILED = "failed"
+
+    __hash__ = object.__hash__
+
+
+_T = TlsState
+TLS_TRANSITIONS: Mapping[TlsState, frozenset[TlsState]] = {
+    _T.HANDSHAKE: frozenset({_T.OPEN, _T.FAILED}),
+    _T.OPEN: frozenset({_T.CLOSING, _T.FAILED}),
+    _T.CLOSING: frozenset({_T.FAILED}),
+    _T.FAILED: frozenset(),
+}
+
+
+class TlsTransport:
+    """TLS between one client's socket and its ClientConnection, in the loop and sans-I/O:
+    ciphertext moves between the socket and two ssl.MemoryBIOs here, and an ssl.SSLObject turns
+    it into plaintext and back, as h11 turns bytes into HTTP. recv() and send() keep the meaning
+    they have on a non-blocking socket (bytes, b"" at EOF, BlockingIOError when nothing can move
+    now, OSError when the client is gone), so the connection and its OutputQueue use a
+    TlsTransport where they would use the socket.
+
+    Rule 1: no plaintext moves before the handshake completed; handshake() moves it on, and
+            raises TlsError with the reason when it fails (after trying to send the alert).
+    Rule 2: send() reports plaintext as accepted only once the socket accepted all of the
+            ciphertext it became. Plaintext encrypted but not yet reported is the front of the
+            next offer (as with SSL_write's retry rule), so the OutputQueue's ledger means the
+            same on TLS as on a plain socket: a byte is delivered once its ciphertext was sent.
+    Rule 3: at most one record of ciphertext (plus handshake, ticket or alert bytes) waits for
+            the socket: nothing new is encrypted before it went.
+    Rule 4: decrypted plaintext, or read ciphertext, that the SSLObject still holds is reported
+            by `buffered`: the socket will not signal it again.
+    """
+
+    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+        self.sock = sock
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.tls = context.wrap_bio(self.incoming, self.outgoing, server_side=True)
+        self.state = TlsState.HANDSHAKE
+        self.ciphertext = bytearray()  # for the socket, not yet accepted by it
+        self.ahead = 0  # plaintext encrypted into self.ciphertext, not yet reported (Rule 2)
+        self.peer_closed = False
+        self.unread = False  # recv() stopped with bytes perhaps left in the SSLObject (Rule 4)
+        self.cert_cn: str | None = None
+        self.version: str | None = None
+
+    def enter(self, state: TlsState) -> None:
+        if state not in TLS_TRANSITIONS[self.state]:
+            raise illegal_transition(self.state, state)
+        self.state = state
+
+    def fail(self, exc: Exception) -> str:
+        self.enter(TlsState.FAILED)
+        with contextlib.suppress(OSError):
+            self.push()  # the alert that tells the client why, if its socket takes it now
+        return tls_failure_reason(exc)
+
+    def handshake(self) -> bool:
+        """Move the handshake on with what the socket has; True once it completed."""
+        while True:
+            try:
+                self.tls.do_handshake()
+            except ssl.SSLWantReadError:
+                self.push()
+                try:
+                    data = self.sock.recv(READ_CHUNK)
+                except BlockingIOError:
+                    return False
+                if not data:
+                    self.enter(TlsState.FAILED)
+                    raise TlsError("the client closed the connection during the handshake") from None
+                self.incoming.write(data)
+                continue
+            except ssl.SSLError as exc:
+                raise TlsError(self.fail(exc)) from None
+            self.enter(TlsState.OPEN)
+            self.cert_cn = certificate_cn(self.tls.getpeercert())
+            self.version = self.tls.version()
+            self.unread = bool(self.incoming.pending)  # request bytes sent with the handshake
+            self.push()  # the end of the handshake, and session tickets
+            return True
+
+    @property
+    def buffered(self) -> bool:
+        return self.unread and self.state is not TlsState.HANDSHAKE
+
+    def recv(self, size: int) -> bytes:
+        """Up to `size` bytes of plaintext; reads the socket at most once."""
+        out = bytearray()
+        pulled = False
+        while len(out) < size and not self.peer_closed:
+            try:
+                chunk = self.tls.read(size - len(out))
+                if chunk:
+                    out += chunk
+                    continue
+                self.peer_closed = True  # the client's close_notify (SSLObject reads it as b"")
+                break
+            except ssl.SSLWantReadError:
+                if out or pulled:
+                    break
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+                self.peer_closed = True  # close_notify, or the socket's EOF without it
+                break
+            except ssl.SSLError as exc:
+                if self.state is TlsState.CLOSING:  # only waiting for the client to close
+                    self.peer_closed = True
+                    break
+                raise ConnectionError(self.fail(exc)) from None
+            data = self.sock.recv(READ_CHUNK)  # BlockingIOError: nothing to read yet
+            pulled = True
+            if data:
+                self.incoming.write(data)
+            else:
+                self.incoming.write_eof()
+        self.unread = len(out) >= size  # it stopped for `size`, not for want of a record
+        if self.outgoing.pending:  # a read can produce bytes to send (a key update)
+            self.push()
+        if out or self.peer_closed:
+            return bytes(out)
+        raise BlockingIOError(errno.EAGAIN, "no complete TLS record yet")
+
+    def send(self, data: bytes | bytearray) -> int:
+        """How many bytes at the front of `data` are delivered (Rule 2); offer the same front
+        again after a short count."""
+        if self.state is not TlsState.OPEN:
+            raise BrokenPipeError(errno.EPIPE, "TLS connection closing")
+        assert len(data) >= self.ahead, "a TLS send must offer again what it was offered"
+        self.push()
+        if self.ciphertext:
+            return 0
+        reported, self.ahead = self.ahead, 0
+        while reported < len(data):
+            record = data[reported:reported + TLS_RECORD]
+            try:
+                self.tls.write(record)
+            except ssl.SSLError as exc:
+                raise ConnectionError(self.fail(exc)) from None
+            self.push()
+            if self.ciphertext:
+                self.ahead = len(record)
+                break
+            reported += len(record)
+        return reported
+
+    def push(self) -> None:
+        """Move ciphertext to the socket as far as it takes it (OSError: the client is gone)."""
+        if self.outgoing.pending:
+            self.ciphertext += self.outgoing.read()
+        while self.ciphertext:
+            try:
+                sent = self.sock.send(self.ciphertext)
+            except BlockingIOError:
+                return
+            del self.ciphertext[:sent]
+
+    def close_write(self) -> bool:
+        """close_notify, then FIN once every byte of ciphertext went; True when done."""
+        if self.state is TlsState.OPEN:
+            self.enter(TlsState.CLOSING)
+            with contextlib.suppress(ssl.SSLError):
+                self.tls.unwrap()  # queues close_notify; the client's own is not awaited
+        self.push()
+        if self.ciphertext:
+            return False
+        self.sock.shutdown(socket.SHUT_WR)
+        return True
+
+
 class ClientConnection:
     """The server side of one client connection.
 
@@ -1578,11 +1987,19 @@ class ClientConnection:
             last byte is delivered or the connection closes, with the body bytes delivered.
     Rule 5: a finite answer stalled longer than --write-timeout aborts the client; a stream
             never times out on writes (it pauses its source instead).
+    Rule 6: on a TLS listener all bytes go through its TlsTransport (`wire`), and the TLS
+            handshake counts against the head deadline: it must complete within --head-timeout
+            of the accept, and a request whose bytes came with it continues that deadline. A
+            failed handshake is reported to the owner (handshake_failed) and the connection
+            closed: no HTTP is ever read from it.
     """
 
     def __init__(self, sock: socket.socket, loop: Loop, owner: Any, settings: Settings,
-                 listener: Endpoint, peer: str, identity: str, rejection: str | None = None) -> None:
+                 listener: Endpoint, peer: str, identity: str, rejection: str | None = None,
+                 facts: ClientFacts = ClientFacts(), tls: TlsTransport | None = None) -> None:
         self.sock = sock
+        self.tls = tls
+        self.wire: Any = tls if tls is not None else sock  # what recv() and send() go through
         self.loop = loop
         self.owner = owner  # on_request(client, request), exchange_done(exchange), client_closed(client)
         self.settings = settings
@@ -1590,12 +2007,15 @@ class ClientConnection:
         self.peer = peer
         self.identity = identity  # whom per-client limits count against
         self.rejection = rejection  # over a connection cap: every request gets this 503
+        self.facts = facts  # who the peer is, for the `clients` entries of rules.json
+        self.profile = listener.profile  # the owner assigns it (choose_profile), per connection
+        self.client_rule: ClientRule | None = None  # ... and the entry that chose it
         self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_head_bytes)
         self.reader = RequestReader(self.h11, settings.max_head_bytes)
         self.out = OutputQueue(loop.clock)
         self.exchange: Exchange | None = None
-        self.state = ClientState.IDLE
-        self.entered = loop.clock()
+        self.state = ClientState.IDLE if tls is None else ClientState.HANDSHAKE
+        self.entered = self.head_since = loop.clock()
         self.head_size = 0  # raw size of the last request head
         self.mask = 0  # the events the loop watches for
         self.refusals_in_a_row = 0
@@ -1607,8 +2027,10 @@ class ClientConnection:
         """The one place a client changes state (and so its deadline)."""
         if state not in CLIENT_TRANSITIONS[self.state]:
             raise illegal_transition(self.state, state)
-        self.state = state
+        old, self.state = self.state, state
         self.entered = self.loop.clock()
+        if state is ClientState.HEAD and old is not ClientState.HANDSHAKE:
+            self.head_since = self.entered  # (Rule 6) after a handshake, the head goes on from it
         self.rearm()
 
     def rearm(self) -> None:
@@ -1616,7 +2038,7 @@ class ClientConnection:
 
     def deadline(self) -> tuple[float | None, bool]:
         streaming = self.exchange is not None and self.exchange.streaming
-        return client_deadline(self.state, self.entered, self.out, streaming, self.settings)
+        return client_deadline(self.state, self.entered, self.head_since, self.out, streaming, self.settings)
 
     def on_deadline(self, now: float) -> None:
         when, stalled = self.deadline()
@@ -1626,6 +2048,9 @@ class ClientConnection:
             self.loop.set_deadline(self, when)  # progress since it was set: not yet
         elif stalled:
             self.abort("client stopped reading the response")
+        elif self.state is ClientState.HANDSHAKE:
+            self.handshake_failed(f"TLS handshake not completed within --head-timeout "
+                                  f"{self.settings.head_timeout:g}s")
         elif self.state is ClientState.HEAD:
             self.refuse(Refusal(408, "request head not received in time", close=True))
         elif self.state is ClientState.IDLE:
@@ -1636,12 +2061,42 @@ class ClientConnection:
     # ---- reading and parsing -------------------------------------------------------------------
 
     def on_io(self, mask: int) -> None:
+        if self.state is ClientState.HANDSHAKE:
+            self.handshake()
+            return
         if mask & selectors.EVENT_WRITE:
             self.flush()
         if self.state is ClientState.CLOSED or not mask & selectors.EVENT_READ:
             return
+        self.read()
+
+    def handshake(self) -> None:
         try:
-            data = self.sock.recv(READ_CHUNK)
+            done = self.tls.handshake()  # type: ignore[union-attr]
+        except TlsError as exc:
+            self.handshake_failed(str(exc))
+            return
+        except OSError:
+            self.handshake_failed("the client went away during the TLS handshake")
+            return
+        if not done:
+            self.update_interest()
+            return
+        self.owner.client_identified(self)  # its certificate may choose its profile
+        if self.tls.buffered:  # type: ignore[union-attr]
+            self.enter(ClientState.HEAD)  # request bytes came with the handshake (Rule 6)
+            self.read()
+        else:
+            self.enter(ClientState.IDLE)
+            self.update_interest()
+
+    def handshake_failed(self, reason: str) -> None:
+        self.owner.handshake_failed(self, reason)
+        self.finish_close(rst=False, reason=reason)
+
+    def read(self) -> None:
+        try:
+            data = self.wire.recv(READ_CHUNK)
         except BlockingIOError:
             return
         except OSError:
@@ -1674,8 +2129,11 @@ class ClientConnection:
         self.loop.turns[self] = None  # Loop.soon, inlined: this is the hottest call there is
 
     def on_turn(self) -> None:
-        if self.out.buffer:
+        if self.out.buffer or (self.tls is not None and self.tls.ciphertext):
             self.flush()
+        if (self.tls is not None and self.tls.buffered and self.reader.wants_more
+                and self.state is not ClientState.CLOSED):
+            self.read()  # (TlsTransport Rule 4) the socket will not tell us again
         if self.exchange is None and self.state in (ClientState.IDLE, ClientState.HEAD):
             self.parse()
 
@@ -1705,8 +2163,9 @@ class ClientConnection:
 
     def begin(self, request: h11.Request) -> None:
         facts = RequestFacts(request.method.decode("latin-1"), request.target, list(request.headers),
-                             self.listener.kind, self.listener.profile, request.http_version)
-        self.exchange = Exchange(self, facts, self.loop.clock())
+                             self.listener.kind, self.profile, request.http_version)
+        self.exchange = Exchange(self, facts, self.loop.clock(),
+                                 client_rule=self.client_rule.label if self.client_rule else None)
         self.enter(ClientState.ACTIVE)
         if self.h11.their_state is h11.SEND_BODY and not _declares_body(facts.headers):
             self.h11.next_event()  # the EndOfMessage of a body-less request, already framed
@@ -1722,8 +2181,8 @@ class ClientConnection:
         """Answer locally with a Docker-style JSON error."""
         exchange = self.exchange
         if exchange is None:  # the request head never parsed: log what we know
-            exchange = Exchange(self, RequestFacts("-", b"", [], self.listener.kind, self.listener.profile),
-                                self.loop.clock())
+            exchange = Exchange(self, RequestFacts("-", b"", [], self.listener.kind, self.profile),
+                                self.loop.clock(), client_rule=self.client_rule.label if self.client_rule else None)
             self.exchange = exchange
             if self.state is ClientState.IDLE:
                 self.enter(ClientState.HEAD)
@@ -1760,15 +2219,26 @@ class ClientConnection:
         if self.state is ClientState.CLOSED:
             return
         try:
-            done = self.out.send(self.sock)
+            if self.tls is not None:
+                self.tls.push()  # handshake, ticket or alert bytes first
+            done = self.out.send(self.wire)
         except OSError:
             self.abort("client went away")
             return
         for exchange in done:
             self.owner.exchange_done(exchange)
         if self.state is ClientState.DRAINING and not self.out.buffer:
-            with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_WR)
+            if self.tls is not None:
+                try:
+                    closed = self.tls.close_write()
+                except OSError:
+                    closed = True
+                if not closed:  # close_notify still waits for the socket
+                    self.update_interest()
+                    return
+            else:
+                with contextlib.suppress(OSError):
+                    self.sock.shutdown(socket.SHUT_WR)
             if self.reader.eof:
                 self.finish_close(rst=False, reason=None)
                 return
@@ -1785,6 +2255,11 @@ class ClientConnection:
         if self.state is ClientState.CLOSED:
             return
         mask = selectors.EVENT_WRITE if self.out.buffer else 0
+        if self.tls is not None:
+            if self.tls.ciphertext:
+                mask = selectors.EVENT_WRITE
+            if self.reader.wants_more and self.tls.buffered:
+                self.loop.soon(self)  # read in a turn: what the SSLObject holds never polls ready
         if self.reader.wants_more:
             mask |= selectors.EVENT_READ  # a full pipelining backlog stops reading this client
         if mask != self.mask:
@@ -2645,6 +3120,7 @@ class Proxy:
         self.signals: SignalPipe | None = None
         self.stopping = False
         self.grace_timer = Timer(self.grace_over)
+        self.tls_contexts: dict[str, ssl.SSLContext] = {}  # listener URL -> the context new connections get
 
     # ---- set-up and the loop -------------------------------------------------------------------
 
@@ -2652,6 +3128,11 @@ class Proxy:
         for endpoint in self.settings.listeners:
             if endpoint.profile not in self.policy.profiles:
                 raise UsageError(f"{endpoint.url}: no profile {endpoint.profile!r} in {self.policy.source}")
+            if endpoint.tls:
+                try:
+                    self.tls_contexts[endpoint.url] = tls_server_context(endpoint)
+                except TlsConfigError as exc:
+                    raise UsageError(f"{endpoint.url}: {exc}") from None
             sock = bind_unix(endpoint) if endpoint.kind == "unix" else bind_tcp(endpoint)
             self.listeners.append(Listener(sock, endpoint, self.loop, self.accept))
         self.signals = SignalPipe(self.loop, self.on_signal)
@@ -2701,7 +3182,25 @@ class Proxy:
             self.begin_shutdown(signal.Signals(signum).name)
 
     def reload(self) -> None:
-        """SIGHUP: swap in the new rules only if they are valid; otherwise keep the old ones."""
+        """SIGHUP: swap in the new rules and certificates, each only if valid; otherwise keep
+        the old ones."""
+        self.reload_rules()
+        self.reload_certificates()
+
+    def reload_certificates(self) -> None:
+        """New connections get the new context; open ones keep theirs."""
+        for url in self.tls_contexts:
+            endpoint = next(l.endpoint for l in self.listeners if l.endpoint.url == url)
+            try:
+                self.tls_contexts[url] = tls_server_context(endpoint)
+            except TlsConfigError as exc:
+                self.log("error", "tls_reload_failed", listener=url, error=str(exc),
+                         kept="the certificates loaded before")
+                continue
+            self.log("info", "tls_reload", listener=url, tlscert=endpoint.tlscert,
+                     tlscacert=endpoint.tlscacert)
+
+    def reload_rules(self) -> None:
         if self.settings.dropin:
             self.log("info", "reload", rules=self.policy.source, kept=self.policy.source,
                      note="the policy comes from environment variables, which cannot change")
@@ -2716,7 +3215,10 @@ class Proxy:
             self.log("error", "reload_failed", error=str(exc), kept=self.policy.source)
             return
         self.policy = policy
-        self.log("info", "reload", rules=policy.source, profiles=sorted(policy.profiles))
+        for client in self.clients:
+            self.assign_profile(client)
+        self.log("info", "reload", rules=policy.source, profiles=sorted(policy.profiles),
+                 clients=len(policy.clients))
 
     def begin_shutdown(self, why: str) -> None:
         self.stopping = True
@@ -2741,15 +3243,42 @@ class Proxy:
 
     def accept(self, sock: socket.socket, endpoint: Endpoint, address: Any) -> None:
         if endpoint.kind == "unix":
-            pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            pid, uid, gid = struct.unpack("iII", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
             peer, identity = f"uid={uid} gid={gid} pid={pid}", f"uid={uid}"
+            facts = ClientFacts(uid=uid, gid=gid)
         else:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
             identity = address[0]
-        self.admit(sock, endpoint, peer, identity)
+            facts = ClientFacts(address=peer_address(address[0]))
+        context = self.tls_contexts.get(endpoint.url)
+        tls = TlsTransport(sock, context) if context is not None else None
+        self.admit(sock, endpoint, peer, identity, facts, tls)
 
-    def admit(self, sock: socket.socket, endpoint: Endpoint, peer: str, identity: str) -> ClientConnection:
+    def client_identified(self, client: ClientConnection) -> None:
+        """A TLS handshake completed: a verified certificate's CN may choose the profile."""
+        tls = client.tls
+        assert tls is not None
+        if tls.cert_cn is not None:
+            client.facts = ClientFacts(address=client.facts.address, cert_cn=tls.cert_cn)
+            client.peer = f"{client.peer} cn={tls.cert_cn}"
+        self.assign_profile(client)
+        self.log("debug", "tls_established", listener=client.listener.url, client=client.peer,
+                 version=tls.version, profile=client.profile,
+                 client_rule=client.client_rule.label if client.client_rule else None)
+
+    def handshake_failed(self, client: ClientConnection, reason: str) -> None:
+        self.log("warning", "tls_handshake_failed", listener=client.listener.url, client=client.peer,
+                 reason=reason)
+
+    def assign_profile(self, client: ClientConnection) -> None:
+        """Per connection: at accept, once a TLS handshake named the client, and on every
+        reload (an open connection's next request is decided under the new mapping)."""
+        client.profile, client.client_rule = choose_profile(self.policy.clients, client.facts,
+                                                            client.listener.profile)
+
+    def admit(self, sock: socket.socket, endpoint: Endpoint, peer: str, identity: str,
+              facts: ClientFacts = ClientFacts(), tls: TlsTransport | None = None) -> ClientConnection:
         """A new client connection, served or (over a cap) answered with a 503."""
         settings, count = self.settings, self.connections_per_client.get(identity, 0)
         rejection = None
@@ -2758,7 +3287,8 @@ class Proxy:
                          f"(--max-connections-per-client {settings.max_connections_per_client})")
         elif self.served >= settings.max_connections:
             rejection = f"porthole has {self.served} connections open (--max-connections {settings.max_connections})"
-        client = ClientConnection(sock, self.loop, self, settings, endpoint, peer, identity, rejection)
+        client = ClientConnection(sock, self.loop, self, settings, endpoint, peer, identity, rejection, facts, tls)
+        self.assign_profile(client)
         self.clients.add(client)
         if rejection is None:  # the rejected are bounded by REJECT_SLACK, not counted
             self.served += 1
@@ -2825,6 +3355,7 @@ class Proxy:
             self.log("info", "request", listener=client.listener.url, client=client.peer,
                      method=facts.method, target=facts.target.decode("latin-1"),
                      path=decision.target.forward_form_text if decision else None,
+                     profile=facts.profile, client_rule=exchange.client_rule,
                      decision=exchange.outcome, rule=decision.rule.label if decision else None,
                      reason=exchange.reason, status=exchange.status, bytes=exchange.delivered,
                      duration_ms=round((self.loop.clock() - exchange.started) * 1000, 3))
@@ -2836,6 +3367,37 @@ def _decrement(counts: dict[str, int], key: str) -> None:
         counts[key] = count
     else:
         counts.pop(key, None)
+
+
+class TlsConfigError(Exception):
+    """A TLS listener's certificate, key or CA file cannot be used; the message says which and why."""
+
+
+def tls_server_context(endpoint: Endpoint) -> ssl.SSLContext:
+    """The TLS context of a listener, its files read now: TLS 1.2 at least, HTTP/1.1 only, and
+    with tlscacert a client certificate signed by it is required (CERT_REQUIRED)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_RENEGOTIATION | ssl.OP_NO_COMPRESSION
+    context.set_alpn_protocols(["http/1.1"])
+    try:  # (ssl.SSLError is an OSError: it comes first)
+        context.load_cert_chain(endpoint.tlscert, endpoint.tlskey)  # type: ignore[arg-type]
+    except ssl.SSLError as exc:
+        raise TlsConfigError(f"tlscert {endpoint.tlscert} and tlskey {endpoint.tlskey} are not a "
+                             f"PEM certificate and its matching key: {exc}") from None
+    except OSError as exc:
+        raise TlsConfigError(f"cannot read {exc.filename or endpoint.tlscert}: {exc.strerror or exc}") from None
+    if endpoint.tlscacert is not None:
+        try:
+            context.load_verify_locations(cafile=endpoint.tlscacert)
+        except ssl.SSLError as exc:
+            raise TlsConfigError(f"tlscacert {endpoint.tlscacert} holds no usable PEM certificate: {exc}") from None
+        except OSError as exc:
+            raise TlsConfigError(f"cannot read {endpoint.tlscacert}: {exc.strerror or exc}") from None
+        if not context.get_ca_certs():
+            raise TlsConfigError(f"tlscacert {endpoint.tlscacert} holds no CA certificate")
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
 
 
 def bind_tcp(endpoint: Endpoint) -> socket.socket:
@@ -2897,6 +3459,19 @@ def bind_unix(endpoint: Endpoint) -> socket.socket:
 # 6. Entry point
 # --------------------------------------------------------------------------------------------
 
+def healthcheck_tls(endpoint: Endpoint) -> ssl.SSLContext:
+    """TLS to our own listener: its certificate is not checked (we found the listener ourselves);
+    on a mutual-TLS listener we present the listener's own certificate, which works when
+    tlscacert signed it for client use too; otherwise probe another listener."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    if endpoint.tlscacert is not None:
+        with contextlib.suppress(OSError, ssl.SSLError):
+            context.load_cert_chain(endpoint.tlscert, endpoint.tlskey)  # type: ignore[arg-type]
+    return context
+
+
 def healthcheck(settings: Settings) -> int:
     """GET /_ping through our own first listener: proves listener, policy and daemon all work."""
     endpoint = settings.listeners[0]
@@ -2915,9 +3490,10 @@ def healthcheck(settings: Settings) -> int:
     conn = h11.Connection(h11.CLIENT)
     status = 0
     try:
-        with socket.socket(endpoint.family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
-            sock.connect(address)
+        with socket.socket(endpoint.family, socket.SOCK_STREAM) as plain:
+            plain.settimeout(5)
+            plain.connect(address)
+            sock = healthcheck_tls(endpoint).wrap_socket(plain) if endpoint.tls else plain
             sock.sendall(conn.send(h11.Request(method="GET", target="/_ping",
                                                headers=[("Host", host), ("Connection", "close")])))
             sock.sendall(conn.send(h11.EndOfMessage()))

@@ -14,6 +14,8 @@ wait_until(pred, timeout, interval=0.05) -> bool
 wait_for_item(queue, pred, timeout, what) -> item   next matching item a reader thread queued
 unix_listen_url(filename="p.sock", query="mode=0660") -> (url, path)   listener in a 0777 dir
 can_connect(address, timeout=0.5) -> bool   address: anything fake_upstream.connect takes
+connect_as(path, uid, gid) -> socket    a unix connection made by a child running as uid/gid
+connect_from(source_ip, (host, port)) -> socket   a TCP connection from a chosen loopback address
 kill_group(popen)                       SIGKILL a start_new_session child's process group
 rss_bytes(pid) -> int                   VmRSS of a process
 require_docker_env()                    skip (or fail when CI=true) if no private dockerd can run
@@ -164,6 +166,52 @@ def can_connect(address, timeout: float = 0.5) -> bool:
         return True
     except OSError:
         return False
+
+
+def connect_as(path: str, uid: int, gid: int, timeout: float = 5.0) -> socket.socket:
+    """A connection to the unix socket `path` made by a forked child running as uid/gid (no
+    supplementary groups), handed back to us: the server's SO_PEERCRED names uid/gid, and the
+    test goes on using the connection (e.g. with fake_upstream.HttpClient)."""
+    ours, theirs = socket.socketpair()
+    pid = os.fork()
+    if pid == 0:  # the child: only system calls, then _exit
+        code = 1
+        try:
+            ours.close()
+            os.setgroups([])
+            os.setresgid(gid, gid, gid)
+            os.setresuid(uid, uid, uid)
+            conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            conn.connect(path)
+            socket.send_fds(theirs, [b"c"], [conn.fileno()])
+            code = 0
+        finally:
+            os._exit(code)
+    theirs.close()
+    try:
+        ours.settimeout(timeout)
+        _, fds, _, _ = socket.recv_fds(ours, 1, 1)
+    finally:
+        ours.close()
+        os.waitpid(pid, 0)
+    assert fds, "the child running as uid %d gid %d could not connect to %s" % (uid, gid, path)
+    conn = socket.socket(fileno=fds[0])
+    conn.settimeout(timeout)
+    return conn
+
+
+def connect_from(source_ip: str, address, timeout: float = 5.0) -> socket.socket:
+    """A TCP connection to `address` whose source is `source_ip` (any 127.0.0.0/8 address works
+    on Linux loopback), for tests of address-based rules."""
+    conn = socket.socket(socket.AF_INET6 if ":" in source_ip else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        conn.settimeout(timeout)
+        conn.bind((source_ip, 0))
+        conn.connect(address)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
 
 
 def kill_group(proc: subprocess.Popen) -> None:

@@ -221,3 +221,26 @@ def test_reproducible_build(porthole_binary):
         assert (copy / "dist" / "porthole.sha256").read_text().split()[0] == digest
     assert digests[0] == digests[1], "builds differ: %s\n%s" % (
         dict(zip(map(str, copies), digests)), "\n".join(_tail(o, 1500) for o in outputs))
+
+
+@pytest.mark.docker
+def test_mutual_tls_listener(porthole_binary, dockerd, busybox_image, containers):
+    """The frozen binary carries ssl: the docker CLI reads through a mutual-TLS listener, and a
+    client without a certificate is refused."""
+    import tls_certs
+
+    pki = tls_certs.make_pki(support.short_tmpdir("ph-pki-"))
+    name = "ph-bin-tls-%d" % os.getpid()
+    containers(busybox_image, name=name, start=False)
+    port = support.free_port()
+    p = support.ProxyProcess(listen=[pki.listen_url(port)], upstream=dockerd.url, groups=[SOCK_GID],
+                             proxy_path=porthole_binary, rules=False)
+    tls = ["--tlsverify", "--tlscacert", str(pki.ca)]
+    cert = ["--tlscert", str(pki.clients["other"].cert), "--tlskey", str(pki.clients["other"].key)]
+    with p.running(ready_timeout=20):
+        host = "tcp://127.0.0.1:%d" % port
+        ps = support.docker_cli(host, *tls, *cert, "ps", "-a", "--format", "{{.Names}}", check=True)
+        assert name in ps.stdout.split()
+        assert support.docker_cli(host, *tls, "ps").returncode != 0
+        assert p.wait_for_log(lambda l: l.get("event") == "tls_handshake_failed"
+                              and "no certificate" in l.get("reason", ""))
