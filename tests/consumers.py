@@ -94,6 +94,15 @@ def _filters_shape(value: str) -> str:
     return ",".join(parts) or "empty"
 
 
+def was_refused(line: dict) -> bool:
+    """Denied, or answered with an error status. A stream that was allowed (status 2xx) and
+    ended because the consumer went away is not a refusal."""
+    if line.get("decision") == "allow":
+        return False
+    status = line.get("status")
+    return line.get("decision") == "deny" or not isinstance(status, int) or status >= 400
+
+
 def summarize(line: dict) -> dict:
     """One request log line reduced to what a preset has to match."""
     target = urlsplit(line["target"])
@@ -107,13 +116,13 @@ def summarize(line: dict) -> dict:
         "versioned": versioned,
         "path": template or ("/" + "/".join(segments[2 if versioned else 1:])),
         "query": sorted({k for k, _ in query}),
-        "decision": line.get("decision"),
+        "decision": "refused" if was_refused(line) else "allow",
     }
     filters = [v for k, v in query if k == "filters"]
     if filters:
         summary["filters"] = _filters_shape(filters[0])
-    if line.get("decision") != "allow":
-        summary["reason"] = line.get("reason")
+    if was_refused(line):
+        summary["reason"] = "%s %s: %s" % (line.get("decision"), line.get("status"), line.get("reason"))
     return summary
 
 
@@ -129,9 +138,17 @@ def recorded(proxy) -> list[dict]:
     return out
 
 
+def stop_and_record(proxy) -> list[dict]:
+    """Stop the proxy (SIGTERM: open streams end and get their request log lines; it must
+    exit 0), then return what it recorded."""
+    problems = proxy.stop_problems()
+    assert not problems, "\n\n".join(problems)
+    return recorded(proxy)
+
+
 def refusals(proxy) -> list[dict]:
     """Request log lines the proxy did not allow (denied or answered with an error)."""
-    return [l for l in proxy.requests_logged() if l.get("decision") != "allow"]
+    return [l for l in proxy.requests_logged() if was_refused(l)]
 
 
 def report(consumer: str, calls: list[dict], record_property=None) -> None:
@@ -153,7 +170,7 @@ def format_call(call: dict) -> str:
     if "filters" in call:
         text += " filters={%s}" % call["filters"]
     if call["decision"] != "allow":
-        text += "  [%s: %s]" % (call["decision"], call.get("reason"))
+        text += "  [refused: %s]" % call.get("reason")
     return text
 
 

@@ -100,7 +100,7 @@ def test_prometheus_docker_sd_record(proxy_factory, labelled_containers, tmp_pat
     proxy = proxy_factory(listen=[url], rules=consumers.record_rules_file())
     found = run_prometheus(docker_host, run, names, tmp_path)
     assert set(names) <= found, "targets API lists %s, want %s" % (sorted(found), names)
-    calls = consumers.recorded(proxy)
+    calls = consumers.stop_and_record(proxy)
     consumers.report("prometheus docker_sd", calls, record_property)
     consumers.assert_all_allowed(proxy, "prometheus")
     consumers.assert_sent(calls, "GET", "/containers/json")
