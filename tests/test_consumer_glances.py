@@ -22,7 +22,7 @@ import support
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(120)]
 
-GLANCES = Path(os.environ.get("PH_GLANCES") or Path(sys.executable).parent / "glances")
+GLANCES = Path(sys.executable).parent / "glances"  # installed into the test venv (requirements-dev)
 # A little CPU every half second, so the CPU figure of a working stats stream is above 0.
 BUSY = ["sh", "-c", "while true; do i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; sleep 0.5; done"]
 CONFIG = """\
