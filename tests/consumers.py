@@ -138,16 +138,24 @@ def recorded(proxy) -> list[dict]:
     return out
 
 
+def stop(proxy) -> None:
+    """Stop the proxy if it runs (SIGTERM: it must exit 0). Afterwards its log is complete:
+    every request, open streams included, has its request line."""
+    if proxy.alive():
+        problems = proxy.stop_problems()
+        assert not problems, "\n\n".join(problems)
+
+
 def stop_and_record(proxy) -> list[dict]:
-    """Stop the proxy (SIGTERM: open streams end and get their request log lines; it must
-    exit 0), then return what it recorded."""
-    problems = proxy.stop_problems()
-    assert not problems, "\n\n".join(problems)
+    """stop() the proxy, then return what it recorded."""
+    stop(proxy)
     return recorded(proxy)
 
 
 def refusals(proxy) -> list[dict]:
-    """Request log lines the proxy did not allow (denied or answered with an error)."""
+    """Request log lines the proxy did not allow (denied or answered with an error); stops
+    the proxy first, so that no line is missing."""
+    stop(proxy)
     return [l for l in proxy.requests_logged() if was_refused(l)]
 
 
