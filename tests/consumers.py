@@ -78,6 +78,12 @@ def tcp_listener(profile: str) -> tuple[str, str]:
     return "tcp://127.0.0.1:%d?profile=%s" % (port, profile), "tcp://127.0.0.1:%d" % port
 
 
+# Query keys whose values are flags worth recording (a preset may list the exact values);
+# the values of other keys (filters, since, until, ...) change with every run.
+_FLAG_KEYS = {"all", "stream", "one-shot", "size", "limit", "trunc_cmd", "only_ids", "digests",
+              "follow", "stdout", "stderr", "timestamps", "tail", "verbose"}
+
+
 def _filters_shape(value: str) -> str:
     """`label:map,status:list` for a filters JSON value: which keys, which of the two shapes
     (Go SDK map `{"k":{"v":true}}`, dockerode/bollard list `{"k":["v"]}`)."""
@@ -115,7 +121,7 @@ def summarize(line: dict) -> dict:
         "method": line["method"],
         "versioned": versioned,
         "path": template or ("/" + "/".join(segments[2 if versioned else 1:])),
-        "query": sorted({k for k, _ in query}),
+        "query": sorted({k + "=" + v if k in _FLAG_KEYS else k for k, v in query}),
         "decision": "refused" if was_refused(line) else "allow",
     }
     filters = [v for k, v in query if k == "filters"]
