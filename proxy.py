@@ -512,6 +512,7 @@ DANGEROUS_READS = {
     "/libpod/containers/{name*}/archive": "archive reads files out of the container",
     "/libpod/containers/{name*}/logs": "logs can hold secrets the workload printed",
     "/libpod/containers/{name*}/top": "process command lines can hold secrets",
+    "/libpod/containers/{name*}/changes": "changes lists every path the container wrote or deleted",
     "/libpod/pods/{name*}/top": "process command lines can hold secrets",
     "/libpod/images/export": "images/export dumps whole images",
     "/libpod/images/{name*}/get": "images/get dumps whole images",
@@ -520,6 +521,8 @@ DANGEROUS_READS = {
     "/libpod/secrets/{name*}/json": "secret inspect returns the secret's data with showsecret=true",
     "/libpod/volumes/{name*}/export": "volume export streams the volume's content",
 }
+
+
 class TemplateIndex:
     """(template, payload) pairs grouped by first path segment, order kept: a request is
     matched against the few templates that can match it rather than against all of them."""

@@ -148,6 +148,9 @@ CONSUMERS = {
         req("/services/{id}", insertDefaults="true"), req("/tasks", filters=F(service=["web"])), req("/tasks/{id}"),
         req("/nodes"), req("/nodes", filters=F(role=["manager"])), req("/nodes/{id}"),
         req("/secrets"), req("/secrets", filters=F(name=["db"])), req("/secrets/{id}"),
+        # the Python SDK (docker-py): containers.list(), images.list()
+        req("/containers/json", all="1", limit="-1", size="0", trunc_cmd="0"),
+        req("/images/json", all="0", only_ids="0"),
     ],
 }
 PRESETS = list(CONSUMERS)
@@ -279,6 +282,15 @@ DANGEROUS_SAMPLES = {
     "/configs": "/configs", "/configs/{id*}": "/configs/c1", "/exec/{id*}/json": "/exec/e1/json",
     "/distribution/{name*}/json": "/distribution/busybox/json", "/images/search": "/images/search?term=x",
     "/plugins/privileges": "/plugins/privileges?remote=x",
+    "/libpod/containers/{name*}/export": "/libpod/containers/c1/export",
+    "/libpod/containers/{name*}/archive": "/libpod/containers/c1/archive?path=/",
+    "/libpod/containers/{name*}/logs": "/libpod/containers/c1/logs?stdout=true",
+    "/libpod/containers/{name*}/top": "/libpod/containers/c1/top",
+    "/libpod/containers/{name*}/changes": "/libpod/containers/c1/changes",
+    "/libpod/pods/{name*}/top": "/libpod/pods/p1/top", "/libpod/images/export": "/libpod/images/export?references=x",
+    "/libpod/images/{name*}/get": "/libpod/images/busybox/get", "/libpod/images/search": "/libpod/images/search?term=x",
+    "/libpod/exec/{id*}/json": "/libpod/exec/e1/json", "/libpod/secrets/{name*}/json": "/libpod/secrets/s1/json",
+    "/libpod/volumes/{name*}/export": "/libpod/volumes/v1/export",
 }
 
 
