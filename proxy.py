@@ -1384,6 +1384,7 @@ class Loop:
         self.wanted: dict[Any, float] = {}  # part -> when it wants its deadline
         self.scheduled: dict[Any, tuple[float, int]] = {}  # part -> its live heap entry
         self.turns: dict[Any, None] = {}  # an ordered set
+        self.passes = 0  # run_once calls so far: per-pass budgets reset when it moves
         self.sequence = itertools.count()
 
     def watch(self, sock: socket.socket, mask: int, part: Any) -> None:
@@ -1438,6 +1439,7 @@ class Loop:
         if self.heap:
             timeout = min(timeout, max(0.0, self.heap[0][0] - self.clock()))
         events = self.selector.select(timeout)
+        self.passes += 1
         for key, mask in events:
             self.guard(key.data, key.data.on_io, mask)
         turns, self.turns = self.turns, {}
@@ -2021,6 +2023,7 @@ class ClientConnection:
         self.entered = self.head_since = loop.clock()
         self.head_size = 0  # raw size of the last request head
         self.mask = 0  # the events the loop watches for
+        self.budget_pass, self.budget = -1, 0  # requests this pass may still parse (Rule 3)
         self.refusals_in_a_row = 0
         self.rearm()
 
@@ -2123,8 +2126,9 @@ class ClientConnection:
             self.enter(ClientState.HEAD)
         self.reader.add(data)
         if self.exchange is None:
-            self.wake()  # parsed in this pass's turns: at most REQUESTS_PER_TURN a pass
-        self.update_interest()
+            self.parse()  # at most REQUESTS_PER_TURN a pass, turns included
+        else:
+            self.update_interest()
 
     def wake(self) -> None:
         """Something was queued or may be parsed: one turn later in this pass sends it all with
@@ -2141,8 +2145,13 @@ class ClientConnection:
             self.parse()
 
     def parse(self) -> None:
-        for _ in range(REQUESTS_PER_TURN):
+        if self.budget_pass != self.loop.passes:  # a new pass: a new budget (Rule 3)
+            self.budget_pass, self.budget = self.loop.passes, REQUESTS_PER_TURN
+        while True:
             if self.exchange is not None or self.state not in (ClientState.IDLE, ClientState.HEAD):
+                break
+            if not self.budget:
+                self.loop.soon(self)  # more may be waiting: the next pass, after everyone else
                 break
             if len(self.out.buffer) >= CLIENT_HIGH_WATER:
                 break  # answers pile up unread: on_io parses on once the client drains them
@@ -2154,14 +2163,13 @@ class ClientConnection:
             if event is h11.NEED_DATA:
                 break
             if isinstance(event, h11.Request):
+                self.budget -= 1
                 self.begin(event)
             elif isinstance(event, h11.ConnectionClosed):
                 self.close()
                 break
             else:  # a refused request's body is never read: we close instead
                 break
-        else:
-            self.loop.soon(self)  # more may be waiting: the next pass, after everyone else
         self.update_interest()
 
     def begin(self, request: h11.Request) -> None:
@@ -2210,7 +2218,9 @@ class ClientConnection:
             return
         self.reader.next_cycle()
         self.enter(ClientState.HEAD if self.reader.pending else ClientState.IDLE)
-        self.wake()  # deliver, and parse the next pipelined request, in a turn (no recursion)
+        self.flush()  # the answer's last bytes leave now
+        if self.reader.pending:
+            self.wake()  # the next pipelined request, in a turn (no recursion)
 
     # ---- delivering and closing ----------------------------------------------------------------
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 
 import fake_upstream as fu
+import support
 from fake_upstream import ConnectionClosed, HttpClient, build_request
 
 pytestmark = pytest.mark.timeout(60)
@@ -71,24 +72,9 @@ def request_log(p, target, timeout=5.0):
     return p.wait_for_log(lambda l: l.get("event") == "request" and l.get("target") == target, timeout)
 
 
-class SourceBoundClient(HttpClient):
-    """HttpClient whose socket is bound to a chosen local address (e.g. 127.0.0.2) before it
-    connects, so the proxy sees a different client IP."""
-
-    def __init__(self, source_ip, address, timeout=5.0):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(timeout)
-            sock.bind((source_ip, 0))
-            sock.connect(address)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-        self.timeout = timeout
-        self.buf = bytearray()
-        self.all_received = bytearray()
-        self.eof = False
+def client_from(source_ip, address, timeout=5.0):
+    """An HttpClient whose source address is `source_ip` (e.g. 127.0.0.2): another client IP."""
+    return HttpClient(support.connect_from(source_ip, address, timeout), timeout=timeout)
 
 
 # ---------------------------------------------------------------------------
@@ -722,7 +708,7 @@ def test_per_client_connection_cap(start_proxy, upstream):
             assert_porthole_error(r, 503)
             assert (r.header("connection") or "").lower() == "close", r.headers
             assert extra.wait_closed(2)
-        with SourceBoundClient("127.0.0.2", p.addr) as other:
+        with client_from("127.0.0.2", p.addr) as other:
             other.request("GET", "/_ping")
             r = other.read_response()
             assert (r.status, r.body) == (200, b"OK")
@@ -748,11 +734,11 @@ def test_connection_over_max_connections_gets_503_not_silence(start_proxy, upstr
     try:
         for source, n in (("127.0.0.1", 15), ("127.0.0.2", 5)):
             for _ in range(n):
-                c = SourceBoundClient(source, p.addr)
+                c = client_from(source, p.addr)
                 clients.append(c)
                 c.request("GET", "/_ping")
                 assert c.read_response().body == b"OK"
-        with SourceBoundClient("127.0.0.3", p.addr) as extra:
+        with client_from("127.0.0.3", p.addr) as extra:
             started = time.monotonic()
             extra.request("GET", "/_ping")
             try:
