@@ -1518,6 +1518,17 @@ class Exchange:
             self.close_after = True
         client.finish_exchange()
 
+    def refuse(self, refusal: Refusal, last_straw: bool = False) -> None:
+        """Answer with the refusal; `last_straw`: the client has had MAX_REFUSALS_IN_A_ROW of
+        them in a row, so its connection closes after this one."""
+        self.outcome = "deny" if refusal.status in (403, 429) else "error"
+        self.reason = refusal.reason
+        close = refusal.close
+        if last_straw and not close:
+            close = True
+            self.reason += f" (closing the connection after {MAX_REFUSALS_IN_A_ROW} refusals in a row)"
+        self.answer(refusal.status, refusal.reason, close=close)
+
     def send_head(self, head: h11.Response) -> None:
         client = self.client
         client.refusals_in_a_row = 0
@@ -1821,6 +1832,25 @@ TLS_TRANSITIONS: Mapping[TlsState, frozenset[TlsState]] = {
 }
 
 
+class PlainTransport:
+    """A plain socket with TlsTransport's interface, so a ClientConnection has one code path."""
+
+    ciphertext = b""  # nothing waits between us and the socket
+    buffered = False  # nothing is held above it
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.recv, self.send = sock.recv, sock.send  # bound: no call of ours in between
+
+    def push(self) -> None:
+        pass
+
+    def close_write(self) -> bool:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        return True
+
+
 class TlsTransport:
     """TLS between one client's socket and its ClientConnection, in the loop and sans-I/O:
     ciphertext moves between the socket and two ssl.MemoryBIOs here, and an ssl.SSLObject turns
@@ -2004,7 +2034,7 @@ class ClientConnection:
                  facts: ClientFacts = ClientFacts(), tls: TlsTransport | None = None) -> None:
         self.sock = sock
         self.tls = tls
-        self.wire: Any = tls if tls is not None else sock  # what recv() and send() go through
+        self.wire: Any = tls if tls is not None else PlainTransport(sock)  # recv() and send() go through it
         self.loop = loop
         self.owner = owner  # on_request(client, request), exchange_done(exchange), client_closed(client)
         self.settings = settings
@@ -2136,10 +2166,9 @@ class ClientConnection:
         self.loop.turns[self] = None  # Loop.soon, inlined: this is the hottest call there is
 
     def on_turn(self) -> None:
-        if self.out.buffer or (self.tls is not None and self.tls.ciphertext):
+        if self.out.buffer or self.wire.ciphertext:
             self.flush()
-        if (self.tls is not None and self.tls.buffered and self.reader.wants_more
-                and self.state is not ClientState.CLOSED):
+        if self.wire.buffered and self.reader.wants_more and self.state is not ClientState.CLOSED:
             self.read()  # (TlsTransport Rule 4) the socket will not tell us again
         if self.exchange is None and self.state in (ClientState.IDLE, ClientState.HEAD):
             self.parse()
@@ -2190,21 +2219,13 @@ class ClientConnection:
 
     def refuse(self, refusal: Refusal) -> None:
         """Answer locally with a Docker-style JSON error."""
-        exchange = self.exchange
-        if exchange is None:  # the request head never parsed: log what we know
-            exchange = Exchange(self, RequestFacts("-", b"", [], self.listener.kind, self.profile),
-                                self.loop.clock(), client_rule=self.client_rule.label if self.client_rule else None)
-            self.exchange = exchange
+        if self.exchange is None:  # the request head never parsed: log what we know
+            self.exchange = Exchange(self, RequestFacts("-", b"", [], self.listener.kind, self.profile),
+                                     self.loop.clock(), client_rule=self.client_rule.label if self.client_rule else None)
             if self.state is ClientState.IDLE:
                 self.enter(ClientState.HEAD)
-        exchange.outcome = "deny" if refusal.status in (403, 429) else "error"
-        exchange.reason = refusal.reason
         self.refusals_in_a_row += 1
-        close = refusal.close
-        if self.refusals_in_a_row >= MAX_REFUSALS_IN_A_ROW and not close:
-            close = True
-            exchange.reason += f" (closing the connection after {MAX_REFUSALS_IN_A_ROW} refusals in a row)"
-        exchange.answer(refusal.status, refusal.reason, close=close)
+        self.exchange.refuse(refusal, last_straw=self.refusals_in_a_row >= MAX_REFUSALS_IN_A_ROW)
 
     def finish_exchange(self) -> None:
         """The answer is completely queued: the ledger logs it once delivered."""
@@ -2232,8 +2253,7 @@ class ClientConnection:
         if self.state is ClientState.CLOSED:
             return
         try:
-            if self.tls is not None:
-                self.tls.push()  # handshake, ticket or alert bytes first
+            self.wire.push()  # TLS handshake, ticket or alert bytes first
             done = self.out.send(self.wire)
         except OSError:
             self.abort("client went away")
@@ -2241,17 +2261,13 @@ class ClientConnection:
         for exchange in done:
             self.owner.exchange_done(exchange)
         if self.state is ClientState.DRAINING and not self.out.buffer:
-            if self.tls is not None:
-                try:
-                    closed = self.tls.close_write()
-                except OSError:
-                    closed = True
-                if not closed:  # close_notify still waits for the socket
-                    self.update_interest()
-                    return
-            else:
-                with contextlib.suppress(OSError):
-                    self.sock.shutdown(socket.SHUT_WR)
+            try:
+                closed = self.wire.close_write()
+            except OSError:
+                closed = True
+            if not closed:  # TLS: close_notify still waits for the socket
+                self.update_interest()
+                return
             if self.reader.eof:
                 self.finish_close(rst=False, reason=None)
                 return
@@ -2267,14 +2283,11 @@ class ClientConnection:
     def update_interest(self) -> None:
         if self.state is ClientState.CLOSED:
             return
-        mask = selectors.EVENT_WRITE if self.out.buffer else 0
-        if self.tls is not None:
-            if self.tls.ciphertext:
-                mask = selectors.EVENT_WRITE
-            if self.reader.wants_more and self.tls.buffered:
-                self.loop.soon(self)  # read in a turn: what the SSLObject holds never polls ready
+        mask = selectors.EVENT_WRITE if self.out.buffer or self.wire.ciphertext else 0
         if self.reader.wants_more:
             mask |= selectors.EVENT_READ  # a full pipelining backlog stops reading this client
+            if self.wire.buffered:
+                self.loop.soon(self)  # read in a turn: what the SSLObject holds never polls ready
         if mask != self.mask:
             self.mask = mask
             self.loop.watch(self.sock, mask, self)
