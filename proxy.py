@@ -1102,10 +1102,6 @@ class Decision:
     streaming: bool
 
 
-def _header_values(headers: Sequence[tuple[bytes, bytes]], name: bytes) -> list[bytes]:
-    return [value for key, value in headers if key == name]
-
-
 _IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
 _HOST_SYNTAX = re.compile(r"(\[[0-9a-f:.]+\]|[a-z0-9._~-]*)(:[0-9]{1,5})?")
 _CONTROL_BYTES = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
