@@ -51,8 +51,18 @@ apt_install() {
     [ "$(id -u)" -eq 0 ] || die "missing Debian packages: ${missing[*]} (run: sudo apt-get install ${missing[*]})"
     log "apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
+    local guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        # No package may start its service (prometheus, its node exporter, podman, dockerd on
+        # the host's socket): the suite starts what it needs itself, on loopback only.
+        guard=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' > "$guard"
+        chmod 0755 "$guard"
+        CLEANUP+=("$guard")  # also gone if the install fails
+    fi
     apt-get update -qq
     apt-get install -y -qq "${missing[@]}" >/dev/null  # with recommends: the set verified to run dockerd here
+    [ -z "$guard" ] || rm -f "$guard"
 }
 
 # venv_install VENV REQUIREMENTS: create VENV and install the pinned, hash-checked requirements;
