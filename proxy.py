@@ -554,6 +554,11 @@ def dangerous_reason(segments: Sequence[str]) -> str | None:
     return next(iter(_DANGEROUS_INDEX.matches(segments)), None)
 
 
+def dangerous_overlaps(template: Template) -> list[str]:
+    """Why each dangerous read a rule's template can match is dangerous ([] for none)."""
+    return [why for guard, why in _DANGEROUS if templates_overlap(template, guard)]
+
+
 @dataclass(frozen=True)
 class Rule:
     profile: str
@@ -728,7 +733,7 @@ def _load_rule(raw: Any, profile: str, index: int, where: str, fail: Any) -> Rul
     for guard, why in _NEVER:
         if templates_overlap(template, guard):
             raise fail(where + ".path", f"matches a path that is never forwarded ({why})")
-    risky = [why for guard, why in _DANGEROUS if templates_overlap(template, guard)]
+    risky = dangerous_overlaps(template)
     if risky and not dangerous:
         raise fail(where, f"{raw['path']} is a dangerous read ({risky[0]}); "
                           "add \"dangerous\": true to acknowledge it")
@@ -1050,7 +1055,7 @@ def tecnativa_policy(variables: Mapping[str, str]) -> DropIn:
                 notes.append(f"{section}=1: GET {read.path} left out: it needs {read.gate}=1 too")
                 continue
             template = parse_template(read.path)
-            risky = [why for guard, why in _DANGEROUS if templates_overlap(template, guard)]
+            risky = dangerous_overlaps(template)
             if risky and read.gate is None:
                 notes.append(f"{section}=1: GET {read.path} left out: a dangerous read ({risky[0]}) "
                              "that no variable acknowledges; use a rules file to allow it")
@@ -1075,7 +1080,6 @@ def tecnativa_policy(variables: Mapping[str, str]) -> DropIn:
             on & TECNATIVA_SECTIONS.keys())), "rules": rules}},
     }
     return DropIn(document, tuple(notes))
-
 
 
 _HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
