@@ -161,6 +161,7 @@ class Settings:
     response_timeout: float = 120.0
     max_connections_per_client: int = 256
     shutdown_grace: float = 10.0
+    max_filter_bytes: int = 32 * 1024 * 1024
     state_file: Path | None = None  # where the running proxy records its listeners
     listeners_given: bool = False  # --listen or PORTHOLE_LISTEN was set (else the default)
     rules_given: bool = False  # --rules or PORTHOLE_RULES was set (else the shipped rules)
@@ -198,6 +199,8 @@ _NUMERIC_OPTIONS = (
     ("max-connections-per-client", int, 256, "most connections open at once from one client "
                                               "(a TCP address, or a uid on unix sockets)"),
     ("shutdown-grace", float, 10.0, "seconds finite requests get to finish on SIGTERM"),
+    ("max-filter-bytes", int, 32 * 1024 * 1024, "largest response body buffered to filter it "
+                                                 "(redaction, visible labels); larger ones get a 502"),
 )
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -591,6 +594,7 @@ class Policy:
     profiles: Mapping[str, tuple[Rule, ...]]
     descriptions: Mapping[str, str] = field(default_factory=dict)
     clients: tuple[ClientRule, ...] = ()  # which client gets which profile: first match wins
+    filtering: Mapping[str, Filtering] = field(default_factory=dict)  # absent: Filtering()
 
     def __post_init__(self) -> None:
         indexes = {name: TemplateIndex((rule.template, rule) for rule in rules)
@@ -649,11 +653,13 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
     own_rules: dict[str, list[Rule]] = {}
     parents: dict[str, str | None] = {}
     descriptions: dict[str, str] = {}
+    redactions: dict[str, frozenset[str]] = {}
+    scopes: dict[str, tuple[Label, ...] | None] = {}
     for name, body in raw_profiles.items():
         where = f"$.profiles.{name}"
         if not _PROFILE_NAME.fullmatch(name):
             raise fail(where, "profile names are lowercase letters, digits, '-' and '_'")
-        check_keys(body, where, {"rules"}, {"description", "extends"})
+        check_keys(body, where, {"rules"}, {"description", "extends", "redact", "visible"})
         if not isinstance(body.get("description", ""), str):
             raise fail(where + ".description", "must be a string")
         descriptions[name] = body.get("description", "")
@@ -666,7 +672,9 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
             raise fail(where + ".rules", "must be a list")
         own_rules[name] = [_load_rule(raw, name, i, f"{where}.rules[{i}]", fail)
                            for i, raw in enumerate(body["rules"])]
+        redactions[name], scopes[name] = _load_filtering(body, where, fail)
     profiles: dict[str, tuple[Rule, ...]] = {}
+    filtering: dict[str, Filtering] = {}
     for name in raw_profiles:
         chain, current = [], name
         while current is not None:
@@ -684,10 +692,42 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
         if not rules:
             raise fail(f"$.profiles.{name}.rules", "a profile needs at least one rule")
         profiles[name] = tuple(rules)
+        # A visible scope is inherited (leaving it out never widens what a child sees); a
+        # profile without "redact" redacts the defaults, whatever its parent turned off.
+        scope = next((scopes[member] for member in chain if scopes[member] is not None), ())
+        filtering[name] = Filtering(redactions[name], scope)
     if "default" not in profiles:
         raise fail("$.profiles", "a profile named 'default' is required")
     clients = load_client_rules(document.get("clients", []), profiles.keys(), fail)
-    return Policy(source, profiles, descriptions, clients)
+    return Policy(source, profiles, descriptions, clients, filtering)
+
+
+def _load_filtering(body: dict, where: str, fail: Any) -> tuple[frozenset[str], tuple[Label, ...] | None]:
+    """A profile's "redact" (default: DEFAULT_REDACTIONS) and "visible" (None: not set here)."""
+    redact = body.get("redact")
+    if redact is None:
+        redactions = DEFAULT_REDACTIONS
+    elif not isinstance(redact, list) or not all(isinstance(item, str) for item in redact):
+        raise fail(where + ".redact", f"must be a list of: {', '.join(REDACTIONS)}")
+    else:
+        unknown = [item for item in redact if item not in REDACTIONS]
+        if unknown:
+            raise fail(where + ".redact", f"unknown redaction {unknown[0]!r}; known: {', '.join(REDACTIONS)}")
+        if len(set(redact)) != len(redact):
+            raise fail(where + ".redact", "lists a redaction twice")
+        redactions = frozenset(redact)
+    visible = body.get("visible")
+    if visible is None:
+        return redactions, None
+    if not isinstance(visible, dict) or set(visible) != {"labels"}:
+        raise fail(where + ".visible", 'must be {"labels": ["key" or "key=value", ...]}')
+    labels = visible["labels"]
+    if not isinstance(labels, list) or not labels or not all(isinstance(item, str) for item in labels):
+        raise fail(where + ".visible.labels", 'must be a non-empty list of "key" or "key=value"')
+    try:
+        return redactions, tuple(parse_label_filter(item) for item in labels)
+    except ValueError as exc:
+        raise fail(where + ".visible.labels", str(exc)) from None
 
 
 def _load_rule(raw: Any, profile: str, index: int, where: str, fail: Any) -> Rule:
@@ -1237,8 +1277,483 @@ def relayed_response_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tup
     return kept
 
 
-def error_body(message: str) -> bytes:
-    return json.dumps({"message": f"porthole: {message}"}).encode() + b"\n"
+def error_body(message: str, as_daemon: bool = False) -> bytes:
+    """A Docker-style error; `as_daemon`: worded exactly as dockerd would (no "porthole:")."""
+    return json.dumps({"message": message if as_daemon else f"porthole: {message}"}).encode() + b"\n"
+
+
+# ---- response filters ------------------------------------------------------------------------
+#
+# Allowing an endpoint is not allowing everything it returns. A profile's "redact" names what is
+# removed from responses (secrets: environment values, log and volume driver options, exec
+# command lines, ...); its "visible" scopes which containers, services and tasks exist for it at
+# all. These are pure functions over parsed JSON; the connection layer (ResponseRewriter)
+# buffers, parses and re-serialises, and Lookup resolves an object before a request about it.
+#
+# Rule 1: a filter that cannot be applied (not JSON, an unexpected shape, over the bound) fails
+#         the response: a 502, or an abort mid-stream. The unfiltered bytes never pass.
+# Rule 2: redaction keeps names and keys (tools that read them still work) and removes values.
+# Rule 3: an invisible object is answered as dockerd answers a missing one (404, same message).
+# Rule 4: filtering is idempotent: a filtered answer filtered again is unchanged.
+
+REDACTIONS: Mapping[str, str] = {
+    "env": "environment variable values (containers, images, services, tasks, plugins): NAME= kept",
+    "log-options": "log driver options (splunk-token, awslogs credentials, ...): keys kept",
+    "volume-options": "volume driver options (a CIFS volume's password=), in volumes and in mounts",
+    "exec-commands": "the command line of exec_create/exec_start events",
+    "config-data": "the content of swarm configs (Spec.Data)",
+    "commands": "container command lines (Path, Args, Cmd, Entrypoint, healthcheck test, Command)",
+    "host-paths": "host paths: mount sources, binds, storage-driver directories, log and volume paths",
+}
+# What a profile without "redact" removes. "commands" and "host-paths" are opt-in: `docker ps`
+# shows COMMAND and `docker inspect` mounts, and neither is usually a secret.
+DEFAULT_REDACTIONS = frozenset({"env", "log-options", "volume-options", "exec-commands", "config-data"})
+Label = tuple[str, str | None]  # docker's label filter: ("key", None) or ("key", "value")
+
+
+@dataclass(frozen=True)
+class Filtering:
+    """A profile's response filtering."""
+
+    redact: frozenset[str] = DEFAULT_REDACTIONS
+    visible: tuple[Label, ...] = ()  # every label must match; () sees everything
+
+    def label_filters(self) -> list[str]:
+        return [key if value is None else f"{key}={value}" for key, value in self.visible]
+
+
+def parse_label_filter(text: str) -> Label:
+    """'key' or 'key=value', as docker's label filter; ValueError says what is wrong."""
+    key, equals, value = text.partition("=")
+    if not key or key != key.strip() or _CONTROL_BYTES.search(text.encode("utf-8", "replace")):
+        raise ValueError(f"{text!r} is not a label filter (key or key=value)")
+    return key, value if equals else None
+
+
+def labels_match(labels: Any, wanted: Sequence[Label], where: str) -> bool:
+    labels = _object(labels, where)
+    return all(key in labels and (value is None or labels[key] == value) for key, value in wanted)
+
+
+class TransformError(Exception):
+    """A response could not be transformed: the client gets a 502 or an abort, never the
+    untransformed bytes."""
+
+
+class ObjectHidden(TransformError):
+    """The object is outside the profile's visible labels: answered as missing."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _object(value: Any, where: str) -> dict:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise TransformError(f"{where} is not a JSON object")
+    return value
+
+
+def _array(value: Any, where: str) -> list:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise TransformError(f"{where} is not a JSON array")
+    return value
+
+
+def _at(value: Any, path: str) -> Any:
+    """value['A']['B'] for path 'A.B'; None where a level is missing or null."""
+    where = ""
+    for key in path.split("."):
+        where = f"{where}.{key}" if where else key
+        value = _object(value, where or "the answer").get(key)
+        if value is None:
+            return None
+    return value
+
+
+class ResponseFilter:
+    """One exchange's filter: what it removes, and counts of what it removed for the log line."""
+
+    def __init__(self, filtering: Filtering, kind: str, name: str | None = None) -> None:
+        self.redact = filtering.redact
+        self.visible = filtering.visible
+        self.kind = kind
+        self.name = name  # the object as the client named it, for a 404's message
+        self.redacted = 0  # values removed
+        self.hidden = 0  # objects left out
+
+    # -- redaction primitives: each removes values in place and counts them
+
+    def _env(self, container: Any, key: str, where: str) -> None:
+        values = _array(_object(container, where).get(key), f"{where}.{key}")
+        for i, item in enumerate(values):
+            if not isinstance(item, str):
+                raise TransformError(f"{where}.{key}[{i}] is not a string")
+            name, equals, value = item.partition("=")
+            if equals and value:
+                values[i] = name + "="
+                self.redacted += 1
+
+    def _values(self, container: Any, key: str, where: str) -> None:
+        options = _object(_object(container, where).get(key), f"{where}.{key}")
+        for name, value in options.items():
+            if value not in ("", None):
+                options[name] = ""
+                self.redacted += 1
+
+    def _blank(self, container: Any, key: str, where: str) -> None:
+        """A string becomes "", an array [] (a command line; a host path)."""
+        container = _object(container, where)
+        value = container.get(key)
+        if isinstance(value, str) and value:
+            container[key] = ""
+        elif isinstance(value, list) and value:
+            container[key] = []
+        elif value not in (None, "", []):
+            raise TransformError(f"{where}.{key} is neither a string nor an array")
+        else:
+            return
+        self.redacted += 1
+
+    def _mounts(self, mounts: Any, where: str) -> None:
+        for i, mount in enumerate(_array(mounts, where)):
+            here = f"{where}[{i}]"
+            if "volume-options" in self.redact:
+                self._values(_at(mount, "VolumeOptions.DriverConfig"), "Options", here + ".VolumeOptions.DriverConfig")
+            if "host-paths" in self.redact:
+                self._blank(mount, "Source", here)
+
+    def _container_spec(self, spec: Any, where: str) -> None:
+        """A swarm service's or task's ContainerSpec."""
+        if "env" in self.redact:
+            self._env(spec, "Env", where)
+        if "commands" in self.redact:
+            self._blank(spec, "Command", where)
+            self._blank(spec, "Args", where)
+        self._mounts(_object(spec, where).get("Mounts"), where + ".Mounts")
+
+    def _task_spec(self, spec: Any, where: str) -> None:
+        self._container_spec(_object(spec, where).get("ContainerSpec"), where + ".ContainerSpec")
+        if "log-options" in self.redact:
+            self._values(_object(spec, where).get("LogDriver"), "Options", where + ".LogDriver")
+
+    # -- per kind of object
+
+    def container(self, doc: Any) -> Any:
+        """GET /containers/{id}/json (Docker's and libpod's)."""
+        if self.visible and not labels_match(_at(doc, "Config.Labels"), self.visible, "Config.Labels"):
+            self.hidden += 1
+            raise ObjectHidden(404, f"No such container: {self.name}")
+        config, host = _object(doc, "the answer").get("Config"), _at(doc, "HostConfig")
+        if "env" in self.redact:
+            self._env(config, "Env", "Config")
+        if "log-options" in self.redact:
+            self._values(_at(host, "LogConfig"), "Config", "HostConfig.LogConfig")
+        self._mounts(_object(host, "HostConfig").get("Mounts"), "HostConfig.Mounts")
+        if "commands" in self.redact:
+            for key in ("Path", "Args"):
+                self._blank(doc, key, "the answer")
+            for key in ("Cmd", "Entrypoint"):
+                self._blank(config, key, "Config")
+            test = _array(_at(config, "Healthcheck.Test"), "Config.Healthcheck.Test")
+            if len(test) > 1:  # ["CMD-SHELL", "curl -u user:secret ..."]: keep the kind
+                del test[1:]
+                self.redacted += 1
+        if "host-paths" in self.redact:
+            self._mounts(_object(doc, "the answer").get("Mounts"), "Mounts")
+            binds = _array(_object(host, "HostConfig").get("Binds"), "HostConfig.Binds")
+            for i, bind in enumerate(binds):
+                if not isinstance(bind, str):
+                    raise TransformError(f"HostConfig.Binds[{i}] is not a string")
+                if not bind.startswith(":"):
+                    binds[i] = ":" + bind.partition(":")[2]
+                    self.redacted += 1
+            self._values(_at(doc, "GraphDriver"), "Data", "GraphDriver")
+            for key in ("ResolvConfPath", "HostnamePath", "HostsPath", "LogPath"):
+                self._blank(doc, key, "the answer")
+        return doc
+
+    def container_summary(self, item: Any, where: str) -> bool:
+        """One entry of GET /containers/json (or /system/df's Containers); False: leave it out."""
+        if self.visible and not labels_match(_object(item, where).get("Labels"), self.visible, where + ".Labels"):
+            self.hidden += 1
+            return False
+        if "commands" in self.redact:
+            self._blank(item, "Command", where)
+        if "host-paths" in self.redact:
+            for i, mount in enumerate(_array(_object(item, where).get("Mounts"), where + ".Mounts")):
+                self._blank(mount, "Source", f"{where}.Mounts[{i}]")
+        return True
+
+    def image(self, doc: Any) -> Any:
+        for key in ("Config", "ContainerConfig"):
+            if "env" in self.redact:
+                self._env(_object(doc, "the answer").get(key), "Env", key)
+        if "host-paths" in self.redact:
+            self._values(_at(doc, "GraphDriver"), "Data", "GraphDriver")
+        return doc
+
+    def service(self, doc: Any, where: str = "the answer") -> bool:
+        if self.visible and not labels_match(_at(doc, "Spec.Labels"), self.visible, where + ".Spec.Labels"):
+            self.hidden += 1
+            return False
+        for spec in ("Spec", "PreviousSpec"):
+            template = _at(doc, spec + ".TaskTemplate")
+            self._task_spec(template, f"{where}.{spec}.TaskTemplate")
+        return True
+
+    def task(self, doc: Any, where: str = "the answer") -> bool:
+        labels = _at(doc, "Spec.ContainerSpec.Labels")
+        if self.visible and not labels_match(labels, self.visible, where + ".Spec.ContainerSpec.Labels"):
+            self.hidden += 1
+            return False
+        self._task_spec(_at(doc, "Spec"), where + ".Spec")
+        return True
+
+    def volume(self, doc: Any, where: str = "the answer") -> Any:
+        if "volume-options" in self.redact:
+            self._values(doc, "Options", where)
+        if "host-paths" in self.redact:
+            self._blank(doc, "Mountpoint", where)
+        return doc
+
+    def plugin(self, doc: Any, where: str = "the answer") -> Any:
+        if "env" in self.redact:
+            self._env(_at(doc, "Settings"), "Env", where + ".Settings")
+            for i, variable in enumerate(_array(_at(doc, "Config.Env"), where + ".Config.Env")):
+                if _object(variable, f"{where}.Config.Env[{i}]").get("Value") not in ("", None):
+                    variable["Value"] = ""
+                    self.redacted += 1
+        return doc
+
+    def config(self, doc: Any, where: str = "the answer") -> Any:
+        if "config-data" in self.redact:
+            self._blank(_at(doc, "Spec"), "Data", where + ".Spec")
+        return doc
+
+    def network(self, doc: Any, where: str = "the answer") -> Any:
+        """A visible scope hides which containers use a network: the entries carry no labels to
+        decide by, so all of them go (fail closed)."""
+        attached = _object(_object(doc, where).get("Containers"), where + ".Containers")
+        if self.visible and attached:
+            self.hidden += len(attached)
+            attached.clear()
+        return doc
+
+    # -- whole answers
+
+    def _list(self, doc: Any, keep: Callable[[Any, str], Any]) -> list:
+        items = doc if isinstance(doc, list) else None
+        if items is None:
+            raise TransformError(f"the answer to a {self.kind} is not a JSON array")
+        return [item for i, item in enumerate(items) if keep(item, f"[{i}]") is not False]
+
+    def document(self, doc: Any) -> Any:
+        kind = self.kind
+        if kind == "container":
+            return self.container(doc)
+        if kind == "container list":
+            return self._list(doc, self.container_summary)
+        if kind == "image":
+            return self.image(doc)
+        if kind in ("service", "task"):
+            if not getattr(self, kind)(doc):
+                raise ObjectHidden(404, f"{kind} {self.name} not found")
+            return doc
+        if kind == "service list":
+            return self._list(doc, self.service)
+        if kind == "task list":
+            return self._list(doc, self.task)
+        if kind == "volume":
+            return self.volume(doc)
+        if kind == "volume list":
+            for i, volume in enumerate(_array(_object(doc, "the answer").get("Volumes"), "Volumes")):
+                self.volume(volume, f"Volumes[{i}]")
+            return doc
+        if kind == "disk usage":
+            body = _object(doc, "the answer")
+            if body.get("Containers") is not None:
+                body["Containers"] = [c for i, c in enumerate(_array(body["Containers"], "Containers"))
+                                      if self.container_summary(c, f"Containers[{i}]")]
+            for i, volume in enumerate(_array(body.get("Volumes"), "Volumes")):
+                self.volume(volume, f"Volumes[{i}]")
+            return doc
+        if kind in ("plugin", "config", "network"):
+            return getattr(self, kind)(doc)
+        if kind in ("plugin list", "config list", "network list"):
+            return self._list(doc, getattr(self, kind.split()[0]))
+        raise TransformError(f"no filter for a {kind}")  # plan_response_filter names only the above
+
+    def event(self, event: Any) -> Any:
+        """One /events object; None: not delivered."""
+        event = _object(event, "an event")
+        actor = _object(event.get("Actor"), "Actor")
+        attributes = _object(actor.get("Attributes"), "Actor.Attributes")
+        kind = event.get("Type")
+        if self.visible:
+            if kind == "container":
+                if not labels_match(attributes, self.visible, "Actor.Attributes"):
+                    self.hidden += 1
+                    return None
+            elif kind in ("service", "node") or "container" in attributes:
+                # service events carry no labels, and network or volume events that name a
+                # container cannot say whether it is visible: fail closed
+                self.hidden += 1
+                return None
+        if "exec-commands" in self.redact:
+            for key in ("Action", "status"):
+                value = event.get(key)
+                if isinstance(value, str) and value.startswith("exec_") and ":" in value:
+                    event[key] = value.partition(":")[0]
+                    self.redacted += 1
+            for key in ("execCommand", "command"):
+                if attributes.get(key) not in (None, ""):
+                    attributes[key] = ""
+                    self.redacted += 1
+        return event
+
+
+# (first segments, kind, whether it names one object at index 1). Podman's /libpod/... twins
+# answer in the same shapes for what is filtered here.
+def classify_for_filter(segments: Sequence[str]) -> tuple[str | None, str | None]:
+    """(kind of answer to filter, object kind to resolve before forwarding) for a path."""
+    s = tuple(segments[1:]) if segments[:1] == ("libpod",) else tuple(segments)
+    head, n = s[0], len(s)
+    if head == "containers":
+        if s == ("containers", "json"):
+            return "container list", None
+        if n == 3 and s[2] == "json":
+            return "container", None
+        return None, ("container" if n >= 3 else None)
+    if head in ("services", "tasks"):
+        single = head[:-1]
+        if n == 1:
+            return f"{single} list", None
+        if n == 2:
+            return single, None
+        return None, (single if n >= 3 else None)
+    if head == "images" and n >= 3 and s[-1] == "json":
+        return "image", None
+    if head == "plugins":
+        return ("plugin list" if n == 1 else "plugin" if s[-1] == "json" else None), None
+    if head in ("volumes", "configs", "networks"):
+        single = head[:-1]
+        return (f"{single} list" if n == 1 else single if n == 2 else None), None
+    if s == ("system", "df"):
+        return "disk usage", None
+    if s == ("events",):
+        return "events", None
+    return None, None
+
+
+# Which redactions can change each kind of answer: with none of them on, and no visible
+# scope, the answer is relayed untouched (no buffering, no parsing).
+_REDACTIONS_FOR = {
+    "container": {"env", "log-options", "volume-options", "commands", "host-paths"},
+    "container list": {"commands", "host-paths"},
+    "image": {"env", "host-paths"},
+    "service": {"env", "log-options", "volume-options", "commands", "host-paths"},
+    "task": {"env", "log-options", "volume-options", "commands", "host-paths"},
+    "volume": {"volume-options", "host-paths"},
+    "disk usage": {"commands", "host-paths", "volume-options"},
+    "plugin": {"env"},
+    "config": {"config-data"},
+    "network": set(),
+    "events": {"exec-commands"},
+}
+_SCOPED = {"container", "container list", "service", "service list", "task", "task list", "disk usage",
+           "network", "network list", "events"}
+
+
+@dataclass(frozen=True)
+class FilterPlan:
+    target: Target  # what to forward: a list's label filters added
+    method: str  # a filtered HEAD is forwarded as GET, so its Content-Length is the filtered one
+    filter: ResponseFilter | None  # None: relay the answer untouched
+    lookup: str | None = None  # resolve this kind of object (segment after the collection) first
+
+
+def plan_response_filter(filtering: Filtering, method: str, target: Target) -> FilterPlan:
+    """How one allowed request's answer is filtered. Raises Refusal if its filters query cannot
+    take the profile's label scope."""
+    kind, lookup = classify_for_filter(target.segments)
+    if lookup is not None and filtering.visible:
+        return FilterPlan(target, method, None, lookup)
+    if kind is None:
+        return FilterPlan(target, method, None)
+    base = kind.removesuffix(" list")
+    scoped = bool(filtering.visible) and (kind in _SCOPED or base in _SCOPED)
+    if not scoped and not filtering.redact & _REDACTIONS_FOR.get(kind, _REDACTIONS_FOR.get(base, set())):
+        return FilterPlan(target, method, None)
+    name = target.segments[-2] if kind == "container" else target.segments[-1]
+    if kind in ("container list", "service list") and filtering.visible:
+        target = with_label_filters(target, filtering.label_filters())  # cheaper: dockerd filters too
+    forwarded = "GET" if method == "HEAD" and kind != "events" else method
+    return FilterPlan(target, forwarded, ResponseFilter(filtering, kind, name))
+
+
+DEFAULT_FILTERING = Filtering()  # a profile without "redact" or "visible"
+MAX_EVENT_BYTES = 1024 * 1024  # one /events object; dockerd's are a few hundred bytes
+
+
+def filter_transform(response_filter: ResponseFilter, max_bytes: int) -> ResponseTransform:
+    """The relay's transform stage for one filtered exchange."""
+    if response_filter.kind == "events":
+        return ResponseTransform(event=response_filter.event, max_bytes=min(max_bytes, MAX_EVENT_BYTES))
+    return ResponseTransform(document=response_filter.document, max_bytes=max_bytes)
+
+
+def with_label_filters(target: Target, labels: Sequence[str]) -> Target:
+    """The target with `labels` added to its filters query (list or map form, as the client
+    wrote it). The response is still filtered: the daemon is not trusted to have applied it."""
+    raw = target.query_value("filters")
+    try:
+        filters = json.loads(raw) if raw else {}
+    except (ValueError, RecursionError):
+        raise Refusal(400, "the filters query parameter is not valid JSON") from None
+    if not isinstance(filters, dict):
+        raise Refusal(400, "the filters query parameter is not a JSON object")
+    current = filters.get("label")
+    if current is None and any(isinstance(value, dict) for value in filters.values()):
+        filters["label"] = {label: True for label in labels}  # dockerd refuses the two forms mixed
+    elif current is None:
+        filters["label"] = list(labels)
+    elif isinstance(current, list):
+        filters["label"] = current + [label for label in labels if label not in current]
+    elif isinstance(current, dict):
+        filters["label"] = {**current, **{label: True for label in labels}}
+    else:
+        raise Refusal(400, "the label filter is neither a list nor a map")
+    text = json.dumps(filters, separators=(",", ":"))
+    query = tuple((k, text if k == "filters" else v) for k, v in target.query)
+    if raw is None:
+        query += (("filters", text),)
+    return Target(target.version, target.segments, query)
+
+
+def resolved_object(kind: str, name: str, status: int, doc: Any, filtering: Filtering) -> str:
+    """After Lookup asked the daemon about `name`: the full ID to forward the request with.
+    Raises ObjectHidden for a missing or invisible object, TransformError for a bad answer."""
+    if status == 404 or (status == 200 and not _visible_object(kind, doc, filtering)):
+        raise ObjectHidden(404, f"No such container: {name}" if kind == "container" else f"{kind} {name} not found")
+    if status != 200:
+        message = _object(doc, "the answer").get("message") if isinstance(doc, dict) else None
+        raise ObjectHidden(status if 400 <= status < 600 else 502,
+                           message if isinstance(message, str) else f"the daemon answered {status}")
+    full_id = _object(doc, "the answer").get("ID" if kind != "container" else "Id")
+    if not isinstance(full_id, str) or not _SAFE_SEGMENT.fullmatch(full_id):
+        raise TransformError(f"the daemon's {kind} has no usable ID")
+    return full_id
+
+
+def _visible_object(kind: str, doc: Any, filtering: Filtering) -> bool:
+    labels = {"container": "Config.Labels", "service": "Spec.Labels", "task": "Spec.ContainerSpec.Labels"}[kind]
+    return labels_match(_at(doc, labels), filtering.visible, labels)
 
 
 # --------------------------------------------------------------------------------------------
@@ -1485,6 +2000,7 @@ class Exchange:
     close_after: bool = False
     transform: ResponseTransform | None = None
     rewriter: ResponseRewriter | None = None
+    filter: ResponseFilter | None = None  # the profile's response filter, for its counts
     client_rule: str | None = None  # the `clients` entry that chose facts.profile, if any
 
     @property
@@ -1499,9 +2015,9 @@ class Exchange:
     # The response, written through the client's h11 into its OutputQueue. Relay and
     # SharedStream call send_head, send_body, end_body and fail; local answers call answer.
 
-    def answer(self, status: int, message: str, close: bool = False) -> None:
+    def answer(self, status: int, message: str, close: bool = False, as_daemon: bool = False) -> None:
         """Answer locally with a Docker-style JSON error."""
-        client, body = self.client, error_body(message)
+        client, body = self.client, error_body(message, as_daemon)
         self.status = status
         headers = [(b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode())]
         if close:
@@ -1549,7 +2065,7 @@ class Exchange:
             except TransformError as exc:
                 self.transform_failed(exc)
                 return
-        if data:
+        if data and self.facts.method != "HEAD":  # a filtered HEAD went as GET: its head answers
             client = self.client
             client.out.write_body(client.h11.send(h11.Data(data=data)), len(data), self)
             client.wake()
@@ -1571,9 +2087,16 @@ class Exchange:
         client.finish_exchange()
 
     def transform_failed(self, exc: TransformError) -> None:
-        """Fail closed: never the untransformed bytes."""
+        """Fail closed: never the untransformed bytes. A hidden object is answered as missing."""
         if self.source is not None:
             self.source.cancel(self)
+        if isinstance(exc, ObjectHidden) and self.active and not self.response_started:
+            self.source = None
+            self.outcome = "deny" if exc.status == 404 else "error"
+            self.reason = ("not visible to this profile, or missing" if exc.status == 404
+                           else f"the daemon answered the lookup with {exc.status}")
+            self.answer(exc.status, exc.message, as_daemon=True)
+            return
         self.fail(502, f"response filter failed: {exc}")
 
     def fail(self, status: int, message: str) -> None:
@@ -2342,11 +2865,6 @@ def _declares_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
                for name, value in headers)
 
 
-class TransformError(Exception):
-    """A response could not be transformed: the client gets a 502 or an abort, never the
-    untransformed bytes."""
-
-
 @dataclass(frozen=True)
 class ResponseTransform:
     """How to rewrite one exchange's successful (2xx) response body on its way to the client.
@@ -2378,8 +2896,8 @@ class ResponseRewriter:
                             headers=headers, _parsed=True)
 
     def head(self) -> h11.Response | None:
-        if self.transform.document is not None and self.method != "HEAD":
-            return None
+        if self.transform.document is not None:
+            return None  # (a HEAD's was forwarded as GET: its length is the rewritten body's)
         return self._head(None)  # re-framed by h11 (chunked for HTTP/1.1)
 
     def feed(self, data: bytes) -> bytes:
@@ -2414,8 +2932,6 @@ class ResponseRewriter:
 
     def finish(self) -> tuple[h11.Response | None, bytes]:
         if self.transform.document is not None:
-            if self.method == "HEAD":
-                return None, b""
             try:
                 value = self.transform.document(self._parse(bytes(self.buffer)))
                 body = json.dumps(value, separators=(",", ":")).encode() + b"\n"
@@ -2423,7 +2939,7 @@ class ResponseRewriter:
                 raise
             except Exception as exc:  # the filter could not be applied: fail closed
                 raise TransformError(f"{type(exc).__name__}: {exc}") from None
-            return self._head(len(body)), body
+            return self._head(len(body)), b"" if self.method == "HEAD" else body
         if self.buffer.strip():
             if self.transform.event is None:
                 return None, bytes(self.buffer)
@@ -2873,6 +3389,77 @@ class Relay:
     def resume(self, exchange: Exchange) -> None:
         if self.conn is not None:
             self.conn.resume()
+
+    def cancel(self, exchange: Exchange) -> None:
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.consumer = None
+            conn.close()
+
+
+class Lookup:
+    """Asks the daemon which object a per-object request (logs, stats, top, ...) names before
+    forwarding it, so that a profile's visible scope is decided about the very object that will
+    answer.
+
+    Rule 1: until it resolves, the exchange's source is the Lookup; then its Relay, or an answer.
+    Rule 2: the request is then forwarded with the object's full ID as the daemon resolved it, so
+            a name, a short ID or a rename in between cannot swap in another object.
+    Rule 3: the daemon's answer is bounded by --max-filter-bytes; a failure or an answer that is
+            not JSON ends the exchange with a 502: nothing is forwarded unchecked.
+    """
+
+    def __init__(self, pool: UpstreamPool, exchange: Exchange, request: h11.Request,
+                 resolved: Callable[[int, Any], None]) -> None:
+        self.pool = pool
+        self.exchange = exchange
+        self.request = request
+        self.resolved = resolved  # (status, parsed JSON or None), once the answer is complete
+        self.conn: UpstreamConnection | None = None
+        self.retried = False
+        self.status = 0
+        self.body = bytearray()
+        exchange.source = self
+
+    def start(self, fresh: bool = False) -> None:
+        try:
+            self.conn = self.pool.acquire(self, self.request, fresh=fresh)
+        except OSError as exc:
+            self.exchange.fail(502, upstream_error_message(self.pool.endpoint, exc))
+
+    def upstream_head(self, conn: UpstreamConnection, head: h11.Response) -> None:
+        self.status = head.status_code
+
+    def upstream_data(self, conn: UpstreamConnection, data: bytes) -> None:
+        self.body += data
+        if len(self.body) > self.pool.settings.max_filter_bytes:
+            self.cancel(self.exchange)
+            self.exchange.fail(502, f"the daemon's answer about the object is over --max-filter-bytes "
+                                    f"{self.pool.settings.max_filter_bytes}")
+
+    def upstream_end(self, conn: UpstreamConnection) -> None:
+        self.conn = None
+        if not self.exchange.active:
+            return
+        try:
+            document = json.loads(self.body) if self.body else None
+        except (ValueError, RecursionError):
+            self.exchange.fail(502, f"the daemon's answer about the object (status {self.status}) is not JSON")
+            return
+        self.exchange.source = None
+        self.resolved(self.status, document)
+
+    def upstream_failed(self, conn: UpstreamConnection, status: int, message: str, retryable: bool) -> None:
+        self.conn = None
+        if retryable and not self.retried:
+            self.retried = True
+            self.body.clear()
+            self.start(fresh=True)
+            return
+        self.exchange.fail(status, message)
+
+    def resume(self, exchange: Exchange) -> None:
+        pass  # nothing flows to the client while looking up
 
     def cancel(self, exchange: Exchange) -> None:
         conn, self.conn = self.conn, None
@@ -3352,14 +3939,48 @@ class Proxy:
         except Refusal as refusal:
             client.refuse(refusal)
             return
+        filtering = self.policy.filtering.get(facts.profile, DEFAULT_FILTERING)
+        try:
+            plan = plan_response_filter(filtering, facts.method, decision.target)
+        except Refusal as refusal:
+            client.refuse(refusal)
+            return
         exchange.decision = decision
         if decision.streaming:
             self.streams_per_client[client.identity] = self.streams_per_client.get(client.identity, 0) + 1
-        request = forwarded_request(facts.method, decision.target, facts.headers)
+        if plan.lookup is not None:
+            self.look_up(exchange, plan.lookup, filtering)
+            return
+        if plan.filter is not None:
+            exchange.filter = plan.filter
+            exchange.transform = filter_transform(plan.filter, self.settings.max_filter_bytes)
+        request = forwarded_request(plan.method, plan.target, facts.headers)
         if is_shareable(facts.method, decision.target):
             self.join_stream(exchange, request)
         else:
             Relay(self.pool, exchange, request).start()
+
+    def look_up(self, exchange: Exchange, kind: str, filtering: Filtering) -> None:
+        """A per-object request under a visible scope: resolve the object, then forward by ID."""
+        target, facts = exchange.decision.target, exchange.facts  # type: ignore[union-attr]
+        at = 2 if target.segments[0] == "libpod" else 1  # the object's name, after its collection
+        name = target.segments[at]
+        exchange.filter = ResponseFilter(filtering, kind, name)
+        about = target.segments[:at + 1] + (("json",) if kind == "container" else ())
+        question = forwarded_request("GET", Target(target.version, about, ()), facts.headers)
+
+        def resolved(status: int, document: Any) -> None:
+            try:
+                full_id = resolved_object(kind, name, status, document, filtering)
+            except TransformError as exc:
+                if isinstance(exc, ObjectHidden) and exc.status == 404:
+                    exchange.filter.hidden += 1  # type: ignore[union-attr]
+                exchange.transform_failed(exc)
+                return
+            forward = Target(target.version, target.segments[:at] + (full_id,) + target.segments[at + 1:], target.query)
+            Relay(self.pool, exchange, forwarded_request(facts.method, forward, facts.headers)).start()
+
+        Lookup(self.pool, exchange, question, resolved).start()
 
     def join_stream(self, exchange: Exchange, request: h11.Request | None = None) -> None:
         assert exchange.decision is not None
@@ -3378,13 +3999,15 @@ class Proxy:
         if exchange.streaming:
             _decrement(self.streams_per_client, client.identity)
         if self.log.enabled("info"):
+            filtered = {} if exchange.filter is None else {
+                "redacted": exchange.filter.redacted, "hidden": exchange.filter.hidden}
             self.log("info", "request", listener=client.listener.url, client=client.peer,
                      method=facts.method, target=facts.target.decode("latin-1"),
                      path=decision.target.forward_form_text if decision else None,
                      profile=facts.profile, client_rule=exchange.client_rule,
                      decision=exchange.outcome, rule=decision.rule.label if decision else None,
                      reason=exchange.reason, status=exchange.status, bytes=exchange.delivered,
-                     duration_ms=round((self.loop.clock() - exchange.started) * 1000, 3))
+                     duration_ms=round((self.loop.clock() - exchange.started) * 1000, 3), **filtered)
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:
