@@ -961,6 +961,11 @@ def describe_policy(policy: Policy) -> str:
                     f"{k}={'*' if v is None else '|'.join(sorted(v))}" for k, v in rule.query.items()))
             flag = "  [dangerous read, acknowledged]" if rule.dangerous else ""
             lines.append(f"  {'|'.join(sorted(rule.methods)):<8} {rule.path}  ({query}){flag}")
+        filtering = policy.filtering.get(name, DEFAULT_FILTERING)
+        lines.append("  redacts: " + (", ".join(r for r in REDACTIONS if r in filtering.redact) or "nothing"))
+        if filtering.visible:
+            lines.append("  sees only containers, services and tasks labelled: "
+                         + ", ".join(filtering.label_filters()))
     if policy.clients:
         lines.append("clients (first match wins; any other client gets its listener's profile):")
         for client in policy.clients:

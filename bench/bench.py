@@ -77,6 +77,17 @@ SCENARIOS = [
     {"key": "containers", "title": "GET /containers/json?all=1 (real daemon), {conns} connections",
      "upstream": "daemon", "method": "GET", "path": "/containers/json?all=1", "conns": 4,
      "threads": 1, "unit": "req/s"},
+    # response filtering (issue: redaction, visible labels): the same reads through porthole's
+    # filtering profiles; direct and HAProxy answer them unfiltered, as the baseline
+    {"key": "inspect", "title": "GET /containers/{{id}}/json, env redacted (default profile), {conns} connections",
+     "upstream": "daemon", "method": "GET", "path": "/containers/bench-00/json", "conns": 4,
+     "threads": 1, "unit": "req/s"},
+    {"key": "inspect-unfiltered", "title": "GET /containers/{{id}}/json, \"redact\": [] (nothing filtered), {conns} connections",
+     "upstream": "daemon", "method": "GET", "path": "/containers/bench-00/json", "conns": 4,
+     "threads": 1, "unit": "req/s", "profile": "bench-unfiltered"},
+    {"key": "containers-scoped", "title": "GET /containers/json?all=1, visible: half the containers, {conns} connections",
+     "upstream": "daemon", "method": "GET", "path": "/containers/json?all=1", "conns": 4,
+     "threads": 1, "unit": "req/s", "profile": "bench-scoped"},
     {"key": "large", "title": "GET {large_mb} MB JSON (fake upstream: nginx), {conns} connections",
      "upstream": "fake", "method": "GET", "path": "/containers/json?all=1", "conns": 4,
      "threads": 1, "unit": "MB/s"},
@@ -87,6 +98,13 @@ SCENARIOS = [
      "upstream": "daemon", "method": "GET", "path": "/containers/bench-00/export", "conns": 16,
      "threads": 2, "unit": "req/s", "denied": True},
 ]
+
+
+# Extra profiles in the staged rules.json, each on a listener of its own.
+BENCH_PROFILES = {
+    "bench-unfiltered": {"extends": "default", "rules": [], "redact": []},
+    "bench-scoped": {"extends": "default", "rules": [], "visible": {"labels": ["porthole.bench.half=1"]}},
+}
 
 
 def parse_args(argv):
@@ -294,6 +312,8 @@ def populate(dockerd: BenchDockerd, count: int, running: int) -> str:
                 "org.opencontainers.image.title": f"bench service {i}",
                 "porthole.bench": "1",
             }
+            if i % 2 == 0:
+                labels["porthole.bench.half"] = "1"  # what the bench-scoped profile sees
             support.run_sleeper(client, image, name=f"bench-{i:02d}", start=i < running, labels=labels,
                                 environment=[f"SERVICE={service}", "LOG_LEVEL=info", "PORT=8080"])
     finally:
@@ -392,8 +412,13 @@ def start_nginx(procs: Procs, work: Path, port: int, large_bytes: int):
 
 
 class Contender:
-    def __init__(self, name: str, port: int, proc: subprocess.Popen | None, log_path: Path | None) -> None:
+    def __init__(self, name: str, port: int, proc: subprocess.Popen | None, log_path: Path | None,
+                 profile_ports: dict | None = None) -> None:
         self.name, self.port, self.proc, self.log_path = name, port, proc, log_path
+        self.profile_ports = profile_ports or {}  # porthole: a listener per filtering profile
+
+    def port_for(self, profile: str | None) -> int:
+        return self.profile_ports.get(profile, self.port)
 
     @property
     def pid(self) -> int | None:
@@ -424,7 +449,9 @@ class Lab:
 
         self.src_dir.mkdir()
         shutil.copy2(REPO / "proxy.py", self.src_dir / "proxy.py")
-        shutil.copy2(REPO / "rules.json", self.src_dir / "rules.json")
+        rules = json.loads((REPO / "rules.json").read_text())
+        rules["profiles"].update(BENCH_PROFILES)
+        (self.src_dir / "rules.json").write_text(json.dumps(rules, indent=1))
         shutil.copytree(Path(h11.__file__).resolve().parent, self.src_dir / "h11",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         self.bin_path.parent.mkdir()
@@ -437,10 +464,12 @@ class Lab:
             os.chmod(path, 0o755 if path.is_dir() else 0o644)
         os.chmod(self.bin_path, 0o555)
 
-    def porthole_cmd(self, kind: str, port: int, upstream: str) -> list:
+    def porthole_cmd(self, kind: str, port: int, upstream: str, profile_ports: dict) -> list:
         prog = [SYSTEM_PYTHON, self.src_dir / "proxy.py"] if kind == "porthole-src" else [self.bin_path]
+        extra = [arg for profile, p in profile_ports.items()
+                 for arg in ("--listen", f"tcp://127.0.0.1:{p}?profile={profile}")]
         return (["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", f"--groups={SOCK_GID}"]
-                + prog + ["--listen", f"tcp://127.0.0.1:{port}", "--upstream", f"unix://{upstream}",
+                + prog + ["--listen", f"tcp://127.0.0.1:{port}", *extra, "--upstream", f"unix://{upstream}",
                           "--rules", self.src_dir / "rules.json",
                           "--max-connections", "4096", "--max-streams-per-client", "4096",
                           "--max-connections-per-client", "4096"]
@@ -453,6 +482,7 @@ class Lab:
         log_path = self.logs / f"{kind}-{upstream_name}{tag}.log"
         out = open(log_path, "ab")  # O_APPEND: truncating between runs keeps it small
         env = {"PATH": CLEAN_PATH, "LANG": "C.UTF-8", "TMPDIR": "/tmp", "PYTHONDONTWRITEBYTECODE": "1"}
+        profile_ports: dict = {}
         if kind == "haproxy":
             nbthread = f"nbthread {self.args.haproxy_nbthread}" if self.args.haproxy_nbthread else ""
             cfg = self.work / f"haproxy-{upstream_name}{tag}.cfg"
@@ -462,13 +492,14 @@ class Lab:
             cmd = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", f"--groups={SOCK_GID}",
                    "haproxy", "-db", "-f", cfg]
         else:
-            cmd = self.porthole_cmd(kind, port, upstream)
+            profile_ports = {profile: support.free_port() for profile in BENCH_PROFILES}
+            cmd = self.porthole_cmd(kind, port, upstream, profile_ports)
             if kind == "porthole-src":
                 env["PYTHONPATH"] = str(self.src_dir)
         proc = self.procs.start(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd="/")
         out.close()
         wait_http_ok(("127.0.0.1", port), "/_ping", proc, f"{kind} ({upstream_name})", log_path=log_path)
-        return Contender(kind, port, proc, log_path)
+        return Contender(kind, port, proc, log_path, profile_ports)
 
     def setup(self) -> None:
         args = self.args
@@ -607,14 +638,16 @@ def run_scenarios(lab: Lab, results: dict) -> None:
         try:
             if args.warmup:
                 for c in contenders:
-                    run_wrk(lab.contenders[sc["upstream"]][c].port, script, sc["conns"], sc["threads"], args.warmup)
+                    run_wrk(lab.contenders[sc["upstream"]][c].port_for(sc.get("profile")), script, sc["conns"],
+                            sc["threads"], args.warmup)
                     lab.contenders[sc["upstream"]][c].truncate_log()
             for rnd in range(args.rounds):
                 for c in contenders:
                     contender = lab.contenders[sc["upstream"]][c]
                     calls_before = lab.dockerd.api_calls_logged() if sc.get("denied") else None
                     cpu_before = tree_cpu_seconds(contender.pid) if contender.pid else None
-                    out = run_wrk(contender.port, script, sc["conns"], sc["threads"], args.duration)
+                    out = run_wrk(contender.port_for(sc.get("profile")), script, sc["conns"], sc["threads"],
+                                  args.duration)
                     if cpu_before is not None:
                         out["proxy_cpu_s"] = round(tree_cpu_seconds(contender.pid) - cpu_before, 3)
                     if calls_before is not None:

@@ -430,3 +430,51 @@ def test_a_hostile_event_aborts_the_stream_without_passing_it(start_proxy, upstr
         except fu.ConnectionClosed as closed:
             body, complete = getattr(closed, "partial", b""), False
     assert SECRET.encode() not in body and not complete
+
+
+def test_watchers_with_different_profiles_share_one_subscription(proxy_factory, upstream):
+    """The fan-out happens before filtering: one daemon subscription, a view per profile."""
+    def event(i):
+        team = "a" if i % 2 == 0 else "b"
+        return json.dumps({"status": f"exec_create: echo {SECRET}", "id": f"c{i:06d}", "Type": "container",
+                           "Action": f"exec_create: echo {SECRET}",
+                           "Actor": {"ID": f"c{i:06d}", "Attributes": {"team": team, "n": str(i)}}}) + "\n"
+    upstream.route("/events", lambda conn, req: _stream(conn, event))
+    rules = support.write_rules({"version": 1, "profiles": {
+        "default": {"rules": [{"method": "GET", "path": "/events"}]},
+        "team-a": {"rules": [{"method": "GET", "path": "/events"}], "visible": {"labels": ["team=a"]}}}})
+    ports = support.free_port(), support.free_port()
+    proxy_factory(listen=[f"tcp://127.0.0.1:{ports[0]}", f"tcp://127.0.0.1:{ports[1]}?profile=team-a"],
+                      upstream=upstream.url, rules=rules)
+    views = {}
+    clients = []
+    try:
+        for port in ports:
+            c = fu.HttpClient(("127.0.0.1", port), timeout=5)
+            c.request("GET", "/v1.41/events")
+            clients.append((port, c, c.read_head()))
+        for port, c, r in clients:
+            seen = []
+            while len(seen) < 6:
+                chunk = c.read_chunk(r, timeout=5)
+                seen += [json.loads(line) for line in chunk.splitlines() if line.strip()]
+            views[port] = seen
+    finally:
+        for _, c, _ in clients:
+            c.close()
+    everyone, team_a = views[ports[0]], views[ports[1]]
+    assert {e["Actor"]["Attributes"]["team"] for e in everyone} == {"a", "b"}
+    assert {e["Actor"]["Attributes"]["team"] for e in team_a} == {"a"}
+    for e in everyone + team_a:
+        assert e["Action"] == "exec_create" and SECRET not in json.dumps(e)
+    assert len([q for q in upstream.requests if q.path == "/events"]) == 1
+
+
+def _stream(conn, event):
+    if not conn.send(fu.response(200, content_type="application/json",
+                                 headers=[("Transfer-Encoding", "chunked")], content_length=False)):
+        return False
+    for i in range(100000):
+        if not conn.send(fu.chunk(event(i))) or not conn.sleep(0.02):
+            return False
+    return True

@@ -1868,3 +1868,52 @@ def test_tcp_daemon_falls_back_to_its_next_address(make_env):
     assert accepted.recv(4096).startswith(b"GET /_ping HTTP/1.1")
     assert consumer.failed == []
     assert pool.addresses[0] == good  # the refusing address now comes last
+
+
+# Lookup: resolving an object before a per-object request is forwarded (visible scopes)
+
+
+def lookup_handler(pool, resolved: list):
+    def handler(client, exchange):
+        request = h11.Request(method="GET", target="/containers/web/json", headers=[("Host", "docker")])
+        proxy.Lookup(pool, exchange, request, lambda status, doc: resolved.append((status, doc, exchange))).start()
+    return handler
+
+
+def test_lookup_hands_over_the_parsed_answer(env, daemon):
+    pool, resolved = proxy.UpstreamPool(env.loop, env.settings, env.log), []
+    env.owner.handler = lookup_handler(pool, resolved)
+    client, peer = env.client()
+    peer.sendall(GET)
+    env.run()
+    body = b'{"Id":"' + b"a" * 64 + b'","Config":{"Labels":{"team":"a"}}}'
+    serve_one(env, daemon, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    drive(env, peer, passes=5)
+    ((status, doc, exchange),) = resolved
+    assert status == 200 and doc["Id"] == "a" * 64 and exchange.source is None
+    assert len(pool.idle) == 1  # the lookup's connection goes back to the pool
+    assert parse_responses(read_available(peer)[0]) == []  # nothing answered yet: the caller decides
+
+
+@pytest.mark.parametrize("answer, reason", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 300\r\n\r\n" + b"[" * 300, "over --max-filter-bytes 100"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n<html", "is not JSON"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{}", "closed the connection"),
+])
+def test_lookup_fails_closed(make_env, answer, reason):
+    env = make_env("--max-filter-bytes", "100")
+    daemon = Daemon(env.sock_path)
+    try:
+        pool, resolved = proxy.UpstreamPool(env.loop, env.settings, env.log), []
+        env.owner.handler = lookup_handler(pool, resolved)
+        client, peer = env.client()
+        peer.sendall(GET)
+        env.run()
+        srv = serve_one(env, daemon, answer)
+        srv.shutdown(socket.SHUT_WR)
+        data, _ = drive(env, peer, passes=10)
+        (response,) = parse_responses(data)
+        assert response["status"] == 502 and reason in json.loads(response["body"])["message"]
+        assert resolved == []
+    finally:
+        daemon.close()
