@@ -445,7 +445,7 @@ def test_watchers_with_different_profiles_share_one_subscription(proxy_factory, 
         "team-a": {"rules": [{"method": "GET", "path": "/events"}], "visible": {"labels": ["team=a"]}}}})
     ports = support.free_port(), support.free_port()
     proxy_factory(listen=[f"tcp://127.0.0.1:{ports[0]}", f"tcp://127.0.0.1:{ports[1]}?profile=team-a"],
-                      upstream=upstream.url, rules=rules)
+                  upstream=upstream.url, rules=rules)
     views = {}
     clients = []
     try:
