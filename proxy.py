@@ -142,6 +142,15 @@ def parse_endpoint(url: str, *, listener: bool) -> Endpoint:
 TLS_OPTIONS = ("tlscert", "tlskey", "tlscacert")  # the names of docker's own flags
 
 
+def parse_metrics_endpoint(url: str) -> Endpoint:
+    """--metrics: a listener URL like --listen's, without a profile or TLS (it serves no rules)."""
+    endpoint = parse_endpoint(url, listener=True)
+    given = {key for key, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
+    if "profile" in given or endpoint.tls:
+        raise UsageError(f"{url}: the metrics listener takes no profile and no TLS options")
+    return endpoint
+
+
 @dataclass(frozen=True)
 class Settings:
     listeners: tuple[Endpoint, ...]
@@ -167,7 +176,8 @@ class Settings:
     # Tecnativa-style variables found in the environment (name, value), when no rules were given:
     # they then make the policy (see tecnativa_policy).
     dropin: tuple[tuple[str, str], ...] = ()
-    mode: str = "run"  # run, check, healthcheck, version
+    mode: str = "run"  # run, check, healthcheck, version, doctor
+    metrics: Endpoint | None = None  # --metrics: where GET /metrics is served
 
 
 def default_rules_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -221,6 +231,8 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
                         help="run even as uid 0 (not recommended)")
     parser.add_argument("--state-file", metavar="PATH",
                         help="record the listeners here, so --healthcheck finds them without --listen")
+    parser.add_argument("--metrics", metavar="URL",
+                        help="serve Prometheus metrics (GET /metrics) on tcp://HOST:PORT or unix:///path.sock")
     for name, kind, default, text in _NUMERIC_OPTIONS:
         parser.add_argument(f"--{name}", type=kind, metavar="N", help=f"{text} (default {default})")
     modes = parser.add_mutually_exclusive_group()
@@ -229,6 +241,8 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     modes.add_argument("--healthcheck", action="store_const", dest="mode", const="healthcheck",
                        help="GET /_ping through the first listener; exit 0 if the daemon answered")
     modes.add_argument("--version", action="store_const", dest="mode", const="version")
+    modes.add_argument("--doctor", action="store_const", dest="mode", const="doctor",
+                       help="audit this host (socket, dockerd, listeners, rules); exit 0 clean, 1 warnings, 2 critical")
     args = parser.parse_args(list(argv))
 
     def env(name: str) -> str | None:
@@ -268,13 +282,14 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
                               or DEFAULT_UPSTREAM, listener=False)
     hosts = frozenset(h.lower() for h in (args.allow_host or env_list("allow-hosts")))
     state_file = args.state_file or env("state-file")
+    metrics_url = args.metrics or env("metrics")
     return Settings(
         listeners=listeners, upstream=upstream,
         rules_path=Path(args.rules or env("rules") or default_rules_path(environ)), rules_given=rules_given,
         dropin=dropin,
         log_format=log_format, log_level=log_level, allow_root=allow_root, allow_hosts=hosts,
         state_file=Path(state_file) if state_file else None, listeners_given=bool(given_urls),
-        mode=args.mode or "run", **numbers,
+        mode=args.mode or "run", metrics=parse_metrics_endpoint(metrics_url) if metrics_url else None, **numbers,
     )
 
 
@@ -1295,6 +1310,113 @@ class Log:
     def _text(value: Any) -> str:
         text = "-" if value is None else str(value)
         return text if _TEXT_SAFE.fullmatch(text) else json.dumps(text, ensure_ascii=True)
+
+
+# ---- metrics ---------------------------------------------------------------------------------
+#
+# Counters the proxy keeps as it works, rendered on demand in Prometheus' text exposition format
+# (version 0.0.4) by the --metrics listener. Every label value comes from a bounded set: a
+# profile name of the rules, a decision (allow, deny, error), a rule's path template (never the
+# raw path), one of UPSTREAM_ERROR_REASONS, a reload result. So the number of series is bounded
+# by the rules file, whatever clients send.
+
+UPSTREAM_ERROR_REASONS = ("connect_failed", "timeout", "protocol_error", "closed")
+RELOAD_RESULTS = ("ok", "failed")
+NO_RULE = "(none)"  # the endpoint label of a request that matched no rule (refused before one)
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+def escape_label_value(value: str) -> str:
+    """Backslash, double quote and line feed escaped, as the exposition format requires."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(pairs: Sequence[tuple[str, str]]) -> str:
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs) + "}"
+
+
+def _number(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+class Metrics:
+    """The proxy's counters and its one histogram: plain dictionaries, no I/O, no sockets.
+
+    Rule 1: counting is a dictionary increment: it runs once per request, in the loop.
+    Rule 2: a label value is never taken from a client's bytes (see the section comment).
+    Rule 3: the fixed label sets (upstream error reasons, reload results) are rendered from the
+            start, at 0, so rate() sees the first increment.
+    """
+
+    def __init__(self, version: str = VERSION) -> None:
+        self.version = version
+        self.requests: dict[tuple[str, str, str], int] = {}  # (profile, decision, endpoint) -> count
+        self.duration_buckets = [0] * len(DURATION_BUCKETS)  # per bucket, not cumulative
+        self.duration_count = 0
+        self.duration_sum = 0.0
+        self.upstream_errors = dict.fromkeys(UPSTREAM_ERROR_REASONS, 0)
+        self.reloads = dict.fromkeys(RELOAD_RESULTS, 0)
+
+    def request_done(self, profile: str, decision: str, endpoint: str | None, duration: float | None) -> None:
+        """One exchange ended; `duration` is None for a stream (it has no meaningful one)."""
+        key = (profile, decision, endpoint or NO_RULE)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if duration is not None:
+            self.duration_count += 1
+            self.duration_sum += duration
+            for i, bound in enumerate(DURATION_BUCKETS):
+                if duration <= bound:
+                    self.duration_buckets[i] += 1
+                    break
+
+    def upstream_error(self, reason: str) -> None:
+        if reason not in self.upstream_errors:
+            raise ValueError(f"unknown upstream error reason {reason!r}")
+        self.upstream_errors[reason] += 1
+
+    def reloaded(self, ok: bool) -> None:
+        self.reloads["ok" if ok else "failed"] += 1
+
+    def render(self, open_connections: int, open_streams: int) -> str:
+        """The exposition text, gauges as given (the proxy knows them; the registry does not)."""
+        lines: list[str] = []
+
+        def family(name: str, kind: str, text: str, samples: Iterable[tuple[str, Sequence[tuple[str, str]], float]]) -> None:
+            lines.append(f"# HELP {name} {text}")
+            lines.append(f"# TYPE {name} {kind}")
+            lines.extend(f"{sample}{_labels(labels)} {_number(value)}" for sample, labels, value in samples)
+
+        name = "porthole_requests_total"
+        family(name, "counter", "Requests answered, by profile, decision and the matching rule's path template.",
+               ((name, (("profile", p), ("decision", d), ("endpoint", e)), n)
+                for (p, d, e), n in sorted(self.requests.items())))
+        name = "porthole_request_duration_seconds"
+        cumulative, buckets = 0, []
+        for bound, count in zip(DURATION_BUCKETS, self.duration_buckets):
+            cumulative += count
+            buckets.append((name + "_bucket", (("le", _number(bound)),), cumulative))
+        buckets.append((name + "_bucket", (("le", "+Inf"),), self.duration_count))
+        buckets.append((name + "_sum", (), self.duration_sum))
+        buckets.append((name + "_count", (), self.duration_count))
+        family(name, "histogram", "Time from request head to the answer's delivery, finite requests only (not streams).",
+               buckets)
+        family("porthole_open_connections", "gauge", "Client connections open now.",
+               [("porthole_open_connections", (), open_connections)])
+        family("porthole_open_streams", "gauge", "Streaming requests (events, followed logs, stats) open now.",
+               [("porthole_open_streams", (), open_streams)])
+        name = "porthole_upstream_errors_total"
+        family(name, "counter", "Failures talking to the Docker daemon that reached a client, by reason.",
+               ((name, (("reason", r),), n) for r, n in self.upstream_errors.items()))
+        name = "porthole_reloads_total"
+        family(name, "counter", "Rules reloads, by result (failed: the old policy was kept).",
+               ((name, (("result", r),), n) for r, n in self.reloads.items()))
+        family("porthole_info", "gauge", "Porthole's version.", [("porthole_info", (("version", self.version),), 1)])
+        return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------------------------
@@ -2540,10 +2662,11 @@ class UpstreamConnection:
 
     def on_deadline(self, now: float) -> None:
         if self.state is UpstreamState.CONNECTING:
-            self.fail(502, upstream_error_message(self.pool.endpoint, OSError(errno.ETIMEDOUT, "connect timed out")))
+            self.fail(502, upstream_error_message(self.pool.endpoint, OSError(errno.ETIMEDOUT, "connect timed out")),
+                      "connect_failed")
         elif self.state is UpstreamState.AWAITING:
             self.fail(504, f"the daemon did not start answering within --response-timeout "
-                           f"{self.pool.settings.response_timeout:g} s")
+                           f"{self.pool.settings.response_timeout:g} s", "timeout")
         elif self.state is UpstreamState.IDLE:
             self.close()
 
@@ -2566,7 +2689,7 @@ class UpstreamConnection:
         except BlockingIOError:
             return
         except OSError as exc:
-            self.fail(502, upstream_error_message(self.pool.endpoint, exc))
+            self.fail(502, upstream_error_message(self.pool.endpoint, exc), "closed")
             return
         self.received_any = self.received_any or bool(data)
         self.h11.receive_data(data)
@@ -2576,12 +2699,12 @@ class UpstreamConnection:
         """The connect failed: on to the daemon's next address, if it has another."""
         self.pool.connect_failed(*self.address, exc)
         if not self.candidates:
-            self.fail(502, upstream_error_message(self.pool.endpoint, exc))
+            self.fail(502, upstream_error_message(self.pool.endpoint, exc), "connect_failed")
             return
         try:
             sock, connected, self.address = self.pool.connect(self.candidates)
         except OSError as last:
-            self.fail(502, upstream_error_message(self.pool.endpoint, last))
+            self.fail(502, upstream_error_message(self.pool.endpoint, last), "connect_failed")
             return
         self.loop.forget(self.sock)
         self.sock.close()
@@ -2594,7 +2717,7 @@ class UpstreamConnection:
 
     def on_turn(self) -> None:
         if self.send_error is not None:
-            self.fail(502, upstream_error_message(self.pool.endpoint, self.send_error))
+            self.fail(502, upstream_error_message(self.pool.endpoint, self.send_error), "closed")
         elif not self.paused and self.state in (UpstreamState.AWAITING, UpstreamState.RECEIVING):
             self.pump()
 
@@ -2606,21 +2729,22 @@ class UpstreamConnection:
             except h11.RemoteProtocolError as exc:
                 closed = self.h11.their_state is h11.ERROR and self.h11.trailing_data[1]
                 self.fail(502, "the daemon closed the connection before the response was complete"
-                          if closed else f"malformed response from the daemon: {exc}")
+                          if closed else f"malformed response from the daemon: {exc}",
+                          "closed" if closed else "protocol_error")
                 return
             if event is h11.NEED_DATA:
                 break
             if isinstance(event, h11.InformationalResponse):
                 self.informational += 1
                 if self.informational > MAX_INFORMATIONAL:
-                    self.fail(502, "the daemon sent too many 1xx responses")
+                    self.fail(502, "the daemon sent too many 1xx responses", "protocol_error")
                     return
                 continue  # never relayed: porthole sends no bodies, so never waits for 100
             if isinstance(event, h11.Response):
                 try:
                     head = relayed_head(event)
                 except ValueError as exc:
-                    self.fail(502, str(exc))
+                    self.fail(502, str(exc), "protocol_error")
                     return
                 self.enter(UpstreamState.RECEIVING)
                 self.consumer.upstream_head(self, head)
@@ -2632,7 +2756,7 @@ class UpstreamConnection:
                 consumer.upstream_end(self)
                 return
             else:  # ConnectionClosed or PAUSED before the response ended
-                self.fail(502, "the daemon closed the connection mid-response")
+                self.fail(502, "the daemon closed the connection mid-response", "closed")
                 return
         self.update_interest()
 
@@ -2654,7 +2778,7 @@ class UpstreamConnection:
             except BlockingIOError:
                 pass
             except OSError as exc:
-                self.fail(502, upstream_error_message(self.pool.endpoint, exc))
+                self.fail(502, upstream_error_message(self.pool.endpoint, exc), "closed")
                 return
         self.update_interest()
 
@@ -2678,15 +2802,19 @@ class UpstreamConnection:
         return (self.state is UpstreamState.RECEIVING and self.h11.our_state is h11.DONE
                 and self.h11.their_state is h11.DONE and not self.h11.trailing_data[0])
 
-    def fail(self, status: int, message: str) -> None:
+    def fail(self, status: int, message: str, reason: str | None) -> None:
+        """`reason`: one of UPSTREAM_ERROR_REASONS, counted when the failure reaches a consumer
+        that will not retry it (None: porthole's own doing, not the daemon's)."""
         consumer, self.consumer = self.consumer, None
         retryable = self.reused and not self.received_any
         self.close()
         if consumer is not None:
+            if reason is not None and not retryable:
+                self.pool.metrics.upstream_error(reason)
             consumer.upstream_failed(self, status, message, retryable)
 
     def abort(self, reason: str) -> None:
-        self.fail(502, f"porthole {reason}")
+        self.fail(502, f"porthole {reason}", None)
 
     def close(self) -> None:
         if self.state is UpstreamState.CLOSED:
@@ -2710,11 +2838,12 @@ class UpstreamPool:
             helper thread after a failure; the loop only ever reads the last answer.
     """
 
-    def __init__(self, loop: Loop, settings: Settings, log: Log) -> None:
+    def __init__(self, loop: Loop, settings: Settings, log: Log, metrics: Metrics | None = None) -> None:
         self.loop = loop
         self.settings = settings
         self.endpoint = settings.upstream
         self.log = log
+        self.metrics = metrics if metrics is not None else Metrics()  # upstream failures are counted here
         self.idle: list[UpstreamConnection] = []
         self.addresses: list[tuple[int, Any]] = []  # (family, sockaddr), for TCP daemons
         self.resolving = False
@@ -2840,6 +2969,7 @@ class Relay:
         try:
             self.conn = self.pool.acquire(self, self.request, fresh=fresh)
         except OSError as exc:
+            self.pool.metrics.upstream_error("connect_failed")
             self.exchange.fail(502, upstream_error_message(self.pool.endpoint, exc))
 
     def upstream_head(self, conn: UpstreamConnection, head: h11.Response) -> None:
@@ -2916,6 +3046,7 @@ class SharedStream:
         try:  # fresh: a stream outlives any pooled connection's staleness check
             self.conn = self.pool.acquire(self, self.request, fresh=True)
         except OSError as exc:
+            self.pool.metrics.upstream_error("connect_failed")
             self.upstream_failed(None, 502, upstream_error_message(self.pool.endpoint, exc), False)
 
     def join(self, exchange: Exchange) -> None:
@@ -3118,6 +3249,90 @@ class Timer:
 # 5. The proxy: the parts above wired to the policy
 # --------------------------------------------------------------------------------------------
 
+MAX_METRICS_CONNECTIONS = 8  # scrapers served at once; past it the metrics listener pauses
+METRICS_PATH = b"/metrics"
+
+
+class MetricsServer:
+    """The --metrics listener: GET and HEAD /metrics, rendered from the Metrics registry, on
+    connections of its own (ClientConnection: the same head, idle and write-stall deadlines).
+
+    Rule 1: its connections are its own: they never count against --max-connections or the
+            per-client caps, and at most MAX_METRICS_CONNECTIONS are open at once (the listener
+            pauses past it), so scrapers cannot exhaust the proxy, nor its clients a scrape.
+    Rule 2: nothing here reaches the daemon: an answer is rendered and queued at once.
+    Rule 3: any other path is a 404, any other method a 405, both Docker-style JSON.
+    """
+
+    def __init__(self, sock: socket.socket, endpoint: Endpoint, loop: Loop, settings: Settings, log: Log,
+                 render: Callable[[], str]) -> None:
+        self.loop = loop
+        self.settings = settings
+        self.log = log
+        self.render = render
+        self.clients: set[ClientConnection] = set()
+        self.stopping = False
+        self.listener = Listener(sock, endpoint, loop, self.accept)
+
+    def accept(self, sock: socket.socket, endpoint: Endpoint, address: Any) -> None:
+        if endpoint.kind == "unix":
+            pid, uid, gid = struct.unpack("iII", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            peer = f"uid={uid} gid={gid} pid={pid}"
+        else:
+            peer = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+        client = ClientConnection(sock, self.loop, self, self.settings, endpoint, peer, peer)
+        self.clients.add(client)
+        client.update_interest()
+        if len(self.clients) >= MAX_METRICS_CONNECTIONS:
+            self.listener.pause()
+
+    def on_request(self, client: ClientConnection, exchange: Exchange) -> None:
+        method, target = exchange.facts.method, exchange.facts.target
+        if method not in ALLOWED_METHODS:
+            self.respond(exchange, 405, f"method {method} is not served here: GET {METRICS_PATH.decode()}",
+                         [(b"Allow", b"GET, HEAD")])
+        elif target.partition(b"?")[0] != METRICS_PATH:
+            self.respond(exchange, 404, f"no such path: only {METRICS_PATH.decode()} is served here")
+        else:
+            body = self.render().encode("utf-8")
+            exchange.send_head(h11.Response(status_code=200, headers=[
+                (b"Content-Type", METRICS_CONTENT_TYPE), (b"Content-Length", str(len(body)).encode())]))
+            if method == "GET":
+                exchange.send_body(body)
+            exchange.end_body()
+
+    @staticmethod
+    def respond(exchange: Exchange, status: int, message: str,
+                headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        exchange.outcome, exchange.reason = "deny", message
+        body = error_body(message)
+        exchange.close_after = status == 405  # a refused method may have sent a body we never read
+        exchange.send_head(h11.Response(status_code=status, headers=[
+            (b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode()), *headers,
+            *([(b"Connection", b"close")] if exchange.close_after else [])]))
+        if exchange.facts.method != "HEAD":
+            exchange.send_body(body)
+        exchange.end_body()
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        if self.log.enabled("debug"):
+            self.log("debug", "metrics_request", listener=exchange.client.listener.url, client=exchange.client.peer,
+                     method=exchange.facts.method, target=exchange.facts.target.decode("latin-1"),
+                     status=exchange.status, reason=exchange.reason)
+
+    def client_closed(self, client: ClientConnection) -> None:
+        self.clients.discard(client)
+        if self.listener.paused and len(self.clients) < MAX_METRICS_CONNECTIONS and not self.stopping:
+            self.listener.resume()
+
+    def close(self) -> None:
+        """The proxy is stopping: no new scrape; open connections deliver what is queued and close."""
+        self.stopping = True
+        self.listener.close()
+        for client in list(self.clients):
+            client.close()
+
+
 class Proxy:
     """Listeners, clients, the daemon pool and the shared streams, around one Loop.
 
@@ -3136,7 +3351,9 @@ class Proxy:
         self.policy = policy
         self.log = log
         self.loop = Loop(log, clock)
-        self.pool = UpstreamPool(self.loop, settings, log)
+        self.metrics = Metrics()
+        self.metrics_server: MetricsServer | None = None
+        self.pool = UpstreamPool(self.loop, settings, log, self.metrics)
         self.listeners: list[Listener] = []
         self.clients: set[ClientConnection] = set()
         self.served = 0  # clients not rejected by a cap
@@ -3161,11 +3378,16 @@ class Proxy:
                     raise UsageError(f"{endpoint.url}: {exc}") from None
             sock = bind_unix(endpoint) if endpoint.kind == "unix" else bind_tcp(endpoint)
             self.listeners.append(Listener(sock, endpoint, self.loop, self.accept))
+        metrics = self.settings.metrics
+        if metrics is not None:
+            sock = bind_unix(metrics) if metrics.kind == "unix" else bind_tcp(metrics)
+            self.metrics_server = MetricsServer(sock, metrics, self.loop, self.settings, self.log, self.metrics_text)
         self.signals = SignalPipe(self.loop, self.on_signal)
         self.write_state_file()
         self.log("info", "listening", listeners=[l.endpoint.url for l in self.listeners],
                  upstream=self.settings.upstream.url, rules=self.policy.source,
-                 profiles=sorted(self.policy.profiles), version=VERSION, pid=os.getpid())
+                 profiles=sorted(self.policy.profiles), version=VERSION, pid=os.getpid(),
+                 metrics=metrics.url if metrics else None)
 
     def run(self) -> int:
         self.log.pending = []
@@ -3193,6 +3415,10 @@ class Proxy:
             os.replace(temporary, path)
         except OSError as exc:
             self.log("warning", "state_file_failed", path=str(path), error=exc.strerror)
+
+    def metrics_text(self) -> str:
+        return self.metrics.render(open_connections=len(self.clients),
+                                   open_streams=sum(self.streams_per_client.values()))
 
     def remove_state_file(self) -> None:
         if self.settings.state_file is not None:
@@ -3238,9 +3464,11 @@ class Proxy:
             if missing:
                 raise PolicyError(str(path), "$.profiles", f"a listener uses profile {missing[0]!r}, which is gone")
         except (OSError, UnicodeDecodeError, PolicyError) as exc:
+            self.metrics.reloaded(ok=False)
             self.log("error", "reload_failed", error=str(exc), kept=self.policy.source)
             return
         self.policy = policy
+        self.metrics.reloaded(ok=True)
         for client in self.clients:
             self.assign_profile(client)
         self.log("info", "reload", rules=policy.source, profiles=sorted(policy.profiles),
@@ -3253,6 +3481,8 @@ class Proxy:
         for listener in self.listeners:
             listener.close()
         self.listeners.clear()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.pool.close()
         self.loop.set_deadline(self.grace_timer, self.loop.clock() + self.settings.shutdown_grace)
         for client in list(self.clients):
@@ -3377,6 +3607,8 @@ class Proxy:
         client, facts, decision = exchange.client, exchange.facts, exchange.decision
         if exchange.streaming:
             _decrement(self.streams_per_client, client.identity)
+        self.metrics.request_done(facts.profile, exchange.outcome, decision.rule.path if decision else None,
+                                  None if exchange.streaming else self.loop.clock() - exchange.started)
         if self.log.enabled("info"):
             self.log("info", "request", listener=client.listener.url, client=client.peer,
                      method=facts.method, target=facts.target.decode("latin-1"),
