@@ -8,10 +8,10 @@ allowed GET/HEAD requests, rebuilt in canonical form, to the daemon.
 The file reads in the order a request flows:
   1. settings      command line, environment, listener URLs
   2. policy        canonical targets, rules.json, decisions (pure functions, no I/O)
-  3. logging       one line per request, safe against hostile values
+  3. logging       one line per request, safe against hostile values; the metrics registry
   4. connections   the loop, and the client and upstream state machines, each a small part
   5. the proxy     the parts wired to the policy: accept, decide, relay or share, log
-  6. entry point   --check, --healthcheck, --version, run
+  6. entry point   --check, --healthcheck, --doctor, --version, run
 """
 from __future__ import annotations
 
