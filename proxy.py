@@ -290,7 +290,8 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         dropin=dropin,
         log_format=log_format, log_level=log_level, allow_root=allow_root, allow_hosts=hosts,
         state_file=Path(state_file) if state_file else None, listeners_given=bool(given_urls),
-        mode=args.mode or "run", log_format_given=bool(args.log_format or env("log-format")), metrics=parse_metrics_endpoint(metrics_url) if metrics_url else None, **numbers,
+        mode=args.mode or "run", log_format_given=bool(args.log_format or env("log-format")),
+        metrics=parse_metrics_endpoint(metrics_url) if metrics_url else None, **numbers,
     )
 
 

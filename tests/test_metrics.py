@@ -315,6 +315,11 @@ def test_black_box_reloads_and_unix_metrics_listener(proxy_factory, tmp_path):
     samples = scrape(path)
     assert sample(samples, "porthole_reloads_total", result="failed") == 1
     assert sample(samples, "porthole_reloads_total", result="ok") == 1
+    with fu.HttpClient(path) as idle_scraper:  # a keep-alive scraper does not hold up the exit
+        idle_scraper.request("GET", "/metrics")
+        assert idle_scraper.read_response().status == 200
+        assert p.stop() == 0
+    assert not os.path.exists(path), "the metrics socket file is removed on exit"
 
 
 def test_black_box_upstream_errors_by_reason(start_proxy, upstream):
