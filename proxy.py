@@ -3802,12 +3802,14 @@ class DoctorPaths:
     proc: str = "/proc"
     daemon_json: str = "/etc/docker/daemon.json"  # when dockerd names no --config-file
     group: str = "/etc/group"
+    passwd: str = "/etc/passwd"  # users whose primary group is the socket's are members too
 
     @staticmethod
     def from_environment(environ: Mapping[str, str]) -> DoctorPaths:
         return DoctorPaths(proc=environ.get("PORTHOLE_DOCTOR_PROC") or "/proc",
                            daemon_json=environ.get("PORTHOLE_DOCTOR_DAEMON_JSON") or "/etc/docker/daemon.json",
-                           group=environ.get("PORTHOLE_DOCTOR_GROUP_FILE") or "/etc/group")
+                           group=environ.get("PORTHOLE_DOCTOR_GROUP_FILE") or "/etc/group",
+                           passwd=environ.get("PORTHOLE_DOCTOR_PASSWD_FILE") or "/etc/passwd")
 
 
 @dataclass(frozen=True)
@@ -3959,21 +3961,30 @@ def find_daemons(paths: DoctorPaths, upstream: Endpoint) -> tuple[list[DaemonFac
     return daemons, seen
 
 
-def socket_facts(path: str, group_file: str) -> SocketFacts:
+def _colon_file(path: str) -> list[list[str]]:
+    """The records of /etc/group or /etc/passwd ([] when unreadable)."""
+    try:
+        return [line.split(":") for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError:
+        return []
+
+
+def socket_facts(path: str, group_file: str, passwd_file: str = "/etc/passwd") -> SocketFacts:
+    """The socket's owner and mode, its group's name and members: those /etc/group lists, then
+    the users whose primary group it is (/etc/passwd)."""
     try:
         info = os.stat(path)
     except OSError as exc:
         return SocketFacts(path, error=exc.strerror or str(exc))
-    name, members = None, ()
-    try:
-        for line in Path(group_file).read_text(encoding="utf-8", errors="replace").splitlines():
-            fields = line.split(":")
-            if len(fields) >= 4 and fields[2].strip().isdigit() and int(fields[2]) == info.st_gid:
-                name, members = fields[0], tuple(m for m in fields[3].strip().split(",") if m)
-                break
-    except OSError:
-        pass
-    return SocketFacts(path, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid, name, members)
+    gid, name, members = str(info.st_gid), None, []
+    for fields in _colon_file(group_file):
+        if len(fields) >= 4 and fields[2].strip() == gid:
+            name, members = fields[0], [m for m in fields[3].strip().split(",") if m]
+            break
+    for fields in _colon_file(passwd_file):
+        if len(fields) >= 4 and fields[3].strip() == gid and fields[0] not in members:
+            members.append(fields[0])
+    return SocketFacts(path, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid, name, tuple(members))
 
 
 def daemon_security_options(upstream: Endpoint) -> tuple[tuple[str, ...] | None, str | None]:
@@ -4015,7 +4026,7 @@ def gather_host_facts(settings: Settings, policy: Policy, paths: DoctorPaths) ->
     daemons, seen = find_daemons(paths, upstream)
     options, error = daemon_security_options(upstream)
     return HostFacts(
-        upstream=upstream, socket=socket_facts(upstream.path, paths.group) if upstream.kind == "unix" else None,
+        upstream=upstream, socket=socket_facts(upstream.path, paths.group, paths.passwd) if upstream.kind == "unix" else None,
         daemons=tuple(daemons), dockerd_processes=seen, proc_root=paths.proc,
         security_options=options, daemon_error=error, euid=os.geteuid(), allow_root=settings.allow_root,
         listeners=settings.listeners, policy=policy)

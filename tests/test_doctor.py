@@ -116,8 +116,11 @@ def test_socket_facts_name_the_group_and_its_members(tmp_path):
         gid = os.stat(path).st_gid
         group = tmp_path / "group"
         group.write_text(f"other:x:{gid + 1}:eve\ndocker:x:{gid}:alice,bob\nsame-gid-later:x:{gid}:mallory\n")
-        found = proxy.socket_facts(path, str(group))
-    assert (found.mode, found.group_name, found.group_members) == (0o660, "docker", ("alice", "bob"))
+        passwd = tmp_path / "passwd"
+        passwd.write_text(f"alice:x:1000:1000::/home/alice:/bin/sh\ncarol:x:1001:{gid}::/home/carol:/bin/sh\n"
+                          f"bob:x:1002:{gid}::/home/bob:/bin/sh\n")
+        found = proxy.socket_facts(path, str(group), str(passwd))
+    assert (found.mode, found.group_name, found.group_members) == (0o660, "docker", ("alice", "bob", "carol"))
     assert proxy.socket_facts(str(tmp_path / "missing.sock"), str(group)).error == "No such file or directory"
 
 
@@ -222,7 +225,10 @@ def run_doctor(dockerd, *args, listen=None, env=None, rules=None, as_root=False,
     group = group_file or support.short_tmpdir("ph-grp-") / "group"
     if group_file is None:
         group.write_text("root:x:0:\ndocker:x:999:someone\n")  # gid 2375, the private socket's, has no entry
-    environment = {"PORTHOLE_DOCTOR_GROUP_FILE": str(group), **(env or {})}
+    passwd = group.parent / "passwd"  # nobody has the private socket's group 2375 as primary group
+    passwd.write_text("root:x:0:0:root:/root:/bin/sh\n")
+    environment = {"PORTHOLE_DOCTOR_GROUP_FILE": str(group), "PORTHOLE_DOCTOR_PASSWD_FILE": str(passwd),
+                   **(env or {})}
     p = support.ProxyProcess(listen=listen or ["tcp://127.0.0.1:%d" % support.free_port()],
                              upstream=upstream or dockerd.url, groups=[dockerd.sock_gid], as_root=as_root,
                              args=["--doctor", "--log-format", "json", *args], env=environment,
