@@ -8,10 +8,10 @@ allowed GET/HEAD requests, rebuilt in canonical form, to the daemon.
 The file reads in the order a request flows:
   1. settings      command line, environment, listener URLs
   2. policy        canonical targets, rules.json, decisions (pure functions, no I/O)
-  3. logging       one line per request, safe against hostile values
+  3. logging       one line per request, safe against hostile values; the metrics registry
   4. connections   the loop, and the client and upstream state machines, each a small part
   5. the proxy     the parts wired to the policy: accept, decide, relay or share, log
-  6. entry point   --check, --healthcheck, --version, run
+  6. entry point   --check, --healthcheck, --doctor, --version, run
 """
 from __future__ import annotations
 
@@ -142,6 +142,15 @@ def parse_endpoint(url: str, *, listener: bool) -> Endpoint:
 TLS_OPTIONS = ("tlscert", "tlskey", "tlscacert")  # the names of docker's own flags
 
 
+def parse_metrics_endpoint(url: str) -> Endpoint:
+    """--metrics: a listener URL like --listen's, without a profile or TLS (it serves no rules)."""
+    endpoint = parse_endpoint(url, listener=True)
+    given = {key for key, _ in parse_qsl(urlsplit(url).query, keep_blank_values=True)}
+    if "profile" in given or endpoint.tls:
+        raise UsageError(f"{url}: the metrics listener takes no profile and no TLS options")
+    return endpoint
+
+
 @dataclass(frozen=True)
 class Settings:
     listeners: tuple[Endpoint, ...]
@@ -168,7 +177,9 @@ class Settings:
     # Tecnativa-style variables found in the environment (name, value), when no rules were given:
     # they then make the policy (see tecnativa_policy).
     dropin: tuple[tuple[str, str], ...] = ()
-    mode: str = "run"  # run, check, healthcheck, version
+    mode: str = "run"  # run, check, healthcheck, version, doctor
+    metrics: Endpoint | None = None  # --metrics: where GET /metrics is served
+    log_format_given: bool = False  # --log-format or PORTHOLE_LOG_FORMAT was set (--doctor: JSON only then)
 
 
 def default_rules_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -224,6 +235,8 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
                         help="run even as uid 0 (not recommended)")
     parser.add_argument("--state-file", metavar="PATH",
                         help="record the listeners here, so --healthcheck finds them without --listen")
+    parser.add_argument("--metrics", metavar="URL",
+                        help="serve Prometheus metrics (GET /metrics) on tcp://HOST:PORT or unix:///path.sock")
     for name, kind, default, text in _NUMERIC_OPTIONS:
         parser.add_argument(f"--{name}", type=kind, metavar="N", help=f"{text} (default {default})")
     modes = parser.add_mutually_exclusive_group()
@@ -232,6 +245,8 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     modes.add_argument("--healthcheck", action="store_const", dest="mode", const="healthcheck",
                        help="GET /_ping through the first listener; exit 0 if the daemon answered")
     modes.add_argument("--version", action="store_const", dest="mode", const="version")
+    modes.add_argument("--doctor", action="store_const", dest="mode", const="doctor",
+                       help="audit this host (socket, dockerd, listeners, rules); exit 0 clean, 1 warnings, 2 critical")
     args = parser.parse_args(list(argv))
 
     def env(name: str) -> str | None:
@@ -271,13 +286,15 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
                               or DEFAULT_UPSTREAM, listener=False)
     hosts = frozenset(h.lower() for h in (args.allow_host or env_list("allow-hosts")))
     state_file = args.state_file or env("state-file")
+    metrics_url = args.metrics or env("metrics")
     return Settings(
         listeners=listeners, upstream=upstream,
         rules_path=Path(args.rules or env("rules") or default_rules_path(environ)), rules_given=rules_given,
         dropin=dropin,
         log_format=log_format, log_level=log_level, allow_root=allow_root, allow_hosts=hosts,
         state_file=Path(state_file) if state_file else None, listeners_given=bool(given_urls),
-        mode=args.mode or "run", **numbers,
+        mode=args.mode or "run", log_format_given=bool(args.log_format or env("log-format")),
+        metrics=parse_metrics_endpoint(metrics_url) if metrics_url else None, **numbers,
     )
 
 
@@ -1817,6 +1834,113 @@ class Log:
         return text if _TEXT_SAFE.fullmatch(text) else json.dumps(text, ensure_ascii=True)
 
 
+# ---- metrics ---------------------------------------------------------------------------------
+#
+# Counters the proxy keeps as it works, rendered on demand in Prometheus' text exposition format
+# (version 0.0.4) by the --metrics listener. Every label value comes from a bounded set: a
+# profile name of the rules, a decision (allow, deny, error), a rule's path template (never the
+# raw path), one of UPSTREAM_ERROR_REASONS, a reload result. So the number of series is bounded
+# by the rules file, whatever clients send.
+
+UPSTREAM_ERROR_REASONS = ("connect_failed", "timeout", "protocol_error", "closed")
+RELOAD_RESULTS = ("ok", "failed")
+NO_RULE = "(none)"  # the endpoint label of a request that matched no rule (refused before one)
+DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+METRICS_CONTENT_TYPE = b"text/plain; version=0.0.4; charset=utf-8"
+
+
+def escape_label_value(value: str) -> str:
+    """Backslash, double quote and line feed escaped, as the exposition format requires."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+def _labels(pairs: Sequence[tuple[str, str]]) -> str:
+    if not pairs:
+        return ""
+    return "{" + ",".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs) + "}"
+
+
+def _number(value: float) -> str:
+    if value == float("inf"):
+        return "+Inf"
+    return repr(float(value)) if isinstance(value, float) else str(value)
+
+
+class Metrics:
+    """The proxy's counters and its one histogram: plain dictionaries, no I/O, no sockets.
+
+    Rule 1: counting is a dictionary increment: it runs once per request, in the loop.
+    Rule 2: a label value is never taken from a client's bytes (see the section comment).
+    Rule 3: the fixed label sets (upstream error reasons, reload results) are rendered from the
+            start, at 0, so rate() sees the first increment.
+    """
+
+    def __init__(self, version: str = VERSION) -> None:
+        self.version = version
+        self.requests: dict[tuple[str, str, str], int] = {}  # (profile, decision, endpoint) -> count
+        self.duration_buckets = [0] * len(DURATION_BUCKETS)  # per bucket, not cumulative
+        self.duration_count = 0
+        self.duration_sum = 0.0
+        self.upstream_errors = dict.fromkeys(UPSTREAM_ERROR_REASONS, 0)
+        self.reloads = dict.fromkeys(RELOAD_RESULTS, 0)
+
+    def request_done(self, profile: str, decision: str, endpoint: str | None, duration: float | None) -> None:
+        """One exchange ended; `duration` is None for a stream (it has no meaningful one)."""
+        key = (profile, decision, endpoint or NO_RULE)
+        self.requests[key] = self.requests.get(key, 0) + 1
+        if duration is not None:
+            self.duration_count += 1
+            self.duration_sum += duration
+            for i, bound in enumerate(DURATION_BUCKETS):
+                if duration <= bound:
+                    self.duration_buckets[i] += 1
+                    break
+
+    def upstream_error(self, reason: str) -> None:
+        if reason not in self.upstream_errors:
+            raise ValueError(f"unknown upstream error reason {reason!r}")
+        self.upstream_errors[reason] += 1
+
+    def reloaded(self, ok: bool) -> None:
+        self.reloads["ok" if ok else "failed"] += 1
+
+    def render(self, open_connections: int, open_streams: int) -> str:
+        """The exposition text, gauges as given (the proxy knows them; the registry does not)."""
+        lines: list[str] = []
+
+        def family(name: str, kind: str, text: str, samples: Iterable[tuple[str, Sequence[tuple[str, str]], float]]) -> None:
+            lines.append(f"# HELP {name} {text}")
+            lines.append(f"# TYPE {name} {kind}")
+            lines.extend(f"{sample}{_labels(labels)} {_number(value)}" for sample, labels, value in samples)
+
+        name = "porthole_requests_total"
+        family(name, "counter", "Requests answered, by profile, decision and the matching rule's path template.",
+               ((name, (("profile", p), ("decision", d), ("endpoint", e)), n)
+                for (p, d, e), n in sorted(self.requests.items())))
+        name = "porthole_request_duration_seconds"
+        cumulative, buckets = 0, []
+        for bound, count in zip(DURATION_BUCKETS, self.duration_buckets):
+            cumulative += count
+            buckets.append((name + "_bucket", (("le", _number(bound)),), cumulative))
+        buckets.append((name + "_bucket", (("le", "+Inf"),), self.duration_count))
+        buckets.append((name + "_sum", (), self.duration_sum))
+        buckets.append((name + "_count", (), self.duration_count))
+        family(name, "histogram", "Time from request head to the answer's delivery, finite requests only (not streams).",
+               buckets)
+        family("porthole_open_connections", "gauge", "Client connections open now.",
+               [("porthole_open_connections", (), open_connections)])
+        family("porthole_open_streams", "gauge", "Streaming requests (events, followed logs, stats) open now.",
+               [("porthole_open_streams", (), open_streams)])
+        name = "porthole_upstream_errors_total"
+        family(name, "counter", "Failures talking to the Docker daemon that reached a client, by reason.",
+               ((name, (("reason", r),), n) for r, n in self.upstream_errors.items()))
+        name = "porthole_reloads_total"
+        family(name, "counter", "Rules reloads, by result (failed: the old policy was kept).",
+               ((name, (("result", r),), n) for r, n in self.reloads.items()))
+        family("porthole_info", "gauge", "Porthole's version.", [("porthole_info", (("version", self.version),), 1)])
+        return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------------------------
 # 4. Connections
 #
@@ -3061,10 +3185,11 @@ class UpstreamConnection:
 
     def on_deadline(self, now: float) -> None:
         if self.state is UpstreamState.CONNECTING:
-            self.fail(502, upstream_error_message(self.pool.endpoint, OSError(errno.ETIMEDOUT, "connect timed out")))
+            self.fail(502, upstream_error_message(self.pool.endpoint, OSError(errno.ETIMEDOUT, "connect timed out")),
+                      "connect_failed")
         elif self.state is UpstreamState.AWAITING:
             self.fail(504, f"the daemon did not start answering within --response-timeout "
-                           f"{self.pool.settings.response_timeout:g} s")
+                           f"{self.pool.settings.response_timeout:g} s", "timeout")
         elif self.state is UpstreamState.IDLE:
             self.close()
 
@@ -3087,7 +3212,7 @@ class UpstreamConnection:
         except BlockingIOError:
             return
         except OSError as exc:
-            self.fail(502, upstream_error_message(self.pool.endpoint, exc))
+            self.fail(502, upstream_error_message(self.pool.endpoint, exc), "closed")
             return
         self.received_any = self.received_any or bool(data)
         self.h11.receive_data(data)
@@ -3097,12 +3222,12 @@ class UpstreamConnection:
         """The connect failed: on to the daemon's next address, if it has another."""
         self.pool.connect_failed(*self.address, exc)
         if not self.candidates:
-            self.fail(502, upstream_error_message(self.pool.endpoint, exc))
+            self.fail(502, upstream_error_message(self.pool.endpoint, exc), "connect_failed")
             return
         try:
             sock, connected, self.address = self.pool.connect(self.candidates)
         except OSError as last:
-            self.fail(502, upstream_error_message(self.pool.endpoint, last))
+            self.fail(502, upstream_error_message(self.pool.endpoint, last), "connect_failed")
             return
         self.loop.forget(self.sock)
         self.sock.close()
@@ -3115,7 +3240,7 @@ class UpstreamConnection:
 
     def on_turn(self) -> None:
         if self.send_error is not None:
-            self.fail(502, upstream_error_message(self.pool.endpoint, self.send_error))
+            self.fail(502, upstream_error_message(self.pool.endpoint, self.send_error), "closed")
         elif not self.paused and self.state in (UpstreamState.AWAITING, UpstreamState.RECEIVING):
             self.pump()
 
@@ -3127,21 +3252,22 @@ class UpstreamConnection:
             except h11.RemoteProtocolError as exc:
                 closed = self.h11.their_state is h11.ERROR and self.h11.trailing_data[1]
                 self.fail(502, "the daemon closed the connection before the response was complete"
-                          if closed else f"malformed response from the daemon: {exc}")
+                          if closed else f"malformed response from the daemon: {exc}",
+                          "closed" if closed else "protocol_error")
                 return
             if event is h11.NEED_DATA:
                 break
             if isinstance(event, h11.InformationalResponse):
                 self.informational += 1
                 if self.informational > MAX_INFORMATIONAL:
-                    self.fail(502, "the daemon sent too many 1xx responses")
+                    self.fail(502, "the daemon sent too many 1xx responses", "protocol_error")
                     return
                 continue  # never relayed: porthole sends no bodies, so never waits for 100
             if isinstance(event, h11.Response):
                 try:
                     head = relayed_head(event)
                 except ValueError as exc:
-                    self.fail(502, str(exc))
+                    self.fail(502, str(exc), "protocol_error")
                     return
                 self.enter(UpstreamState.RECEIVING)
                 self.consumer.upstream_head(self, head)
@@ -3153,7 +3279,7 @@ class UpstreamConnection:
                 consumer.upstream_end(self)
                 return
             else:  # ConnectionClosed or PAUSED before the response ended
-                self.fail(502, "the daemon closed the connection mid-response")
+                self.fail(502, "the daemon closed the connection mid-response", "closed")
                 return
         self.update_interest()
 
@@ -3175,7 +3301,7 @@ class UpstreamConnection:
             except BlockingIOError:
                 pass
             except OSError as exc:
-                self.fail(502, upstream_error_message(self.pool.endpoint, exc))
+                self.fail(502, upstream_error_message(self.pool.endpoint, exc), "closed")
                 return
         self.update_interest()
 
@@ -3199,15 +3325,19 @@ class UpstreamConnection:
         return (self.state is UpstreamState.RECEIVING and self.h11.our_state is h11.DONE
                 and self.h11.their_state is h11.DONE and not self.h11.trailing_data[0])
 
-    def fail(self, status: int, message: str) -> None:
+    def fail(self, status: int, message: str, reason: str | None) -> None:
+        """`reason`: one of UPSTREAM_ERROR_REASONS, counted when the failure reaches a consumer
+        that will not retry it (None: porthole's own doing, not the daemon's)."""
         consumer, self.consumer = self.consumer, None
         retryable = self.reused and not self.received_any
         self.close()
         if consumer is not None:
+            if reason is not None and not retryable:
+                self.pool.metrics.upstream_error(reason)
             consumer.upstream_failed(self, status, message, retryable)
 
     def abort(self, reason: str) -> None:
-        self.fail(502, f"porthole {reason}")
+        self.fail(502, f"porthole {reason}", None)
 
     def close(self) -> None:
         if self.state is UpstreamState.CLOSED:
@@ -3231,11 +3361,12 @@ class UpstreamPool:
             helper thread after a failure; the loop only ever reads the last answer.
     """
 
-    def __init__(self, loop: Loop, settings: Settings, log: Log) -> None:
+    def __init__(self, loop: Loop, settings: Settings, log: Log, metrics: Metrics | None = None) -> None:
         self.loop = loop
         self.settings = settings
         self.endpoint = settings.upstream
         self.log = log
+        self.metrics = metrics if metrics is not None else Metrics()  # upstream failures are counted here
         self.idle: list[UpstreamConnection] = []
         self.addresses: list[tuple[int, Any]] = []  # (family, sockaddr), for TCP daemons
         self.resolving = False
@@ -3361,6 +3492,7 @@ class Relay:
         try:
             self.conn = self.pool.acquire(self, self.request, fresh=fresh)
         except OSError as exc:
+            self.pool.metrics.upstream_error("connect_failed")
             self.exchange.fail(502, upstream_error_message(self.pool.endpoint, exc))
 
     def upstream_head(self, conn: UpstreamConnection, head: h11.Response) -> None:
@@ -3508,6 +3640,7 @@ class SharedStream:
         try:  # fresh: a stream outlives any pooled connection's staleness check
             self.conn = self.pool.acquire(self, self.request, fresh=True)
         except OSError as exc:
+            self.pool.metrics.upstream_error("connect_failed")
             self.upstream_failed(None, 502, upstream_error_message(self.pool.endpoint, exc), False)
 
     def join(self, exchange: Exchange) -> None:
@@ -3710,6 +3843,90 @@ class Timer:
 # 5. The proxy: the parts above wired to the policy
 # --------------------------------------------------------------------------------------------
 
+MAX_METRICS_CONNECTIONS = 8  # scrapers served at once; past it the metrics listener pauses
+METRICS_PATH = b"/metrics"
+
+
+class MetricsServer:
+    """The --metrics listener: GET and HEAD /metrics, rendered from the Metrics registry, on
+    connections of its own (ClientConnection: the same head, idle and write-stall deadlines).
+
+    Rule 1: its connections are its own: they never count against --max-connections or the
+            per-client caps, and at most MAX_METRICS_CONNECTIONS are open at once (the listener
+            pauses past it), so scrapers cannot exhaust the proxy, nor its clients a scrape.
+    Rule 2: nothing here reaches the daemon: an answer is rendered and queued at once.
+    Rule 3: any other path is a 404, any other method a 405, both Docker-style JSON.
+    """
+
+    def __init__(self, sock: socket.socket, endpoint: Endpoint, loop: Loop, settings: Settings, log: Log,
+                 render: Callable[[], str]) -> None:
+        self.loop = loop
+        self.settings = settings
+        self.log = log
+        self.render = render
+        self.clients: set[ClientConnection] = set()
+        self.stopping = False
+        self.listener = Listener(sock, endpoint, loop, self.accept)
+
+    def accept(self, sock: socket.socket, endpoint: Endpoint, address: Any) -> None:
+        if endpoint.kind == "unix":
+            pid, uid, gid = struct.unpack("iII", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+            peer = f"uid={uid} gid={gid} pid={pid}"
+        else:
+            peer = f"[{address[0]}]:{address[1]}" if ":" in address[0] else f"{address[0]}:{address[1]}"
+        client = ClientConnection(sock, self.loop, self, self.settings, endpoint, peer, peer)
+        self.clients.add(client)
+        client.update_interest()
+        if len(self.clients) >= MAX_METRICS_CONNECTIONS:
+            self.listener.pause()
+
+    def on_request(self, client: ClientConnection, exchange: Exchange) -> None:
+        method, target = exchange.facts.method, exchange.facts.target
+        if method not in ALLOWED_METHODS:
+            self.respond(exchange, 405, f"method {method} is not served here: GET {METRICS_PATH.decode()}",
+                         [(b"Allow", b"GET, HEAD")])
+        elif target.partition(b"?")[0] != METRICS_PATH:
+            self.respond(exchange, 404, f"no such path: only {METRICS_PATH.decode()} is served here")
+        else:
+            body = self.render().encode("utf-8")
+            exchange.send_head(h11.Response(status_code=200, headers=[
+                (b"Content-Type", METRICS_CONTENT_TYPE), (b"Content-Length", str(len(body)).encode())]))
+            if method == "GET":
+                exchange.send_body(body)
+            exchange.end_body()
+
+    @staticmethod
+    def respond(exchange: Exchange, status: int, message: str,
+                headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
+        exchange.outcome, exchange.reason = "deny", message
+        body = error_body(message)
+        exchange.close_after = status == 405  # a refused method may have sent a body we never read
+        exchange.send_head(h11.Response(status_code=status, headers=[
+            (b"Content-Type", b"application/json"), (b"Content-Length", str(len(body)).encode()), *headers,
+            *([(b"Connection", b"close")] if exchange.close_after else [])]))
+        if exchange.facts.method != "HEAD":
+            exchange.send_body(body)
+        exchange.end_body()
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        if self.log.enabled("debug"):
+            self.log("debug", "metrics_request", listener=exchange.client.listener.url, client=exchange.client.peer,
+                     method=exchange.facts.method, target=exchange.facts.target.decode("latin-1"),
+                     status=exchange.status, reason=exchange.reason)
+
+    def client_closed(self, client: ClientConnection) -> None:
+        self.clients.discard(client)
+        if self.listener.paused and len(self.clients) < MAX_METRICS_CONNECTIONS and not self.stopping:
+            self.listener.resume()
+
+    def close(self) -> None:
+        """The proxy is stopping: no new scrape; open connections deliver what is queued and close."""
+        self.stopping = True
+        self.listener.close()
+        for client in list(self.clients):
+            client.close()
+
+
 class Proxy:
     """Listeners, clients, the daemon pool and the shared streams, around one Loop.
 
@@ -3728,7 +3945,9 @@ class Proxy:
         self.policy = policy
         self.log = log
         self.loop = Loop(log, clock)
-        self.pool = UpstreamPool(self.loop, settings, log)
+        self.metrics = Metrics()
+        self.metrics_server: MetricsServer | None = None
+        self.pool = UpstreamPool(self.loop, settings, log, self.metrics)
         self.listeners: list[Listener] = []
         self.clients: set[ClientConnection] = set()
         self.served = 0  # clients not rejected by a cap
@@ -3753,11 +3972,16 @@ class Proxy:
                     raise UsageError(f"{endpoint.url}: {exc}") from None
             sock = bind_unix(endpoint) if endpoint.kind == "unix" else bind_tcp(endpoint)
             self.listeners.append(Listener(sock, endpoint, self.loop, self.accept))
+        metrics = self.settings.metrics
+        if metrics is not None:
+            sock = bind_unix(metrics) if metrics.kind == "unix" else bind_tcp(metrics)
+            self.metrics_server = MetricsServer(sock, metrics, self.loop, self.settings, self.log, self.metrics_text)
         self.signals = SignalPipe(self.loop, self.on_signal)
         self.write_state_file()
         self.log("info", "listening", listeners=[l.endpoint.url for l in self.listeners],
                  upstream=self.settings.upstream.url, rules=self.policy.source,
-                 profiles=sorted(self.policy.profiles), version=VERSION, pid=os.getpid())
+                 profiles=sorted(self.policy.profiles), version=VERSION, pid=os.getpid(),
+                 metrics=metrics.url if metrics else None)
 
     def run(self) -> int:
         self.log.pending = []
@@ -3785,6 +4009,10 @@ class Proxy:
             os.replace(temporary, path)
         except OSError as exc:
             self.log("warning", "state_file_failed", path=str(path), error=exc.strerror)
+
+    def metrics_text(self) -> str:
+        return self.metrics.render(open_connections=len(self.clients),
+                                   open_streams=sum(self.streams_per_client.values()))
 
     def remove_state_file(self) -> None:
         if self.settings.state_file is not None:
@@ -3830,9 +4058,11 @@ class Proxy:
             if missing:
                 raise PolicyError(str(path), "$.profiles", f"a listener uses profile {missing[0]!r}, which is gone")
         except (OSError, UnicodeDecodeError, PolicyError) as exc:
+            self.metrics.reloaded(ok=False)
             self.log("error", "reload_failed", error=str(exc), kept=self.policy.source)
             return
         self.policy = policy
+        self.metrics.reloaded(ok=True)
         for client in self.clients:
             self.assign_profile(client)
         self.log("info", "reload", rules=policy.source, profiles=sorted(policy.profiles),
@@ -3845,6 +4075,8 @@ class Proxy:
         for listener in self.listeners:
             listener.close()
         self.listeners.clear()
+        if self.metrics_server is not None:
+            self.metrics_server.close()
         self.pool.close()
         self.loop.set_deadline(self.grace_timer, self.loop.clock() + self.settings.shutdown_grace)
         for client in list(self.clients):
@@ -4003,6 +4235,8 @@ class Proxy:
         client, facts, decision = exchange.client, exchange.facts, exchange.decision
         if exchange.streaming:
             _decrement(self.streams_per_client, client.identity)
+        self.metrics.request_done(facts.profile, exchange.outcome, decision.rule.path if decision else None,
+                                  None if exchange.streaming else self.loop.clock() - exchange.started)
         if self.log.enabled("info"):
             filtered = {} if exchange.filter is None else {
                 "redacted": exchange.filter.redacted, "hidden": exchange.filter.hidden}
@@ -4172,6 +4406,460 @@ def healthcheck(settings: Settings) -> int:
     return 1
 
 
+# ---- --doctor: an audit of the host porthole runs on -----------------------------------------
+#
+# Facts are gathered once (gather_host_facts: the only I/O, its paths injectable for tests), then
+# each check is a pure function of them returning findings. Severities: ok and info never change
+# the exit status; a warning makes it 1, a critical finding 2.
+
+SEVERITIES = ("ok", "info", "warning", "critical")
+DEFAULT_DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: str  # one of SEVERITIES
+    check: str
+    message: str
+
+
+@dataclass(frozen=True)
+class DoctorPaths:
+    """Where the audit looks; PORTHOLE_DOCTOR_* override them (tests, or a host mounted elsewhere)."""
+
+    proc: str = "/proc"
+    daemon_json: str = "/etc/docker/daemon.json"  # when dockerd names no --config-file
+    group: str = "/etc/group"
+    passwd: str = "/etc/passwd"  # users whose primary group is the socket's are members too
+
+    @staticmethod
+    def from_environment(environ: Mapping[str, str]) -> DoctorPaths:
+        return DoctorPaths(proc=environ.get("PORTHOLE_DOCTOR_PROC") or "/proc",
+                           daemon_json=environ.get("PORTHOLE_DOCTOR_DAEMON_JSON") or "/etc/docker/daemon.json",
+                           group=environ.get("PORTHOLE_DOCTOR_GROUP_FILE") or "/etc/group",
+                           passwd=environ.get("PORTHOLE_DOCTOR_PASSWD_FILE") or "/etc/passwd")
+
+
+@dataclass(frozen=True)
+class SocketFacts:
+    path: str
+    mode: int | None = None  # None: could not stat it (see error)
+    uid: int = -1
+    gid: int = -1
+    group_name: str | None = None
+    group_members: tuple[str, ...] = ()
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class DaemonFacts:
+    """One dockerd process serving the upstream: its command line and configuration file merged."""
+
+    pid: int
+    hosts: tuple[str, ...]
+    tls: bool = False
+    tlsverify: bool = False
+    userns_remap: str | None = None
+    config_file: str = ""
+    config_error: str | None = None
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    upstream: Endpoint
+    socket: SocketFacts | None  # None: the upstream is TCP
+    daemons: tuple[DaemonFacts, ...]
+    dockerd_processes: int  # dockerd processes seen in /proc, serving the upstream or not
+    proc_root: str
+    security_options: tuple[str, ...] | None  # the daemon's /info SecurityOptions (None: not asked)
+    daemon_error: str | None  # why porthole could not ask the daemon
+    euid: int
+    allow_root: bool
+    listeners: tuple[Endpoint, ...]
+    policy: Policy
+
+
+def _flag_value(argv: Sequence[str], i: int, names: Sequence[str]) -> tuple[str | None, int]:
+    """(value, how many arguments it took) when argv[i] is one of the option `names`."""
+    arg = argv[i]
+    for name in names:
+        if arg == name:
+            return (argv[i + 1] if i + 1 < len(argv) else ""), 2
+        if arg.startswith(name + "="):
+            return arg[len(name) + 1:], 1
+        if len(name) == 2 and arg.startswith(name) and len(arg) > 2:  # -Htcp://...
+            return arg[2:], 1
+    return None, 0
+
+
+def _boolean_flag(argv: Sequence[str], name: str) -> bool | None:
+    """--name or --name=true/false (the last one wins); None when absent."""
+    value = None
+    for arg in argv:
+        if arg == name:
+            value = True
+        elif arg.startswith(name + "="):
+            value = arg.partition("=")[2].lower() in ("1", "true", "t")
+    return value
+
+
+def parse_dockerd_command_line(argv: Sequence[str]) -> dict[str, Any]:
+    """The options of dockerd's command line the audit reads: hosts, tls, tlsverify,
+    userns-remap, config-file."""
+    found: dict[str, Any] = {"hosts": []}
+    i = 1
+    while i < len(argv):
+        value, used = _flag_value(argv, i, ("-H", "--host"))
+        if used:
+            found["hosts"].append(value)
+            i += used
+            continue
+        for option in ("--userns-remap", "--config-file"):
+            value, used = _flag_value(argv, i, (option,))
+            if used:
+                found[option[2:]] = value
+                break
+        i += max(used, 1)
+    for option in ("--tls", "--tlsverify"):
+        value = _boolean_flag(argv, option)
+        if value is not None:
+            found[option[2:]] = value
+    return found
+
+
+def _same_unix_socket(host: str, path: str) -> bool:
+    if not host.startswith("unix://"):
+        return False
+    given = host[len("unix://"):] or "/var/run/docker.sock"
+    return given == path or (given in DEFAULT_DOCKER_SOCKETS and path in DEFAULT_DOCKER_SOCKETS) \
+        or os.path.realpath(given) == os.path.realpath(path)
+
+
+def daemon_serves(hosts: Sequence[str], upstream: Endpoint) -> bool:
+    """Whether a dockerd with these hosts serves the upstream porthole connects to."""
+    if upstream.kind == "tcp":
+        return any(h.startswith("tcp://") and h.rsplit(":", 1)[-1].rstrip("/") == str(upstream.port) for h in hosts)
+    if not hosts or any(h.startswith("fd://") for h in hosts):  # dockerd's default, or systemd's socket
+        return upstream.path in DEFAULT_DOCKER_SOCKETS or os.path.realpath(upstream.path) == "/run/docker.sock"
+    return any(_same_unix_socket(h, upstream.path) for h in hosts)
+
+
+def read_daemon_config(path: str) -> tuple[dict[str, Any], str | None]:
+    """daemon.json: ({} and None when absent; {} and why when unreadable or invalid)."""
+    try:
+        document = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}, None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        return {}, f"cannot read {path}: {exc}"
+    if not isinstance(document, dict):
+        return {}, f"{path} is not a JSON object"
+    return document, None
+
+
+def find_daemons(paths: DoctorPaths, upstream: Endpoint) -> tuple[list[DaemonFacts], int]:
+    """The dockerd processes in paths.proc serving `upstream`, and how many dockerd there are."""
+    daemons, seen = [], 0
+    try:
+        entries = sorted((e for e in os.listdir(paths.proc) if e.isdigit()), key=int)
+    except OSError:
+        return [], 0
+    for entry in entries:
+        try:
+            argv = [a.decode("utf-8", "replace") for a in
+                    Path(paths.proc, entry, "cmdline").read_bytes().split(b"\0") if a]
+        except OSError:
+            continue
+        if not argv or os.path.basename(argv[0]) != "dockerd":
+            continue
+        seen += 1
+        flags = parse_dockerd_command_line(argv)
+        config_file = flags.get("config-file") or paths.daemon_json
+        config, error = read_daemon_config(config_file)
+        hosts = list(flags["hosts"]) or [h for h in config.get("hosts", []) if isinstance(h, str)]
+        if not daemon_serves(hosts, upstream):
+            continue
+        userns = flags.get("userns-remap") or config.get("userns-remap") or None
+        daemons.append(DaemonFacts(
+            pid=int(entry), hosts=tuple(hosts),
+            tls=bool(flags.get("tls", config.get("tls", False))),
+            tlsverify=bool(flags.get("tlsverify", config.get("tlsverify", False))),
+            userns_remap=userns if isinstance(userns, str) else None,
+            config_file=config_file, config_error=error))
+    return daemons, seen
+
+
+def _colon_file(path: str) -> list[list[str]]:
+    """The records of /etc/group or /etc/passwd ([] when unreadable)."""
+    try:
+        return [line.split(":") for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines()]
+    except OSError:
+        return []
+
+
+def socket_facts(path: str, group_file: str, passwd_file: str = "/etc/passwd") -> SocketFacts:
+    """The socket's owner and mode, its group's name and members: those /etc/group lists, then
+    the users whose primary group it is (/etc/passwd)."""
+    try:
+        info = os.stat(path)
+    except OSError as exc:
+        return SocketFacts(path, error=exc.strerror or str(exc))
+    gid, name, members = str(info.st_gid), None, []
+    for fields in _colon_file(group_file):
+        if len(fields) >= 4 and fields[2].strip() == gid:
+            name, members = fields[0], [m for m in fields[3].strip().split(",") if m]
+            break
+    for fields in _colon_file(passwd_file):
+        if len(fields) >= 4 and fields[3].strip() == gid and fields[0] not in members:
+            members.append(fields[0])
+    return SocketFacts(path, stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid, name, tuple(members))
+
+
+def daemon_security_options(upstream: Endpoint) -> tuple[tuple[str, ...] | None, str | None]:
+    """GET /info from the daemon: (its SecurityOptions, None), or (None, why not)."""
+    conn = h11.Connection(h11.CLIENT)
+    try:
+        with socket.socket(upstream.family, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(upstream.address)
+            sock.sendall(conn.send(h11.Request(method="GET", target="/info",
+                                               headers=[("Host", "docker"), ("Connection", "close")])))
+            sock.sendall(conn.send(h11.EndOfMessage()))
+            status, body = 0, bytearray()
+            while len(body) < 4 * 1024 * 1024:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    conn.receive_data(sock.recv(READ_CHUNK))
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.Data):
+                    body += event.data
+                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+                    break
+    except OSError as exc:
+        return None, upstream_error_message(upstream, exc)
+    except h11.ProtocolError as exc:
+        return None, f"the daemon's answer to GET /info is not HTTP: {exc}"
+    try:
+        options = json.loads(body)["SecurityOptions"] if status == 200 else None
+    except (ValueError, KeyError, TypeError):
+        options = None
+    if not isinstance(options, list):
+        return None, f"GET /info answered {status} without SecurityOptions"
+    return tuple(str(o) for o in options), None
+
+
+def gather_host_facts(settings: Settings, policy: Policy, paths: DoctorPaths) -> HostFacts:
+    upstream = settings.upstream
+    daemons, seen = find_daemons(paths, upstream)
+    options, error = daemon_security_options(upstream)
+    return HostFacts(
+        upstream=upstream, socket=socket_facts(upstream.path, paths.group, paths.passwd) if upstream.kind == "unix" else None,
+        daemons=tuple(daemons), dockerd_processes=seen, proc_root=paths.proc,
+        security_options=options, daemon_error=error, euid=os.geteuid(), allow_root=settings.allow_root,
+        listeners=settings.listeners, policy=policy)
+
+
+# The checks: pure functions of HostFacts.
+
+def check_docker_socket(facts: HostFacts) -> list[Finding]:
+    """Who can reach the daemon socket (connecting needs write permission): everyone with
+    o+w is root on the host; so is every member of a group with g+w."""
+    sock, name = facts.socket, "docker socket"
+    if sock is None:
+        return [Finding("critical", name, f"porthole reaches the daemon over TCP ({facts.upstream.url}): porthole "
+                                          f"speaks no TLS upstream, so the daemon listens on TCP without it")]
+    if sock.mode is None:
+        return [Finding("warning", name, f"cannot stat {sock.path}: {sock.error}")]
+    mode = f"{sock.path} (owner uid {sock.uid}, group {sock.group_name or sock.gid}, mode {sock.mode:04o})"
+    if sock.mode & 0o002:  # everyone: its group no longer matters
+        return [Finding("critical", name, f"{mode} is world-writable: every local user and every container "
+                                          f"that mounts it is root on this host; chmod o-rw it")]
+    if not sock.mode & 0o020:
+        return [Finding("ok", name, f"{mode}: only its owner can use it")]
+    if sock.group_members:
+        return [Finding("warning", name, f"{mode}: members of group {sock.group_name} can use it directly, "
+                                         f"bypassing porthole, and are root on this host: "
+                                         f"{', '.join(sock.group_members)}")]
+    return [Finding("ok", name, f"{mode}: its group has no listed members")]
+
+
+def check_daemon_reachable(facts: HostFacts) -> list[Finding]:
+    if facts.daemon_error is not None:
+        return [Finding("warning", "daemon", f"porthole cannot ask the daemon: {facts.daemon_error}")]
+    return [Finding("ok", "daemon", f"porthole reaches the daemon at {facts.upstream.url}")]
+
+
+def check_daemon_tcp(facts: HostFacts) -> list[Finding]:
+    """Docker Bench 2.6: a daemon on TCP without TLS client verification is root for whoever
+    can reach the port, whatever porthole does."""
+    name = "dockerd tcp"
+    if not facts.daemons:
+        seen = (f"{facts.dockerd_processes} dockerd process(es) in {facts.proc_root}, none serving "
+                f"{facts.upstream.url}" if facts.dockerd_processes else
+                f"no dockerd process in {facts.proc_root} (another PID namespace?)")
+        return [Finding("info", name, f"{seen}: the daemon's own listeners were not checked; "
+                                      f"run --doctor on the daemon's host")]
+    findings = []
+    for daemon in facts.daemons:
+        if daemon.config_error:
+            findings.append(Finding("warning", name, f"dockerd pid {daemon.pid}: {daemon.config_error}"))
+        tcp = [h for h in daemon.hosts if h.startswith("tcp://")]
+        if not tcp:
+            findings.append(Finding("ok", name, f"dockerd pid {daemon.pid} listens on no TCP address "
+                                                f"({', '.join(daemon.hosts) or 'its default socket'})"))
+        elif not daemon.tlsverify:
+            how = "TLS without client certificates" if daemon.tls else "no TLS"
+            findings.append(Finding("critical", name, f"dockerd pid {daemon.pid} listens on {', '.join(tcp)} with "
+                                                      f"{how}: whoever reaches the port is root on this host, "
+                                                      f"bypassing porthole; remove the tcp:// host or set tlsverify"))
+        else:
+            findings.append(Finding("ok", name, f"dockerd pid {daemon.pid} listens on {', '.join(tcp)} "
+                                                f"with TLS client verification"))
+    return findings
+
+
+def check_userns(facts: HostFacts) -> list[Finding]:
+    """Docker Bench 2.8: with user-namespace remapping, root in a container is not root outside."""
+    name = "userns-remap"
+    options = facts.security_options or ()
+    if any(o == "name=userns" or o.startswith("name=userns,") for o in options):
+        return [Finding("ok", name, "the daemon remaps user namespaces (SecurityOptions name=userns)")]
+    if any(o.startswith("name=rootless") for o in options):
+        return [Finding("ok", name, "the daemon runs rootless")]
+    configured = [d for d in facts.daemons if d.userns_remap]
+    if configured:
+        state = "but the daemon does not report it (restart dockerd?)" if facts.security_options is not None else ""
+        return [Finding("info" if state else "ok", name,
+                        f"dockerd pid {configured[0].pid} is configured with userns-remap "
+                        f"{configured[0].userns_remap!r} {state}".rstrip())]
+    return [Finding("info", name, "no user-namespace remapping: root in a container is root on the host "
+                                  "(userns-remap in daemon.json, Docker Bench 2.8)")]
+
+
+def check_root(facts: HostFacts) -> list[Finding]:
+    if facts.euid == 0:
+        return [Finding("warning", "porthole user",
+                        "porthole runs as root" + (" (--allow-root)" if facts.allow_root else
+                                                   ", which it refuses to serve as without --allow-root")
+                        + ": run it as an unprivileged user with the socket's group")]
+    return [Finding("ok", "porthole user", f"porthole runs as uid {facts.euid}, not root")]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _acknowledged(policy: Policy, profile: str) -> list[Rule]:
+    return [rule for rule in policy.profiles.get(profile, ()) if rule.dangerous]
+
+
+def check_listeners(facts: HostFacts) -> list[Finding]:
+    """A TCP listener off loopback answers whoever reaches it: without TLS client certificates
+    anyone there reads what the listener's profile allows (critical if that includes dangerous
+    reads). `clients` entries only pick profiles: a client they do not match still gets the
+    listener's own."""
+    findings, name = [], "listeners"
+    tcp_entries = [c for c in facts.policy.clients if c.network is not None or c.cert_cn is not None]
+    for endpoint in facts.listeners:
+        dangerous = _acknowledged(facts.policy, endpoint.profile)
+        if endpoint.kind == "unix":
+            world = endpoint.mode is not None and endpoint.mode & 0o002
+            findings.append(Finding("warning" if world and dangerous else "ok", name,
+                                    f"{endpoint.url}: a unix socket" + (", world-writable, whose profile "
+                                    f"{endpoint.profile!r} acknowledges dangerous reads" if world and dangerous else "")))
+            continue
+        if _is_loopback(endpoint.host):
+            findings.append(Finding("ok", name, f"{endpoint.url}: loopback only"))
+            continue
+        if endpoint.tlscacert is not None:
+            findings.append(Finding("ok", name, f"{endpoint.url}: mutual TLS (clients need a certificate "
+                                                f"signed by {endpoint.tlscacert})"))
+            continue
+        how = "TLS without client certificates" if endpoint.tls else "no TLS"
+        severity = "critical" if dangerous else "warning"
+        what = (f"the dangerous reads profile {endpoint.profile!r} acknowledges "
+                f"({', '.join(sorted({r.path for r in dangerous}))})" if dangerous
+                else f"what profile {endpoint.profile!r} allows (container inspect shows environment variables)")
+        note = (f"; the {len(tcp_entries)} TCP `clients` entries pick profiles, but a client they do not match "
+                f"still gets {endpoint.profile!r}" if tcp_entries else "")
+        findings.append(Finding(severity, name, f"{endpoint.url}: not loopback, {how}: whoever reaches it reads "
+                                                f"{what}{note}; bind to 127.0.0.1 or a unix socket, or add tlscacert"))
+    return findings
+
+
+def check_dangerous_reads(facts: HostFacts) -> list[Finding]:
+    """Which dangerous reads each profile acknowledges (the operator's choice, listed)."""
+    findings = []
+    used = {l.profile for l in facts.listeners}
+    for profile, rules in sorted(facts.policy.profiles.items()):
+        dangerous = [r for r in rules if r.dangerous]
+        if dangerous:
+            listed = "; ".join(f"{'|'.join(sorted(r.methods))} {r.path} ({dangerous_overlaps(r.template)[0]})"
+                               for r in dangerous)
+            findings.append(Finding("info", "dangerous reads", f"profile {profile!r}"
+                                    + (" (a listener's)" if profile in used else "") + f" acknowledges: {listed}"))
+    if not findings:
+        findings.append(Finding("ok", "dangerous reads", "no profile acknowledges a dangerous read"))
+    return findings
+
+
+def check_redaction(facts: HostFacts) -> list[Finding]:
+    """Which profiles hand out what redaction removes by default (environment values, log and
+    volume driver options, exec command lines, config contents): a warning for a profile in use."""
+    findings = []
+    used = {l.profile for l in facts.listeners} | {c.profile for c in facts.policy.clients}
+    for profile in sorted(facts.policy.profiles):
+        filtering = facts.policy.filtering.get(profile, DEFAULT_FILTERING)
+        missing = [r for r in REDACTIONS if r in DEFAULT_REDACTIONS and r not in filtering.redact]
+        if not missing:
+            continue
+        scope = f" (it sees only containers labelled {', '.join(filtering.label_filters())})" if filtering.visible else ""
+        in_use = profile in used
+        findings.append(Finding("warning" if in_use else "info", "redaction",
+                                f"profile {profile!r}{' (in use)' if in_use else ''} does not redact "
+                                f"{', '.join(missing)}: its clients read those values{scope}"))
+    if not findings:
+        findings.append(Finding("ok", "redaction", "every profile redacts "
+                                + ", ".join(r for r in REDACTIONS if r in DEFAULT_REDACTIONS)))
+    return findings
+
+
+DOCTOR_CHECKS: tuple[Callable[[HostFacts], list[Finding]], ...] = (
+    check_docker_socket, check_daemon_reachable, check_daemon_tcp, check_userns, check_root,
+    check_listeners, check_dangerous_reads, check_redaction)
+
+
+def doctor_exit_status(findings: Sequence[Finding]) -> int:
+    severities = {f.severity for f in findings}
+    return 2 if "critical" in severities else 1 if "warning" in severities else 0
+
+
+def format_findings(findings: Sequence[Finding], as_json: bool) -> str:
+    status = doctor_exit_status(findings)
+    counts = {s: sum(1 for f in findings if f.severity == s) for s in SEVERITIES}
+    if as_json:
+        return json.dumps({"findings": [vars(f) for f in findings], "counts": counts, "exit": status})
+    width = max(len(f.check) for f in findings)
+    lines = [f"{'SEVERITY':<9} {'CHECK':<{width}}  FINDING"]
+    lines += [f"{f.severity:<9} {f.check:<{width}}  {f.message}" for f in findings]
+    lines.append(f"porthole --doctor: {counts['critical']} critical, {counts['warning']} warning(s), "
+                 f"{counts['info']} info, {counts['ok']} ok; exit {status}")
+    return "\n".join(lines)
+
+
+def doctor(settings: Settings, policy: Policy, paths: DoctorPaths) -> int:
+    facts = gather_host_facts(settings, policy, paths)
+    findings = [finding for check in DOCTOR_CHECKS for finding in check(facts)]
+    print(format_findings(findings, as_json=settings.log_format_given and settings.log_format == "json"))
+    return doctor_exit_status(findings)
+
+
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
     try:
         settings = parse_settings(sys.argv[1:] if argv is None else argv, os.environ if environ is None else environ)
@@ -4202,6 +4890,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         for note in notes:
             print(f"note: {note}")
         return 0
+    if settings.mode == "doctor":
+        return doctor(settings, policy, DoctorPaths.from_environment(os.environ if environ is None else environ))
     if os.geteuid() == 0 and not settings.allow_root:
         print("porthole: refusing to run as root. Run it as an unprivileged user that has the Docker "
               "socket's group, e.g. docker run --user 65532:65532 --group-add $(stat -c %g "
