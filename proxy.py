@@ -3478,6 +3478,9 @@ class Proxy:
                     raise UsageError(f"{endpoint.url}: {exc}") from None
             sock = bind_unix(endpoint) if endpoint.kind == "unix" else bind_tcp(endpoint)
             self.listeners.append(Listener(sock, endpoint, self.loop, self.accept))
+        if self.learning is not None and not os.access(self.learning.path.parent, os.W_OK | os.X_OK):
+            raise UsageError(f"--learn {self.learning.path}: porthole (uid {os.geteuid()}) cannot write to "
+                             f"{self.learning.path.parent}")
         self.signals = SignalPipe(self.loop, self.on_signal)
         self.write_state_file()
         self.log("info", "listening", listeners=[l.endpoint.url for l in self.listeners],

@@ -20,8 +20,8 @@ import support
 import fake_upstream as fu
 from proxy import (ENGINE_API_TEMPLATES, LEARN_MAX_VALUES, NEVER_FORWARDED, ClientFacts, Learner, PolicyError,
                    Refusal, RequestFacts, canonicalize_target, choose_profile, dangerous_overlaps, dangerous_reason,
-                   decide, decide_with_mode, describe_policy, learn_template, load_policy, parse_template,
-                   template_matches, templates_overlap)
+                   decide, decide_with_mode, describe_policy, learn_template, load_policy, parse_settings,
+                   parse_template, template_matches, templates_overlap)
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -41,6 +41,12 @@ def policy_of(document):
 
 def facts(method, target, profile, kind="unix"):
     return RequestFacts(method, target.encode(), [(b"host", b"localhost")], kind, profile)
+
+
+def test_learn_path_from_the_command_line_or_the_environment():
+    assert parse_settings([], {}).learn_path is None
+    assert str(parse_settings(["--learn", "/tmp/a.json"], {"PORTHOLE_LEARN": "/tmp/b.json"}).learn_path) == "/tmp/a.json"
+    assert str(parse_settings([], {"PORTHOLE_LEARN": "/tmp/b.json"}).learn_path) == "/tmp/b.json"
 
 
 # ---- "mode" in rules.json (pure) --------------------------------------------------------------
@@ -369,13 +375,43 @@ def test_learn_writes_a_valid_file_on_its_timer_and_on_sighup(start_proxy, upstr
     assert "profile learned-127-0-0-1: learned by porthole --learn" in check.stdout
 
 
-def test_an_unwritable_learn_path_is_logged_and_the_proxy_goes_on(start_proxy, upstream):
+def test_an_unwritable_learn_path_stops_the_start_or_is_logged_later(start_proxy, upstream):
     directory = support.short_tmpdir("ph-learn-ro-", mode=0o755)  # root's: the proxy runs as 65532
+    result = support.ProxyProcess(listen=["tcp://127.0.0.1:%d" % support.free_port()], upstream=upstream.url,
+                                  args=["--learn", directory / "learned.json"]).run()
+    assert result.returncode == 2
+    assert f"--learn {directory}/learned.json: porthole (uid 65532) cannot write to {directory}" in result.stderr
+    directory.chmod(0o777)
     p = start_proxy("--learn", directory / "learned.json")
+    directory.chmod(0o755)  # taken away while it runs: each write fails, is logged, and it goes on
     assert fu.get(p.addr, "/v1.47/info").status == 200
     failed = p.wait_for_log(lambda l: l.get("event") == "learn_write_failed", timeout=10)
     assert failed and "Permission denied" in failed["error"]
     assert fu.get(p.addr, "/v1.47/info").status == 200
+    assert not list(directory.iterdir())
+
+
+def test_a_verified_certificate_is_learned_by_its_cn(start_proxy, upstream):
+    import ssl
+
+    import tls_certs
+
+    pki = tls_certs.make_pki(support.short_tmpdir("ph-pki-"))
+    path = learn_dir() / "learned.json"
+    port = support.free_port()
+    p = start_proxy("--learn", path, listen=[pki.listen_url(port)])
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(str(pki.ca))
+    context.load_cert_chain(str(pki.clients["dozzle"].cert), str(pki.clients["dozzle"].key))
+    sock = context.wrap_socket(fu.connect(("127.0.0.1", port)), server_hostname="localhost")
+    with fu.HttpClient(sock) as http:
+        http.request("GET", "/v1.47/info")
+        assert http.read_response().status == 200
+    assert p.stop() == 0
+    document = json.loads(path.read_text())
+    assert document["clients"][0] == {"match": {"cert_cn": "dozzle"}, "profile": "learned-cn-dozzle",
+                                      "comment": "learned by porthole --learn"}
+    assert document["profiles"]["learned-cn-dozzle"]["rules"] == [{"method": ["GET"], "path": "/info", "query": {}}]
 
 
 # ---- the docker CLI against the real daemon: learn, then enforce the learned file ----------------
