@@ -3496,7 +3496,7 @@ class Proxy:
             self.log.flush()
             self.loop.run_once(1.0)
         self.pool.close()
-        if self.learning is not None:
+        if self.learning is not None and self.learning.pending:  # learned during the grace period
             self.learning.write("shutdown")
         self.remove_state_file()
         if self.signals is not None:
@@ -3577,6 +3577,8 @@ class Proxy:
         self.stopping = True
         self.log("info", "stopping", signal=why, open_connections=len(self.clients),
                  grace_seconds=self.settings.shutdown_grace)
+        if self.learning is not None:
+            self.learning.write(why)
         for listener in self.listeners:
             listener.close()
         self.listeners.clear()

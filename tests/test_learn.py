@@ -455,7 +455,7 @@ def test_docker_cli_learned_then_enforced(proxy_factory, dockerd, busybox_image,
     assert any(l["path"].endswith("/version") and "no rule in profile 'default'" in l["reason"] for l in would)
     assert any("/logs?" in l["path"] and "is not allowed by rule default[1]" in l["reason"] for l in would)
     assert learning.stop() == 0
-    assert any(l.get("event") == "learn_written" and l["why"] == "shutdown" for l in learning.logs())
+    assert any(l.get("event") == "learn_written" and l["why"] == "SIGTERM" for l in learning.logs())
 
     document = json.loads(path.read_text())
     load_policy(path.read_text(), str(path))
