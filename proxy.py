@@ -180,6 +180,7 @@ class Settings:
     mode: str = "run"  # run, check, healthcheck, version, doctor
     metrics: Endpoint | None = None  # --metrics: where GET /metrics is served
     log_format_given: bool = False  # --log-format or PORTHOLE_LOG_FORMAT was set (--doctor: JSON only then)
+    learn_path: Path | None = None  # --learn: every profile would-denies, the rules used are written here
 
 
 def default_rules_path(environ: Mapping[str, str] | None = None) -> Path:
@@ -237,6 +238,10 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
                         help="record the listeners here, so --healthcheck finds them without --listen")
     parser.add_argument("--metrics", metavar="URL",
                         help="serve Prometheus metrics (GET /metrics) on tcp://HOST:PORT or unix:///path.sock")
+    parser.add_argument("--learn", metavar="PATH",
+                        help="learn mode: forward what the rules refuse (logged as would_deny; never what porthole "
+                             "always refuses, nor unacknowledged dangerous reads) and write the rules each client "
+                             "used to PATH")
     for name, kind, default, text in _NUMERIC_OPTIONS:
         parser.add_argument(f"--{name}", type=kind, metavar="N", help=f"{text} (default {default})")
     modes = parser.add_mutually_exclusive_group()
@@ -287,6 +292,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     hosts = frozenset(h.lower() for h in (args.allow_host or env_list("allow-hosts")))
     state_file = args.state_file or env("state-file")
     metrics_url = args.metrics or env("metrics")
+    learn_path = args.learn or env("learn")
     return Settings(
         listeners=listeners, upstream=upstream,
         rules_path=Path(args.rules or env("rules") or default_rules_path(environ)), rules_given=rules_given,
@@ -294,7 +300,8 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         log_format=log_format, log_level=log_level, allow_root=allow_root, allow_hosts=hosts,
         state_file=Path(state_file) if state_file else None, listeners_given=bool(given_urls),
         mode=args.mode or "run", log_format_given=bool(args.log_format or env("log-format")),
-        metrics=parse_metrics_endpoint(metrics_url) if metrics_url else None, **numbers,
+        metrics=parse_metrics_endpoint(metrics_url) if metrics_url else None,
+        learn_path=Path(learn_path) if learn_path else None, **numbers,
     )
 
 
@@ -303,13 +310,19 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
 # --------------------------------------------------------------------------------------------
 
 class Refusal(Exception):
-    """A request porthole will not forward: HTTP status, reason, and whether to close after."""
+    """A request porthole will not forward: HTTP status, reason, and whether to close after.
 
-    def __init__(self, status: int, reason: str, *, close: bool = False) -> None:
+    `kind` says who refuses: "request" (the request itself: method, framing, never-forwarded
+    paths, whatever the rules say), "rule" (the profile's rules: no rule, or a query key or
+    value no rule allows) or "dangerous" (a dangerous read the profile does not acknowledge).
+    Learn and warn modes forward "rule" refusals only (decide_with_mode)."""
+
+    def __init__(self, status: int, reason: str, *, close: bool = False, kind: str = "request") -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
         self.close = close
+        self.kind = kind
 
 
 # Characters a decoded path segment may hold. Container, image, volume, network, node and
@@ -612,6 +625,8 @@ class Policy:
     descriptions: Mapping[str, str] = field(default_factory=dict)
     clients: tuple[ClientRule, ...] = ()  # which client gets which profile: first match wins
     filtering: Mapping[str, Filtering] = field(default_factory=dict)  # absent: Filtering()
+    modes: Mapping[str, str] = field(default_factory=dict)  # profile -> "enforce" or "warn"
+    document: Mapping[str, Any] = field(default_factory=dict)  # the parsed rules document
 
     def __post_init__(self) -> None:
         indexes = {name: TemplateIndex((rule.template, rule) for rule in rules)
@@ -625,6 +640,7 @@ class PolicyError(ValueError):
 
 
 ALLOWED_METHODS = ("GET", "HEAD")
+PROFILE_MODES = ("enforce", "warn")  # warn: what the rules refuse is forwarded and logged as would_deny
 _PROFILE_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
 
 
@@ -672,14 +688,18 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
     descriptions: dict[str, str] = {}
     redactions: dict[str, frozenset[str]] = {}
     scopes: dict[str, tuple[Label, ...] | None] = {}
+    modes: dict[str, str] = {}
     for name, body in raw_profiles.items():
         where = f"$.profiles.{name}"
         if not _PROFILE_NAME.fullmatch(name):
             raise fail(where, "profile names are lowercase letters, digits, '-' and '_'")
-        check_keys(body, where, {"rules"}, {"description", "extends", "redact", "visible"})
+        check_keys(body, where, {"rules"}, {"description", "extends", "redact", "visible", "mode"})
         if not isinstance(body.get("description", ""), str):
             raise fail(where + ".description", "must be a string")
         descriptions[name] = body.get("description", "")
+        modes[name] = body.get("mode", "enforce")
+        if modes[name] not in PROFILE_MODES:
+            raise fail(where + ".mode", "must be \"enforce\" (the default) or \"warn\"")
         parents[name] = body.get("extends")
         if parents[name] is not None and not isinstance(parents[name], str):
             raise fail(where + ".extends", "must be the name of another profile")
@@ -716,7 +736,7 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
     if "default" not in profiles:
         raise fail("$.profiles", "a profile named 'default' is required")
     clients = load_client_rules(document.get("clients", []), profiles.keys(), fail)
-    return Policy(source, profiles, descriptions, clients, filtering)
+    return Policy(source, profiles, descriptions, clients, filtering, modes=modes, document=document)
 
 
 def _load_filtering(body: dict, where: str, fail: Any) -> tuple[frozenset[str], tuple[Label, ...] | None]:
@@ -972,6 +992,8 @@ def describe_policy(policy: Policy) -> str:
     lines = [f"policy from {policy.source}"]
     for name, rules in policy.profiles.items():
         lines.append(f"profile {name}: {policy.descriptions.get(name, '')}".rstrip(": "))
+        if policy.modes.get(name) == "warn":
+            lines.append("  mode warn: what these rules refuse is forwarded anyway and logged as would_deny")
         for rule in rules:
             query = "any query" if rule.query is None else (
                 "no query" if not rule.query else "query " + ", ".join(
@@ -990,6 +1012,216 @@ def describe_policy(policy: Policy) -> str:
     lines.append("never forwarded: any method but GET/HEAD, Upgrade, request bodies, "
                  + ", ".join(NEVER_FORWARDED))
     return "\n".join(lines)
+
+
+# ---- learn mode ------------------------------------------------------------------------------
+# --learn PATH records, per client, what it asked for, and writes it as the rules it needs: one
+# minimal profile per client and the `clients` entries that give it to that client. The part
+# here is pure (no sockets, no files): the proxy feeds it (Learner.record) and writes
+# Learner.document. A concrete path is learned as a template, never as a raw id or name.
+
+# The GET and HEAD paths of the Docker Engine API (docs.docker.com/reference/api/engine), as the
+# templates learned rules use: a path is learned as the first that matches it. Paths that none
+# matches (Podman's /libpod API, a newer endpoint) fall back to the templates of the rules
+# loaded, e.g. the shipped podman profile's; a path that no template matches is not learned.
+ENGINE_API_TEMPLATES = (
+    "/_ping", "/version", "/info", "/events", "/system/df",
+    "/containers/json", "/containers/{id}/json", "/containers/{id}/stats", "/containers/{id}/top",
+    "/containers/{id}/logs", "/containers/{id}/changes", "/containers/{id}/export",
+    "/containers/{id}/archive",
+    "/images/json", "/images/search", "/images/get", "/images/{name*}/json", "/images/{name*}/history",
+    "/images/{name*}/get",
+    "/networks", "/networks/{id}", "/volumes", "/volumes/{name}",
+    "/swarm", "/swarm/unlockkey", "/nodes", "/nodes/{id}", "/services", "/services/{id}",
+    "/services/{id}/logs", "/tasks", "/tasks/{id}", "/tasks/{id}/logs", "/secrets", "/secrets/{id}",
+    "/configs", "/configs/{id}", "/plugins", "/plugins/privileges", "/plugins/{name*}/json",
+    "/exec/{id}/json", "/distribution/{name*}/json",
+)
+_ENGINE_API_INDEX = TemplateIndex((parse_template(text), text) for text in ENGINE_API_TEMPLATES)
+# Query keys whose values are learned one by one, because the value changes what the daemon
+# reveals or how long it answers (stopped containers too, sizes, an endless stream instead of
+# one answer). Any other key is learned as "*" (filters, since, tail... hold names and times
+# that differ at every call).
+LEARN_VALUE_KEYS = frozenset({"all", "size", "stream", "follow", "one-shot", "verbose"})
+LEARN_MAX_VALUES = 16  # then the key is learned as "*"
+LEARN_MAX_KEYS = 64  # query keys per path template and client: more are not learned
+LEARN_MAX_CLIENTS = 256  # client identities: more are not learned
+_LEARN_KINDS = {"cert_cn": 0, "uid": 1, "address": 2}  # the order of their `clients` entries
+
+
+@dataclass(frozen=True)
+class LearnedClient:
+    """Who asked, as a `clients` match: a verified certificate's CN, else the unix uid, else the
+    TCP address. Not the gid: the same program is often started with another primary group."""
+
+    kind: str  # "cert_cn", "uid" or "address"
+    value: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}={self.value}"
+
+    def match(self) -> dict[str, Any]:
+        return {self.kind: int(self.value) if self.kind == "uid" else self.value}
+
+    def client_rule(self, index: int, profile: str) -> ClientRule:
+        if self.kind == "uid":
+            return ClientRule(index, profile, uid=int(self.value))
+        if self.kind == "cert_cn":
+            return ClientRule(index, profile, cert_cn=self.value)
+        return ClientRule(index, profile, network=ipaddress.ip_network(self.value))
+
+    def profile_stem(self) -> str:
+        """learned-uid-1000, learned-cn-traefik, learned-127-0-0-1, learned-ipv6-1."""
+        prefix = {"uid": "learned-uid-", "cert_cn": "learned-cn-", "address": "learned-"}[self.kind]
+        if self.kind == "address" and ":" in self.value:
+            prefix = "learned-ipv6-"
+        slug = re.sub(r"[^a-z0-9]+", "-", self.value.lower()).strip("-") or "x"
+        return (prefix + slug)[:60].rstrip("-")
+
+
+def learned_client(facts: ClientFacts) -> LearnedClient | None:
+    if facts.cert_cn is not None:
+        return LearnedClient("cert_cn", facts.cert_cn)
+    if facts.uid is not None:
+        return LearnedClient("uid", str(facts.uid))
+    if facts.address is not None:
+        return LearnedClient("address", str(facts.address))
+    return None
+
+
+@dataclass
+class LearnedUse:
+    """The methods and query keys (values, for LEARN_VALUE_KEYS) one client used on one template."""
+
+    methods: set[str] = field(default_factory=set)
+    query: dict[str, set[str] | None] = field(default_factory=dict)  # None: any value
+
+    def add(self, method: str, target: Target) -> bool:
+        """Record one request; True if it was not covered yet."""
+        new = method not in self.methods
+        self.methods.add(method)
+        for key, value in target.query:
+            if key not in self.query:
+                if len(self.query) >= LEARN_MAX_KEYS:
+                    continue
+                self.query[key] = {value} if key in LEARN_VALUE_KEYS else None
+                new = True
+            values = self.query[key]
+            if values is not None and value not in values:
+                values.add(value)
+                if len(values) > LEARN_MAX_VALUES:
+                    self.query[key] = None
+                new = True
+        return new
+
+    def rule(self, template: str) -> dict[str, Any]:
+        rule: dict[str, Any] = {"method": sorted(self.methods), "path": template, "query": {
+            key: "*" if values is None else sorted(values) for key, values in sorted(self.query.items())}}
+        if dangerous_overlaps(parse_template(template)):
+            rule["dangerous"] = True  # only ever recorded when the profile acknowledged the read
+        return rule
+
+
+def learn_template(policy: Policy, segments: Sequence[str]) -> str | None:
+    """The template a concrete path is learned as (see ENGINE_API_TEMPLATES), or None. A
+    template is only taken if it is a dangerous read exactly when the path is one, so a learned
+    rule never acknowledges more than was acknowledged."""
+    dangerous = dangerous_reason(segments) is not None
+
+    def fits(template: Template) -> bool:
+        return bool(dangerous_overlaps(template)) == dangerous
+
+    for text in _ENGINE_API_INDEX.matches(segments):
+        if fits(parse_template(text)):
+            return text
+    for rules in policy.profiles.values():
+        for rule in rules:
+            if template_matches(rule.template, segments) and fits(rule.template):
+                return rule.path
+    return None
+
+
+class Learner:
+    """What each client asked for, as the rules it needs. record() it, then document().
+
+    Rule 1: only what was forwarded becomes a rule; a dangerous read that was refused (no
+            profile acknowledged it) is only listed, in the profile's description and notes,
+            so a learned file never acknowledges a dangerous read on its own.
+    Rule 2: what is recorded is bounded (LEARN_MAX_CLIENTS, LEARN_MAX_KEYS, LEARN_MAX_VALUES;
+            templates come from a fixed table and the rules loaded).
+    """
+
+    def __init__(self) -> None:
+        self.used: dict[LearnedClient, dict[str, LearnedUse]] = {}
+        self.refused: dict[LearnedClient, dict[tuple[str, str], str]] = {}  # (method, template) -> why
+
+    def record(self, policy: Policy, facts: ClientFacts, method: str, target: Target,
+               forwarded: bool = True) -> tuple[str, str | None]:
+        """One request: forwarded, or refused as an unacknowledged dangerous read. Returns
+        (outcome, template): outcome "new" (something was learned), "seen", "no_template",
+        "no_identity" or "too_many_clients"."""
+        client = learned_client(facts)
+        if client is None:
+            return "no_identity", None
+        template = learn_template(policy, target.segments)
+        if template is None:
+            return "no_template", None
+        if client not in self.used and len(self.used) >= LEARN_MAX_CLIENTS:
+            return "too_many_clients", template
+        uses = self.used.setdefault(client, {})
+        if forwarded:
+            use = uses.setdefault(template, LearnedUse())
+            return ("new" if use.add(method, target) else "seen"), template
+        refused = self.refused.setdefault(client, {})
+        if (method, template) in refused:
+            return "seen", template
+        refused[(method, template)] = dangerous_reason(target.segments) or "a dangerous read"
+        return "new", template
+
+    def document(self, policy: Policy) -> tuple[dict[str, Any], list[str]]:
+        """The rules document: the policy's own document (so every listener's profile is still
+        there), plus a profile per client that was forwarded something, and `clients` entries
+        for them before the original ones (an original entry they shadow is left out: a
+        learned profile replaces a profile of the same name). And notes on what was left out."""
+        document = json.loads(json.dumps(policy.document))  # a deep copy
+        profiles = document["profiles"]
+        notes: list[str] = []
+        entries: list[dict[str, Any]] = []
+        kept: list[ClientRule] = []
+        names: set[str] = set()
+        for client in sorted(self.used, key=lambda c: (_LEARN_KINDS[c.kind], c.value)):
+            left_out = [f"{method} {template} ({why})"
+                        for (method, template), why in sorted(self.refused.get(client, {}).items())]
+            notes += [f"{client.label}: {item} is not in the learned rules: a dangerous read needs a "
+                      "deliberate \"dangerous\": true in a rule" for item in left_out]
+            uses = self.used[client]
+            if not uses:
+                notes.append(f"{client.label}: no profile learned: nothing it asked for was forwarded")
+                continue
+            name, number = client.profile_stem(), 2
+            while name in names:
+                name, number = f"{client.profile_stem()}-{number}", number + 1
+            names.add(name)
+            description = f"learned by porthole --learn from the requests of {client.label}"
+            if left_out:
+                description += ("; left out, dangerous reads that need a deliberate \"dangerous\": true: "
+                                + "; ".join(left_out))
+            profiles[name] = {"description": description,
+                              "rules": [uses[template].rule(template) for template in sorted(uses)]}
+            kept.append(client.client_rule(len(entries), name))
+            entries.append({"match": client.match(), "profile": name, "comment": "learned by porthole --learn"})
+        originals = document.get("clients", [])
+        for original in policy.clients:
+            if shadowing_entries(kept, original):
+                notes.append(f"$.clients[{original.index}] ({original.describe()}) left out: "
+                             "a learned entry matches the same client first")
+                continue
+            kept.append(original)
+            entries.append(originals[original.index])
+        if entries:
+            document["clients"] = entries
+        return document, notes
 
 
 # ---- Tecnativa drop-in -----------------------------------------------------------------------
@@ -1164,8 +1396,9 @@ class RequestFacts:
 @dataclass(frozen=True)
 class Decision:
     target: Target
-    rule: Rule
+    rule: Rule  # for a would_deny, a stand-in for the rule that does not exist (index -1)
     streaming: bool
+    would_deny: str | None = None  # learn or warn mode: why the profile's rules refuse it
 
 
 _IPV4 = re.compile(r"\d{1,3}(\.\d{1,3}){3}")
@@ -1264,11 +1497,28 @@ def decide(policy: Policy, facts: RequestFacts, allow_hosts: frozenset[str] = fr
     # A rule took the path (and, for a dangerous read, acknowledged it) but refused the query:
     # the query is the reason, so say which key or value.
     if query_problem:
-        raise Refusal(403, query_problem)
+        raise Refusal(403, query_problem, kind="rule")
     if danger:
         raise Refusal(403, f"{facts.method} {target.path} is a dangerous read ({danger}) "
-                           f"and no rule in profile {facts.profile!r} acknowledges it")
-    raise Refusal(403, f"no rule in profile {facts.profile!r} allows {facts.method} {target.path}")
+                           f"and no rule in profile {facts.profile!r} acknowledges it", kind="dangerous")
+    raise Refusal(403, f"no rule in profile {facts.profile!r} allows {facts.method} {target.path}", kind="rule")
+
+
+def decide_with_mode(policy: Policy, facts: RequestFacts, allow_hosts: frozenset[str] = frozenset(),
+                     learning: bool = False) -> Decision:
+    """decide(), except that while learning (--learn) or for a profile in "mode": "warn" a
+    refusal by the profile's rules (kind "rule") is forwarded as a would_deny Decision that
+    carries the reason. Whatever else decide refuses stays refused: other methods, bodies,
+    upgrades, never-forwarded paths and unacknowledged dangerous reads."""
+    try:
+        return decide(policy, facts, allow_hosts)
+    except Refusal as refusal:
+        if refusal.kind != "rule" or not (learning or policy.modes.get(facts.profile) == "warn"):
+            raise
+        target = canonicalize_target(facts.target)  # decide got this far, so it canonicalizes
+        rule = Rule(facts.profile, -1, frozenset({facts.method}), target.path, tuple(target.segments), None,
+                    dangerous_reason(target.segments) is not None)
+        return Decision(target, rule, is_streaming(target), would_deny=refusal.reason)
 
 
 def forwarded_request(method: str, target: Target, headers: Sequence[tuple[bytes, bytes]]) -> h11.Request:
@@ -2120,7 +2370,7 @@ class Exchange:
     started: float
     decision: Decision | None = None
     status: int | None = None
-    outcome: str = "allow"  # allow, deny or error
+    outcome: str = "allow"  # allow, would_deny (learn or warn mode), deny or error
     reason: str | None = None
     body_bytes: int = 0  # body bytes queued for the client
     delivered: int = 0  # ... of which the client's socket accepted
@@ -3927,6 +4177,72 @@ class MetricsServer:
             client.close()
 
 
+LEARN_WRITE_SECONDS = 2.0  # how soon after something new was learned the --learn file is written
+
+
+class LearnFile:
+    """--learn PATH: a Learner, and its rules document written to PATH.
+
+    Rule 1: PATH is replaced atomically (a temporary file beside it, then os.replace), so a
+            reader sees the old document or the new one, never half of one.
+    Rule 2: it is written LEARN_WRITE_SECONDS after something new was learned, on SIGHUP and at
+            shutdown; a document load_policy refuses is never written (an error is logged).
+    """
+
+    def __init__(self, path: Path, loop: Loop, log: Log, policy: Callable[[], Policy]) -> None:
+        self.path = path
+        self.loop = loop
+        self.log = log
+        self.policy = policy
+        self.learner = Learner()
+        self.pending = False  # something was learned since the last write
+        self.noted: set[str] = set()  # notes already logged
+
+    def record(self, client: ClientConnection, method: str, target: Target, forwarded: bool) -> None:
+        outcome, template = self.learner.record(self.policy(), client.facts, method, target, forwarded)
+        if outcome == "new":
+            self.log("info", "learned", client=client.peer, method=method, template=template,
+                     forwarded=forwarded)
+            if not self.pending:
+                self.pending = True
+                self.loop.set_deadline(self, self.loop.clock() + LEARN_WRITE_SECONDS)
+        elif outcome != "seen":
+            self.log("warning", "not_learned", client=client.peer, method=method, path=target.path,
+                     reason={"no_template": "no template of the Engine API or the rules matches the path",
+                             "no_identity": "the client has no uid, address or certificate name",
+                             "too_many_clients": f"already {LEARN_MAX_CLIENTS} clients learned"}[outcome])
+
+    def on_deadline(self, now: float) -> None:
+        self.write("learned")
+
+    def write(self, why: str) -> None:
+        self.pending = False
+        self.loop.set_deadline(self, None)
+        policy = self.policy()
+        document, notes = self.learner.document(policy)
+        text = json.dumps(document, indent=2) + "\n"
+        try:
+            load_policy(text, str(self.path))
+        except PolicyError as exc:
+            self.log("error", "learn_write_failed", path=str(self.path), error=str(exc))
+            return
+        temporary = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        try:
+            temporary.write_text(text, encoding="utf-8")
+            os.replace(temporary, self.path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+            self.log("error", "learn_write_failed", path=str(self.path), error=exc.strerror or str(exc))
+            return
+        for note in notes:
+            if note not in self.noted:
+                self.noted.add(note)
+                self.log("warning", "learn_left_out", note=note)
+        self.log("info", "learn_written", path=str(self.path), why=why, base=policy.source,
+                 clients=sorted(client.label for client in self.learner.used))
+
+
 class Proxy:
     """Listeners, clients, the daemon pool and the shared streams, around one Loop.
 
@@ -3958,6 +4274,8 @@ class Proxy:
         self.stopping = False
         self.grace_timer = Timer(self.grace_over)
         self.tls_contexts: dict[str, ssl.SSLContext] = {}  # listener URL -> the context new connections get
+        self.learning = None if settings.learn_path is None else LearnFile(settings.learn_path, self.loop, log,
+                                                                           lambda: self.policy)
 
     # ---- set-up and the loop -------------------------------------------------------------------
 
@@ -3976,12 +4294,18 @@ class Proxy:
         if metrics is not None:
             sock = bind_unix(metrics) if metrics.kind == "unix" else bind_tcp(metrics)
             self.metrics_server = MetricsServer(sock, metrics, self.loop, self.settings, self.log, self.metrics_text)
+        if self.learning is not None and not os.access(self.learning.path.parent, os.W_OK | os.X_OK):
+            raise UsageError(f"--learn {self.learning.path}: porthole (uid {os.geteuid()}) cannot write to "
+                             f"{self.learning.path.parent}")
         self.signals = SignalPipe(self.loop, self.on_signal)
         self.write_state_file()
         self.log("info", "listening", listeners=[l.endpoint.url for l in self.listeners],
                  upstream=self.settings.upstream.url, rules=self.policy.source,
                  profiles=sorted(self.policy.profiles), version=VERSION, pid=os.getpid(),
                  metrics=metrics.url if metrics else None)
+        if self.learning is not None:
+            self.log("warning", "learn_mode", path=str(self.learning.path),
+                     note="what the rules refuse is forwarded and logged as would_deny; do not leave it on")
 
     def run(self) -> int:
         self.log.pending = []
@@ -3989,6 +4313,8 @@ class Proxy:
             self.log.flush()
             self.loop.run_once(1.0)
         self.pool.close()
+        if self.learning is not None and self.learning.pending:  # learned during the grace period
+            self.learning.write("shutdown")
         self.remove_state_file()
         if self.signals is not None:
             self.signals.close()
@@ -4024,6 +4350,8 @@ class Proxy:
     def on_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
             self.reload()
+            if self.learning is not None:
+                self.learning.write("SIGHUP")
         elif signum in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
             self.begin_shutdown(signal.Signals(signum).name)
 
@@ -4072,6 +4400,8 @@ class Proxy:
         self.stopping = True
         self.log("info", "stopping", signal=why, open_connections=len(self.clients),
                  grace_seconds=self.settings.shutdown_grace)
+        if self.learning is not None:
+            self.learning.write(why)
         for listener in self.listeners:
             listener.close()
         self.listeners.clear()
@@ -4167,13 +4497,15 @@ class Proxy:
             if client.head_size > self.settings.max_head_bytes:
                 raise Refusal(431, f"request head of {client.head_size} bytes exceeds "
                                    f"--max-head-bytes {self.settings.max_head_bytes}", close=True)
-            decision = decide(self.policy, facts, self.settings.allow_hosts)
+            decision = decide_with_mode(self.policy, facts, self.settings.allow_hosts, self.learning is not None)
             if decision.streaming:
                 active = self.streams_per_client.get(client.identity, 0)
                 if active >= self.settings.max_streams_per_client:
                     raise Refusal(429, f"this client already has {active} streams open "
                                        f"(--max-streams-per-client {self.settings.max_streams_per_client})")
         except Refusal as refusal:
+            if self.learning is not None and refusal.kind == "dangerous":
+                self.learning.record(client, facts.method, canonicalize_target(facts.target), forwarded=False)
             client.refuse(refusal)
             return
         filtering = self.policy.filtering.get(facts.profile, DEFAULT_FILTERING)
@@ -4183,6 +4515,10 @@ class Proxy:
             client.refuse(refusal)
             return
         exchange.decision = decision
+        if decision.would_deny is not None:
+            exchange.outcome, exchange.reason = "would_deny", decision.would_deny
+        if self.learning is not None:
+            self.learning.record(client, facts.method, decision.target, forwarded=True)
         if decision.streaming:
             self.streams_per_client[client.identity] = self.streams_per_client.get(client.identity, 0) + 1
         if plan.lookup is not None:
@@ -4244,7 +4580,8 @@ class Proxy:
                      method=facts.method, target=facts.target.decode("latin-1"),
                      path=decision.target.forward_form_text if decision else None,
                      profile=facts.profile, client_rule=exchange.client_rule,
-                     decision=exchange.outcome, rule=decision.rule.label if decision else None,
+                     decision=exchange.outcome,
+                     rule=decision.rule.label if decision and decision.would_deny is None else None,
                      reason=exchange.reason, status=exchange.status, bytes=exchange.delivered,
                      duration_ms=round((self.loop.clock() - exchange.started) * 1000, 3), **filtered)
 
