@@ -172,7 +172,10 @@ def test_podman_remote_reads_through_the_podman_profile(podman, podman_container
         before = len(refusals(porthole_for_podman))
         r = podman_remote(host, *args)
         assert r.returncode != 0, (args, r.stdout, r.stderr)
-        assert any(logged in reason for reason in refusals(porthole_for_podman)[before:]), (args, r.stderr)
+        # the log line is written once the answer is delivered, and read from porthole's stderr
+        # by a thread: it may land a moment after podman exits
+        assert support.wait_until(lambda: any(logged in reason for reason in refusals(porthole_for_podman)[before:]),
+                                  5), (args, r.stderr)
     assert podman.cli("inspect", "-f", "{{.State.Running}}", name).stdout.strip() == "true"
     forwarded = [line["target"] for line in porthole_for_podman.logs()
                  if line.get("event") == "request" and line.get("decision") == "allow"]
