@@ -126,7 +126,7 @@ def test_nothing_redacted_changes_nothing():
     assert out == inspect_doc() and f.redacted == 0
 
 
-def test_swarm_service_task_volume_plugin_config_shapes():
+def test_swarm_volume_plugin_and_config_shapes():
     spec = {"ContainerSpec": {"Env": [f"TOKEN={SECRET}"], "Labels": {"team": "a"},
                               "Mounts": [{"VolumeOptions": {"DriverConfig": {"Options": {"password": SECRET}}}}]},
             "LogDriver": {"Name": "splunk", "Options": {"splunk-token": SECRET}}}
