@@ -371,21 +371,29 @@ cmd_test() {
 cmd_run() {
     binary_is_fresh || cmd_binary
     local socket="${PORTHOLE_SOCKET:-/var/run/docker.sock}"
-    local args=("$@")
-    [ ${#args[@]} -gt 0 ] || args=(--listen "${PORTHOLE_LISTEN:-tcp://127.0.0.1:2375}" --upstream "unix://$socket")
+    local args=("$@") arg has_listen="" has_upstream=""
+    for arg in "$@"; do
+        case "$arg" in
+            --listen|--listen=*) has_listen=1 ;;
+            --upstream|--upstream=*) has_upstream=1 ;;
+        esac
+    done
+    # Defaults only for what neither the arguments nor the proxy's own variables name.
+    [ -n "$has_listen" ] || [ -n "${PORTHOLE_LISTEN:-}" ] || args+=(--listen tcp://127.0.0.1:2375)
+    [ -n "$has_upstream" ] || [ -n "${PORTHOLE_UPSTREAM:-}" ] || args+=(--upstream "unix://$socket")
     if [ "$(id -u)" -ne 0 ]; then
         exec dist/porthole "${args[@]}"
     fi
     # As root: never run the proxy as root. Run it as uid 65532 with only the Docker socket's
-    # group, from a copy that user can reach whatever the checkout's permissions.
-    [ -S "$socket" ] || die "no Docker socket at $socket (set PORTHOLE_SOCKET)"
-    local gid stage
-    gid="$(stat -c %g "$socket")"
-    stage="$(mktemp -d /tmp/porthole-run.XXXXXX)"
-    install -m 0555 dist/porthole "$stage/porthole"
-    chmod 0755 "$stage"
-    log "running dist/porthole as uid 65532 with the socket's group $gid"
-    exec setpriv --reuid=65532 --regid=65532 --groups="$gid" "$stage/porthole" "${args[@]}"
+    # group. It starts through a descriptor opened here, so it runs whatever the checkout's
+    # permissions (a process may always exec its own /proc/self/fd/N) and nothing is copied.
+    [ -n "$has_upstream" ] || [ -n "${PORTHOLE_UPSTREAM:-}" ] || [ -S "$socket" ] \
+        || die "no Docker socket at $socket (set PORTHOLE_SOCKET)"
+    local groups=(--clear-groups) program
+    [ ! -S "$socket" ] || groups=(--groups "$(stat -c %g "$socket")")
+    exec {program}<dist/porthole
+    log "running dist/porthole as uid 65532 (${groups[*]})"
+    exec setpriv --reuid=65532 --regid=65532 "${groups[@]}" "/proc/self/fd/$program" "${args[@]}"
 }
 
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }

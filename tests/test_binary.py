@@ -252,6 +252,31 @@ def test_builtin_rules_named_by_the_program(porthole_binary):
 
 
 # --------------------------------------------------------------------------
+# ./build.sh run
+
+
+def test_build_sh_run_with_arguments_keeps_the_socket_and_leaves_no_directory(porthole_binary, upstream):
+    """`./build.sh run ARGS` as root: PORTHOLE_SOCKET stays the upstream when arguments are
+    given (they used to replace it with the proxy's default), the proxy runs as 65532 with the
+    socket's group, and no staging directory is left behind (one per run used to be)."""
+    before = set(os.listdir("/tmp"))
+    port = support.free_port()
+    p = support.ProxyProcess(command=[str(REPO / "build.sh"), "run", "--listen", "tcp://127.0.0.1:%d" % port,
+                                      "--log-format", "json"],
+                             rules=False, env={"PORTHOLE_SOCKET": upstream.path})
+    with p.running(ready_timeout=60):
+        r = fu.get(("127.0.0.1", port), "/v1.41/version")
+        assert r.status == 200, (r.status, r.body, p.stderr_text())
+        assert [q.path for q in upstream.requests][-1:] == ["/version"]
+        listening = next(l for l in p.logs() if l.get("event") == "listening")
+        assert listening["upstream"] == upstream.url, listening
+        status = open("/proc/%d/status" % p.pid).read()
+        assert "\nUid:\t65532\t65532\t65532\t65532\n" in status
+    left = sorted(n for n in set(os.listdir("/tmp")) - before if n.startswith("porthole-run"))
+    assert left == [], left
+
+
+# --------------------------------------------------------------------------
 # reproducibility
 
 
