@@ -53,7 +53,8 @@ _spec.loader.exec_module(support)
 PYTHON = "/usr/bin/python3"  # Debian's CPython, what the binary is frozen from
 BINARY = REPO / "dist" / "porthole"
 BUNDLE = REPO / "dist" / "porthole-root"
-BUILD_INPUTS = ("proxy.py", "rules.json", "build.sh", "requirements-build.txt")
+BUILD_INPUTS = ("proxy.py", "rules.json", "build.sh", "requirements-build.txt",
+                "patches/staticx-forward-signals.patch")
 TARGETS = {"image_bytes": 22_000_000, "ready_s": 0.5, "image_ready_s": 0.15, "idle_mib": 30.0}
 HARDENED = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--network", "none"]
 ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.timeout(240)
 
 REPO = support.REPO
 BINARY = REPO / "dist" / "porthole"
-BUILD_INPUTS = ("proxy.py", "rules.json", "build.sh", "requirements-build.txt")
+BUILD_INPUTS = ("proxy.py", "rules.json", "build.sh", "requirements-build.txt",
+                "patches/staticx-forward-signals.patch")
 SOCK_GID = support.DEFAULT_SOCK_GID
 
 
@@ -289,6 +290,7 @@ def test_reproducible_build(porthole_binary):
     for copy in copies:
         copy.mkdir(parents=True, exist_ok=True)
         for name in BUILD_INPUTS:
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, copy / name)
         # reuse the repo's build venv (its install stamp says it is up to date)
         if (REPO / ".venv-build" / "bin" / "python").exists():
