@@ -2,7 +2,9 @@
 # Porthole's one entry point for building, testing and running.
 #
 #   ./build.sh                    freeze proxy.py into dist/porthole: one fully static executable
-#   ./build.sh image              build the image (Dockerfile.distroless) from dist/porthole
+#   ./build.sh bundle             freeze proxy.py into dist/porthole-root/: the image's root (one-folder
+#                                 bundle, the dynamic loader and the libraries it needs; no unpacking)
+#   ./build.sh image              build the image (Dockerfile.distroless) from dist/porthole-root
 #   ./build.sh check              check the image: rootless, shell-less, only the expected files,
 #                                 small; prints JSON, exits non-zero on any breach
 #   ./build.sh run [proxy args]   build if needed, start the proxy on the host's Docker socket
@@ -21,11 +23,14 @@ PYTHON=/usr/bin/python3
 VENV="$ROOT/.venv"
 BUILD_VENV="$ROOT/.venv-build"
 IMAGE="${PORTHOLE_IMAGE:-porthole:latest}"
-MAX_IMAGE_BYTES="${PORTHOLE_MAX_IMAGE_BYTES:-10000000}"
+MAX_IMAGE_BYTES="${PORTHOLE_MAX_IMAGE_BYTES:-22000000}"
 TEST_PACKAGES=(python3 python3-venv python3-dev docker.io busybox-static util-linux procps
                patchelf binutils systemd podman openssl
                prometheus docker-compose)  # real consumers (tests/test_consumer_*.py)
-BUILD_PACKAGES=(python3 python3-venv python3-dev patchelf binutils)
+BUILD_PACKAGES=(python3 python3-venv python3-dev patchelf binutils
+                musl-tools scons patch)  # staticx's bootloader, rebuilt with patches/
+# The image's platform (docker build --platform); empty: the daemon's own.
+IMAGE_PLATFORM="${PORTHOLE_IMAGE_PLATFORM:-}"
 # Standard-library packages proxy.py never imports. Excluding them keeps the binary small;
 # the smoke test after freezing (and the test suite) prove nothing needed went missing.
 # ssl (TLS listeners) needs _ssl, base64 and, through OpenSSL, hashlib/_hashlib: kept.
@@ -116,29 +121,62 @@ version() { "$PYTHON" -c 'import ast,sys; t=ast.parse(open("proxy.py").read()); 
 
 # ---- the static executable ---------------------------------------------------------------------
 
-cmd_binary() {
+# freeze WORK MODE: PyInstaller (MODE onefile or onedir) from copies of proxy.py and rules.json
+# in the fresh directory WORK, into WORK/dist/porthole. Reproducible: fixed timestamps and hash
+# seed, and the output does not depend on where the checkout lives.
+freeze() {
+    local work="$1" mode="$2"
     apt_install "${BUILD_PACKAGES[@]}"
     venv_install "$BUILD_VENV" requirements-build.txt
-    local work; work="$(mktemp -d "${TMPDIR:-/tmp}/porthole-build.XXXXXX")"
-    CLEANUP+=("$work")
-    # Reproducible: fixed timestamps and hash seed; build in a fresh directory from copies so
-    # the output does not depend on where the checkout lives.
     export SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || echo 1700000000)}"
     export PYTHONHASHSEED=0
     export PYINSTALLER_CONFIG_DIR="$work/pyinstaller"  # --clean wipes it: keep it per build
     cp proxy.py rules.json "$work/"
     local excludes=()
     for module in "${EXCLUDES[@]}"; do excludes+=(--exclude-module "$module"); done
-    log "freezing proxy.py with PyInstaller (onefile)"
-    (cd "$work" && "$BUILD_VENV/bin/pyinstaller" --onefile --noconfirm --clean --log-level WARN --strip \
+    log "freezing proxy.py with PyInstaller ($mode)"
+    (cd "$work" && "$BUILD_VENV/bin/pyinstaller" "--$mode" --noconfirm --clean --log-level WARN --strip \
         --name porthole --add-data rules.json:. "${excludes[@]}" \
         --workpath "$work/build" --distpath "$work/dist" --specpath "$work" proxy.py)
+}
+
+# staticx_bootloader: print the path of staticx's bootloader rebuilt from its hash-checked source
+# (the sdist pinned in requirements-build.txt) with patches/staticx-forward-signals.patch, so
+# that SIGHUP sent to the PID a user started reaches porthole. Built once per input change.
+staticx_bootloader() {
+    local out="$BUILD_VENV/staticx-bootloader" stamp="$BUILD_VENV/.staticx-bootloader" want work
+    want="$(cat requirements-build.txt patches/staticx-forward-signals.patch | sha256sum | cut -d' ' -f1)-$(uname -m)"
+    if [ ! -x "$out" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+        work="$(mktemp -d "${TMPDIR:-/tmp}/porthole-staticx.XXXXXX")"
+        CLEANUP+=("$work")
+        log "building staticx's bootloader from its source (hash-checked), with its signal patch"
+        grep -A2 '^staticx==' requirements-build.txt | sed 's/ *# via.*//' > "$work/requirements.txt"
+        "$BUILD_VENV/bin/python" -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: \
+            --require-hashes -r "$work/requirements.txt" -d "$work" >&2
+        tar -xzf "$work"/staticx-*.tar.gz -C "$work"
+        (cd "$work"/staticx-*/ && patch -s -p1 < "$ROOT/patches/staticx-forward-signals.patch" \
+            && BOOTLOADER_CC=musl-gcc scons -Q staticx/assets/release/bootloader >/dev/null \
+            && install -m 0755 staticx/assets/release/bootloader "$out") || die "staticx bootloader build failed"
+        echo "$want" > "$stamp"
+    fi
+    echo "$out"
+}
+
+cmd_binary() {
+    local work; work="$(mktemp -d "${TMPDIR:-/tmp}/porthole-build.XXXXXX")"
+    CLEANUP+=("$work")
+    freeze "$work" onefile
+    local bootloader; bootloader="$(staticx_bootloader)"
     log "making it fully static with staticx"
     # staticx's archive records file times and owners; pin them so two builds are identical.
-    "$BUILD_VENV/bin/python" - "$work/dist/porthole" "$work/porthole" <<'PY'
+    "$BUILD_VENV/bin/python" - "$work/dist/porthole" "$work/porthole" "$bootloader" <<'PY'
 import os, sys, tarfile
-import staticx.api
+import staticx.api, staticx.assets
 epoch = int(os.environ["SOURCE_DATE_EPOCH"])
+locate_asset = staticx.assets.locate_asset
+def patched_bootloader(name, debug):
+    return open(sys.argv[3], "rb") if name == "bootloader" else locate_asset(name, debug)
+staticx.assets.locate_asset = patched_bootloader
 add = tarfile.TarFile.addfile
 def addfile(self, info, fileobj=None, *args, **kwargs):
     info.mtime, info.uid, info.gid, info.uname, info.gname = epoch, 0, 0, "root", "root"
@@ -158,33 +196,86 @@ PY
     file dist/porthole 2>/dev/null | sed 's/^/    /' >&2 || true
 }
 
-binary_is_fresh() {
-    [ -x dist/porthole ] || return 1
+# is_fresh OUTPUT: OUTPUT exists and is newer than everything it is built from
+is_fresh() {
+    [ -e "$1" ] || return 1
     local input
-    for input in proxy.py rules.json requirements-build.txt build.sh; do
-        [ dist/porthole -nt "$input" ] || return 1
+    for input in proxy.py rules.json requirements-build.txt build.sh patches/staticx-forward-signals.patch; do
+        [ "$1" -nt "$input" ] || return 1
     done
 }
+binary_is_fresh() { [ -x dist/porthole ] && is_fresh dist/porthole; }
+
+# ---- the image's root: one-folder bundle, loader and libraries ---------------------------------
+
+# cmd_bundle: dist/porthole-root/, everything the image holds: /porthole (PyInstaller's one-folder
+# executable), /_internal (its Python, modules and rules.json), /rules.json, and the dynamic
+# loader and system libraries they need, at the paths they name. Nothing is unpacked at start,
+# so the image needs no writable /tmp, and porthole is the only process (no bootloader parent).
+cmd_bundle() {
+    local work; work="$(mktemp -d "${TMPDIR:-/tmp}/porthole-bundle.XXXXXX")"
+    CLEANUP+=("$work")
+    freeze "$work" onedir
+    local root="$work/root" bundle="$work/dist/porthole"
+    mkdir -p "$root"
+    cp -a "$bundle/." "$root/"
+    # The rules live beside the executable only (its default, and what a user mounts over).
+    rm "$root/_internal/rules.json"
+    install -m 0444 rules.json "$root/rules.json"
+    # The loader (the executable's PT_INTERP) and the libraries PyInstaller left to the system
+    # (glibc's): what the executable needs when it starts (found in the system's directories:
+    # it has no RUNPATH, so also libz, which _internal holds too), and what the bundle's
+    # libraries need beyond each other.
+    local interp
+    interp="$(readelf -lW "$root/porthole" | sed -n 's/.*Requesting program interpreter: \(.*\)]/\1/p')"
+    [ -n "$interp" ] || die "no program interpreter in the one-folder executable"
+    local libs; libs="$( { LD_LIBRARY_PATH= ldd "$root/porthole"
+                           find "$root/_internal" -type f -name '*.so*' -print0 \
+                               | LD_LIBRARY_PATH="$root/_internal" xargs -0 ldd; } 2>/dev/null \
+        | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}' | sort -u)"
+    local lib
+    for lib in "$interp" $libs; do
+        case "$lib" in "$root"/*) continue ;; esac
+        mkdir -p "$root$(dirname "$lib")"
+        cp -L "$lib" "$root$lib"
+    done
+    # Read-only for everyone; executable only the program, the loader and the libraries.
+    find "$root" -type d -exec chmod 0755 {} +
+    find "$root" -type f -exec chmod 0444 {} +
+    find "$root" -type f \( -name porthole -o -name '*.so*' \) -exec chmod 0555 {} +
+    find "$root" -exec touch -h -d "@$SOURCE_DATE_EPOCH" {} +
+    # Smoke test in the root itself when we may chroot (root), else on the host.
+    local program="$root/porthole" inside=()
+    if [ "$(id -u)" -eq 0 ]; then inside=(chroot --userspec=65532:65532 "$root"); program=/porthole; fi
+    "${inside[@]}" "$program" --version >/dev/null && "${inside[@]}" "$program" --check >/dev/null \
+        || die "the one-folder executable does not run in its root"
+    rm -rf dist/porthole-root
+    mkdir -p dist
+    mv "$root" dist/porthole-root
+    touch dist/porthole-root  # its freshness for bundle_is_fresh
+    log "dist/porthole-root: $(du -sb dist/porthole-root | cut -f1) bytes in $(find dist/porthole-root -type f | wc -l) files"
+}
+bundle_is_fresh() { [ -x dist/porthole-root/porthole ] && is_fresh dist/porthole-root; }
 
 # ---- the image ---------------------------------------------------------------------------------
 
 cmd_image() {
     command -v docker >/dev/null || die "no docker CLI"
     docker version >/dev/null 2>&1 || die "no Docker engine reachable (set DOCKER_HOST)"
-    binary_is_fresh || cmd_binary
+    bundle_is_fresh || cmd_bundle
     local context; context="$(mktemp -d "${TMPDIR:-/tmp}/porthole-image.XXXXXX")"
     CLEANUP+=("$context")
-    mkdir -p "$context/rootfs/tmp" "$context/run/porthole"
-    install -m 0555 dist/porthole "$context/rootfs/porthole"
-    install -m 0444 rules.json "$context/rootfs/rules.json"
-    chmod 1777 "$context/rootfs/tmp"
-    chmod 0755 "$context/run" "$context/run/porthole"
+    mkdir -p "$context/run/porthole"
+    cp -a dist/porthole-root "$context/rootfs"
+    chmod 0755 "$context/rootfs" "$context/run" "$context/run/porthole"
     cp Dockerfile.distroless "$context/Dockerfile"
     local revision source
     revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
     source="${PORTHOLE_SOURCE:-$(git config --get remote.origin.url 2>/dev/null || echo unknown)}"
-    log "building $IMAGE (offline, from dist/porthole)"
-    DOCKER_BUILDKIT=0 docker build -q --network none -t "$IMAGE" \
+    log "building $IMAGE (offline, from dist/porthole-root)"
+    local platform=()
+    [ -z "$IMAGE_PLATFORM" ] || platform=(--platform "$IMAGE_PLATFORM")
+    DOCKER_BUILDKIT=0 docker build -q --network none "${platform[@]}" -t "$IMAGE" \
         --build-arg VERSION="$(version)" --build-arg REVISION="$revision" --build-arg SOURCE="$source" \
         "$context" >/dev/null 2> >(grep -v -i -e deprecat -e buildx -e 'legacy builder' -e '^ *$' >&2 || true)
     log "$IMAGE: $(docker image inspect -f '{{.Size}}' "$IMAGE") bytes"
@@ -199,8 +290,19 @@ cmd_check() {
 import io, json, subprocess, sys, tarfile
 
 image, max_bytes = sys.argv[1], int(sys.argv[2])
-EXPECTED = {"porthole", "rules.json", "tmp", "run", "run/porthole"}
+EXPECTED = {"porthole", "rules.json", "run", "run/porthole"}
+LIBRARY_DIRS = ("_internal/", "lib/", "lib64/", "usr/lib/", "usr/lib64/")
 checks = []
+
+def expected(name, is_dir):
+    """The program, its rules, /run; below the library directories only directories, shared
+    libraries (the loader too) and PyInstaller's zipped standard library."""
+    if name in EXPECTED or (is_dir and name + "/" in LIBRARY_DIRS):
+        return True
+    if not name.startswith(LIBRARY_DIRS):
+        return False
+    base = name.rsplit("/", 1)[-1]
+    return is_dir or ".so" in base or name == "_internal/base_library.zip"
 
 def check(name, ok, detail):
     checks.append({"check": name, "ok": bool(ok), "detail": detail})
@@ -224,19 +326,23 @@ else:
     wanted = ["org.opencontainers.image.source", "org.opencontainers.image.version", "org.opencontainers.image.licenses"]
     check("OCI labels", all(labels.get(k) for k in wanted), {k: labels.get(k) for k in wanted})
     check(f"image size <= {max_bytes} bytes", info["Size"] <= max_bytes, info["Size"])
+    check("no volumes (runs with --read-only and nothing writable)", not config.get("Volumes"),
+          config.get("Volumes"))
     saved = docker("save", image)
-    files = set()
+    files = {}
     with tarfile.open(fileobj=io.BytesIO(saved.stdout)) as outer:
         for member in outer.getmembers():
             if member.name.endswith("layer.tar") or member.name.startswith("blobs/"):
                 data = outer.extractfile(member)
                 try:
                     with tarfile.open(fileobj=io.BytesIO(data.read())) as layer:
-                        files |= {m.name.rstrip("/").removeprefix("./") for m in layer.getmembers()}
+                        files.update((m.name.rstrip("/").removeprefix("./"), m.isdir()) for m in layer.getmembers())
                 except tarfile.ReadError:
                     pass  # a config or manifest blob, not a layer
-    files.discard("")
-    check("only the expected files", files == EXPECTED, sorted(files))
+    files.pop("", None)
+    unexpected = sorted(name for name, is_dir in files.items() if not expected(name, is_dir))
+    missing = sorted(EXPECTED - files.keys())
+    check("only the expected files", not unexpected and not missing, {"unexpected": unexpected, "missing": missing})
     shell = docker("run", "--rm", "--network", "none", "--entrypoint", "/bin/sh", image, "-c", "true")
     check("no shell", shell.returncode != 0, shell.stderr.decode().strip()[-200:])
 ok = all(c["ok"] for c in checks)
@@ -265,27 +371,36 @@ cmd_test() {
 cmd_run() {
     binary_is_fresh || cmd_binary
     local socket="${PORTHOLE_SOCKET:-/var/run/docker.sock}"
-    local args=("$@")
-    [ ${#args[@]} -gt 0 ] || args=(--listen "${PORTHOLE_LISTEN:-tcp://127.0.0.1:2375}" --upstream "unix://$socket")
+    local args=("$@") arg has_listen="" has_upstream=""
+    for arg in "$@"; do
+        case "$arg" in
+            --listen|--listen=*) has_listen=1 ;;
+            --upstream|--upstream=*) has_upstream=1 ;;
+        esac
+    done
+    # Defaults only for what neither the arguments nor the proxy's own variables name.
+    [ -n "$has_listen" ] || [ -n "${PORTHOLE_LISTEN:-}" ] || args+=(--listen tcp://127.0.0.1:2375)
+    [ -n "$has_upstream" ] || [ -n "${PORTHOLE_UPSTREAM:-}" ] || args+=(--upstream "unix://$socket")
     if [ "$(id -u)" -ne 0 ]; then
         exec dist/porthole "${args[@]}"
     fi
     # As root: never run the proxy as root. Run it as uid 65532 with only the Docker socket's
-    # group, from a copy that user can reach whatever the checkout's permissions.
-    [ -S "$socket" ] || die "no Docker socket at $socket (set PORTHOLE_SOCKET)"
-    local gid stage
-    gid="$(stat -c %g "$socket")"
-    stage="$(mktemp -d /tmp/porthole-run.XXXXXX)"
-    install -m 0555 dist/porthole "$stage/porthole"
-    chmod 0755 "$stage"
-    log "running dist/porthole as uid 65532 with the socket's group $gid"
-    exec setpriv --reuid=65532 --regid=65532 --groups="$gid" "$stage/porthole" "${args[@]}"
+    # group. It starts through a descriptor opened here, so it runs whatever the checkout's
+    # permissions (a process may always exec its own /proc/self/fd/N) and nothing is copied.
+    [ -n "$has_upstream" ] || [ -n "${PORTHOLE_UPSTREAM:-}" ] || [ -S "$socket" ] \
+        || die "no Docker socket at $socket (set PORTHOLE_SOCKET)"
+    local groups=(--clear-groups) program
+    [ ! -S "$socket" ] || groups=(--groups "$(stat -c %g "$socket")")
+    exec {program}<dist/porthole
+    log "running dist/porthole as uid 65532 (${groups[*]})"
+    exec setpriv --reuid=65532 --regid=65532 "${groups[@]}" "/proc/self/fd/$program" "${args[@]}"
 }
 
 usage() { sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; }
 
 case "${1:-binary}" in
     binary) shift || true; cmd_binary ;;
+    bundle) shift; cmd_bundle ;;
     image) shift; cmd_image ;;
     check) shift; cmd_check ;;
     run) shift; cmd_run "$@" ;;

@@ -171,6 +171,7 @@ class Settings:
     max_connections_per_client: int = 256
     shutdown_grace: float = 10.0
     max_filter_bytes: int = 32 * 1024 * 1024
+    watch_rules: float = 5.0  # seconds between looks at the rules file (0: never, SIGHUP only)
     state_file: Path | None = None  # where the running proxy records its listeners
     listeners_given: bool = False  # --listen or PORTHOLE_LISTEN was set (else the default)
     rules_given: bool = False  # --rules or PORTHOLE_RULES was set (else the shipped rules)
@@ -196,6 +197,16 @@ def default_rules_path(environ: Mapping[str, str] | None = None) -> Path:
     if beside.is_file() or not bundle:
         return beside
     return Path(bundle) / "rules.json"
+
+
+def rules_label(path: Path) -> str:
+    """How messages name a rules file: its path, except the copy bundled into the executable,
+    which sits in a temporary directory the user never chose (/tmp/_MEI.../rules.json)."""
+    bundle = getattr(sys, "_MEIPASS", None)
+    if bundle and path.parent == Path(bundle):
+        program = os.environ.get("STATICX_PROG_PATH") or sys.executable
+        return f"{program} (its built-in rules.json)"
+    return str(path)
 
 
 # (option, type, default, help). Each option also reads PORTHOLE_<OPTION> from the environment.
@@ -234,6 +245,9 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
                         help="a DNS name accepted in the Host header on TCP listeners, repeatable")
     parser.add_argument("--allow-root", action="store_true", default=None,
                         help="run even as uid 0 (not recommended)")
+    parser.add_argument("--watch-rules", type=float, metavar="SECONDS",
+                        help="look at the rules file this often and reload it when it changed, "
+                             "as on SIGHUP (default 5; 0: only on SIGHUP)")
     parser.add_argument("--state-file", metavar="PATH",
                         help="record the listeners here, so --healthcheck finds them without --listen")
     parser.add_argument("--metrics", metavar="URL",
@@ -293,12 +307,22 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     state_file = args.state_file or env("state-file")
     metrics_url = args.metrics or env("metrics")
     learn_path = args.learn or env("learn")
+    watch_rules = args.watch_rules
+    if watch_rules is None and env("watch-rules") is not None:
+        try:
+            watch_rules = float(env("watch-rules") or "")
+        except ValueError:
+            raise UsageError("PORTHOLE_WATCH_RULES: not a number") from None
+    watch_rules = 5.0 if watch_rules is None else watch_rules
+    if not 0 <= watch_rules < float("inf"):
+        raise UsageError("--watch-rules must be 0 (off) or a number of seconds")
     return Settings(
         listeners=listeners, upstream=upstream,
         rules_path=Path(args.rules or env("rules") or default_rules_path(environ)), rules_given=rules_given,
         dropin=dropin,
         log_format=log_format, log_level=log_level, allow_root=allow_root, allow_hosts=hosts,
         state_file=Path(state_file) if state_file else None, listeners_given=bool(given_urls),
+        watch_rules=watch_rules,
         mode=args.mode or "run", log_format_given=bool(args.log_format or env("log-format")),
         metrics=parse_metrics_endpoint(metrics_url) if metrics_url else None,
         learn_path=Path(learn_path) if learn_path else None, **numbers,
@@ -4089,6 +4113,60 @@ class Timer:
         self.callback()
 
 
+FileIdentity = tuple[int, int, int, int]  # st_dev, st_ino, st_mtime_ns, st_size
+
+
+class RulesWatcher:
+    """Looks at the rules file every --watch-rules seconds and calls on_change when it is another
+    file or was rewritten: a Kubernetes ConfigMap update swaps a symlink (..data) to a new
+    directory, so the path then names a file with a new (st_dev, st_ino); an edit in place
+    changes mtime or size.
+
+    Rule 1: a change is reported once: the next look compares with what this one saw, so an
+            invalid file is refused (and logged) once, not at every look.
+    Rule 2: a path that cannot be stat'ed (gone, or mid-swap) is no change; it is logged once, and
+            the file that then appears is a change.
+    Rule 3: after a reload by other means (SIGHUP), remember() makes the current file the seen one.
+    """
+
+    def __init__(self, loop: Loop, path: Path, interval: float, on_change: Callable[[], None],
+                 log: Log) -> None:
+        self.loop = loop
+        self.path = path
+        self.interval = interval
+        self.on_change = on_change
+        self.log = log
+        self.seen = self.identity()
+
+    def identity(self) -> FileIdentity | None:
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+    def start(self) -> None:
+        self.loop.set_deadline(self, self.loop.clock() + self.interval)
+
+    def remember(self) -> None:
+        self.seen = self.identity()
+
+    def on_deadline(self, now: float) -> None:
+        self.loop.set_deadline(self, now + self.interval)
+        current = self.identity()
+        if current == self.seen:
+            return
+        self.seen = current
+        if current is None:
+            self.log("warning", "rules_missing", rules=rules_label(self.path),
+                     kept="the rules loaded before", note="reloaded when the file is back")
+            return
+        self.on_change()
+
+    def stop(self) -> None:
+        self.loop.cancel(self)
+
+
 # --------------------------------------------------------------------------------------------
 # 5. The proxy: the parts above wired to the policy
 # --------------------------------------------------------------------------------------------
@@ -4273,6 +4351,10 @@ class Proxy:
         self.signals: SignalPipe | None = None
         self.stopping = False
         self.grace_timer = Timer(self.grace_over)
+        self.rules_watcher: RulesWatcher | None = None
+        if settings.watch_rules > 0 and not settings.dropin:
+            self.rules_watcher = RulesWatcher(self.loop, settings.rules_path, settings.watch_rules,
+                                              self.rules_changed, log)
         self.tls_contexts: dict[str, ssl.SSLContext] = {}  # listener URL -> the context new connections get
         self.learning = None if settings.learn_path is None else LearnFile(settings.learn_path, self.loop, log,
                                                                            lambda: self.policy)
@@ -4298,6 +4380,8 @@ class Proxy:
             raise UsageError(f"--learn {self.learning.path}: porthole (uid {os.geteuid()}) cannot write to "
                              f"{self.learning.path.parent}")
         self.signals = SignalPipe(self.loop, self.on_signal)
+        if self.rules_watcher is not None:
+            self.rules_watcher.start()
         self.write_state_file()
         self.log("info", "listening", listeners=[l.endpoint.url for l in self.listeners],
                  upstream=self.settings.upstream.url, rules=self.policy.source,
@@ -4358,8 +4442,16 @@ class Proxy:
     def reload(self) -> None:
         """SIGHUP: swap in the new rules and certificates, each only if valid; otherwise keep
         the old ones."""
+        self.log("info", "reload_requested", signal="SIGHUP")
+        if self.rules_watcher is not None:
+            self.rules_watcher.remember()
         self.reload_rules()
         self.reload_certificates()
+
+    def rules_changed(self) -> None:
+        """The rules watcher saw a new rules file: the same as SIGHUP, for the rules."""
+        self.log("info", "reload_requested", reason="the rules file changed", rules=rules_label(self.settings.rules_path))
+        self.reload_rules()
 
     def reload_certificates(self) -> None:
         """New connections get the new context; open ones keep theirs."""
@@ -4381,10 +4473,10 @@ class Proxy:
             return
         path = self.settings.rules_path
         try:
-            policy = load_policy(path.read_text(encoding="utf-8"), str(path))
+            policy = load_policy(path.read_text(encoding="utf-8"), rules_label(path))
             missing = sorted({l.endpoint.profile for l in self.listeners} - policy.profiles.keys())
             if missing:
-                raise PolicyError(str(path), "$.profiles", f"a listener uses profile {missing[0]!r}, which is gone")
+                raise PolicyError(rules_label(path), "$.profiles", f"a listener uses profile {missing[0]!r}, which is gone")
         except (OSError, UnicodeDecodeError, PolicyError) as exc:
             self.metrics.reloaded(ok=False)
             self.log("error", "reload_failed", error=str(exc), kept=self.policy.source)
@@ -4398,6 +4490,8 @@ class Proxy:
 
     def begin_shutdown(self, why: str) -> None:
         self.stopping = True
+        if self.rules_watcher is not None:
+            self.rules_watcher.stop()
         self.log("info", "stopping", signal=why, open_connections=len(self.clients),
                  grace_seconds=self.settings.shutdown_grace)
         if self.learning is not None:
@@ -4697,14 +4791,34 @@ def healthcheck_tls(endpoint: Endpoint) -> ssl.SSLContext:
     return context
 
 
+def init_process_listener() -> Endpoint | None:
+    """In a container whose PID 1 is this same program (the image), the first listener it was
+    started with: its command line (/proc/1/cmdline) with our environment, which `docker exec`
+    and the HEALTHCHECK share with it. None when PID 1 is another program."""
+    try:
+        if not getattr(sys, "frozen", False) or not os.path.samefile("/proc/1/exe", sys.executable):
+            return None
+        argv = Path("/proc/1/cmdline").read_bytes().split(b"\0")[1:-1]
+    except OSError:
+        return None
+    return parse_settings([arg.decode("utf-8", "surrogateescape") for arg in argv], os.environ).listeners[0]
+
+
 def healthcheck(settings: Settings) -> int:
-    """GET /_ping through our own first listener: proves listener, policy and daemon all work."""
+    """GET /_ping through our own first listener: proves listener, policy and daemon all work.
+    Without --listen: the listener recorded in the state file, else PID 1's (in the image)."""
     endpoint = settings.listeners[0]
     if not settings.listeners_given and settings.state_file is not None:
         try:
             endpoint = parse_endpoint(json.loads(settings.state_file.read_text())["listen"][0], listener=True)
         except (OSError, ValueError, KeyError, IndexError, TypeError, UsageError) as exc:
             print(f"porthole healthcheck: cannot read {settings.state_file}: {exc}", file=sys.stderr)
+            return 1
+    elif not settings.listeners_given:
+        try:
+            endpoint = init_process_listener() or endpoint
+        except UsageError as exc:
+            print(f"porthole healthcheck: PID 1's command line: {exc}", file=sys.stderr)
             return 1
     address: Any = endpoint.address
     host = "localhost"
@@ -5215,9 +5329,9 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             notes = dropin.notes
             policy = load_policy(json.dumps(dropin.document), "the Tecnativa-style environment variables")
         else:
-            policy = load_policy(settings.rules_path.read_text(encoding="utf-8"), str(settings.rules_path))
+            policy = load_policy(settings.rules_path.read_text(encoding="utf-8"), rules_label(settings.rules_path))
     except (OSError, UnicodeDecodeError) as exc:
-        print(f"porthole: {settings.rules_path}: cannot read: {exc}", file=sys.stderr)
+        print(f"porthole: {rules_label(settings.rules_path)}: cannot read: {exc}", file=sys.stderr)
         return 2
     except (PolicyError, UsageError) as exc:
         print(f"porthole: {exc}", file=sys.stderr)

@@ -19,13 +19,15 @@ from pathlib import Path
 
 import pytest
 
+import fake_upstream as fu
 import support
 
 pytestmark = pytest.mark.timeout(240)
 
 REPO = support.REPO
 BINARY = REPO / "dist" / "porthole"
-BUILD_INPUTS = ("proxy.py", "rules.json", "build.sh", "requirements-build.txt")
+BUILD_INPUTS = ("proxy.py", "rules.json", "build.sh", "requirements-build.txt",
+                "patches/staticx-forward-signals.patch")
 SOCK_GID = support.DEFAULT_SOCK_GID
 
 
@@ -188,6 +190,94 @@ def test_empty_root(porthole_binary, dockerd, busybox_image, containers):
 
 
 # --------------------------------------------------------------------------
+# signals to the PID the user started (the staticx bootloader), and the systemd unit
+
+
+def unit_directive(name: str) -> str:
+    """A directive of examples/porthole.service, continuation lines joined."""
+    text = (REPO / "examples" / "porthole.service").read_text().replace("\\\n", " ")
+    values = [line.split("=", 1)[1].strip() for line in text.splitlines() if line.startswith(name + "=")]
+    assert len(values) == 1, (name, values)
+    return values[0]
+
+
+def reloads(p) -> list:
+    return [line for line in p.logs() if line.get("event") == "reload"]
+
+
+def test_sighup_to_the_started_pid_reloads(porthole_binary, upstream):
+    """kill -HUP to the PID the user started (what `systemctl reload` does with the shipped
+    unit's ExecReload, $MAINPID being that PID) reloads the rules; the process tree stays; SIGTERM
+    to it stops everything and leaves nothing in TMPDIR. Upstream staticx let SIGHUP kill its
+    bootloader, orphaning the proxy with its old policy."""
+    tmpdir = support.short_tmpdir("ph-bin-tmp-", 0o777)
+    os.chmod(tmpdir, 0o1777)
+    rules = support.write_rules({"version": 1, "profiles": {"default": {"rules": [
+        {"method": "GET", "path": "/_ping"}]}}})
+    port = support.free_port()
+    p = support.ProxyProcess(listen=["tcp://127.0.0.1:%d" % port], upstream=upstream.url, proxy_path=porthole_binary,
+                             rules=rules, args=["--watch-rules", "0"], env={"TMPDIR": str(tmpdir)})
+    with p.running(ready_timeout=20):
+        address = ("127.0.0.1", port)
+        assert fu.get(address, "/v1.41/version").status == 403
+        tree = [p.pid] + child_pids(p.pid)
+        assert len(tree) == 2, tree  # the bootloaders: staticx's, then PyInstaller's (and python)
+        with open(str(p.rules_path) + ".new", "w") as f:
+            f.write(json.dumps({"version": 1, "profiles": {"default": {"rules": [
+                {"method": "GET", "path": "/_ping"}, {"method": "GET", "path": "/version"}]}}}))
+        os.chmod(str(p.rules_path) + ".new", 0o644)
+        os.replace(str(p.rules_path) + ".new", p.rules_path)
+        os.kill(p.pid, signal.SIGHUP)
+        assert support.wait_until(lambda: len(reloads(p)) == 1, 10), p.stderr_text()
+        assert p.alive() and [p.pid] + child_pids(p.pid) == tree
+        assert fu.get(address, "/v1.41/version").status == 200
+
+        # the unit's ExecReload, run as systemd would with $MAINPID = the PID it started
+        reload_line = unit_directive("ExecReload").replace("$MAINPID", str(p.pid)).split()
+        subprocess.run(reload_line, check=True, timeout=10)
+        assert support.wait_until(lambda: len(reloads(p)) == 2, 10), p.stderr_text()
+        assert p.alive() and [p.pid] + child_pids(p.pid) == tree
+    # running() sent SIGTERM to p.pid and saw exit 0; the bootloaders cleaned up after themselves
+    assert list(tmpdir.iterdir()) == []
+
+
+def test_builtin_rules_named_by_the_program(porthole_binary):
+    """The rules bundled into the executable are named by the executable's path, not by the
+    temporary directory they are unpacked to."""
+    r = subprocess.run([str(porthole_binary), "--check"], capture_output=True, text=True, timeout=60,
+                       cwd="/", env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    first = r.stdout.splitlines()[0]
+    assert first == "policy from %s (its built-in rules.json)" % porthole_binary.resolve(), first
+    assert "_MEI" not in r.stdout + r.stderr
+
+
+# --------------------------------------------------------------------------
+# ./build.sh run
+
+
+def test_build_sh_run_with_arguments_keeps_the_socket_and_leaves_no_directory(porthole_binary, upstream):
+    """`./build.sh run ARGS` as root: PORTHOLE_SOCKET stays the upstream when arguments are
+    given (they used to replace it with the proxy's default), the proxy runs as 65532 with the
+    socket's group, and no staging directory is left behind (one per run used to be)."""
+    before = set(os.listdir("/tmp"))
+    port = support.free_port()
+    p = support.ProxyProcess(command=[str(REPO / "build.sh"), "run", "--listen", "tcp://127.0.0.1:%d" % port,
+                                      "--log-format", "json"],
+                             rules=False, env={"PORTHOLE_SOCKET": upstream.path})
+    with p.running(ready_timeout=60):
+        r = fu.get(("127.0.0.1", port), "/v1.41/version")
+        assert r.status == 200, (r.status, r.body, p.stderr_text())
+        assert [q.path for q in upstream.requests][-1:] == ["/version"]
+        listening = next(l for l in p.logs() if l.get("event") == "listening")
+        assert listening["upstream"] == upstream.url, listening
+        status = open("/proc/%d/status" % p.pid).read()
+        assert "\nUid:\t65532\t65532\t65532\t65532\n" in status
+    left = sorted(n for n in set(os.listdir("/tmp")) - before if n.startswith("porthole-run"))
+    assert left == [], left
+
+
+# --------------------------------------------------------------------------
 # reproducibility
 
 
@@ -200,6 +290,7 @@ def test_reproducible_build(porthole_binary):
     for copy in copies:
         copy.mkdir(parents=True, exist_ok=True)
         for name in BUILD_INPUTS:
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, copy / name)
         # reuse the repo's build venv (its install stamp says it is up to date)
         if (REPO / ".venv-build" / "bin" / "python").exists():

@@ -1,6 +1,8 @@
 """The image (Dockerfile.distroless, `./build.sh image`) in the session's private dockerd:
 `./build.sh check` passes on it and fails on breaching derivatives, and the container runs
-hardened (read-only, no capabilities, no network), rootless, healthy, and stops cleanly.
+hardened (read-only with no writable mount at all, no capabilities, no network), rootless, as
+PID 1 and its only process, healthy within seconds, reloads on `docker kill -s HUP`, and stops
+cleanly.
 
 Containers are started DIRECTLY on the private daemon with `--network none` and removed
 (`docker rm -f -v`) afterwards; derived images are removed too."""
@@ -20,7 +22,6 @@ import pytest
 
 import fake_upstream as fu
 import support
-from test_binary import ensure_binary
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 
@@ -28,14 +29,23 @@ REPO = support.REPO
 IMAGE = "porthole-test/porthole:latest"
 SOCK_GID = support.DEFAULT_SOCK_GID
 HARDENED = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--network", "none"]
-# path -> (type, mode, uid, gid) of every entry in the image's layers
-EXPECTED_FILES = {
-    "porthole": ("file", 0o555, 0, 0),
-    "rules.json": ("file", 0o444, 0, 0),
-    "tmp": ("dir", 0o1777, 0, 0),
+BUNDLE = REPO / "dist" / "porthole-root"  # the image's root, `./build.sh bundle`
+# path -> (type, mode, uid, gid) of the entries beside the bundle's
+RUN_DIRS = {
     "run": ("dir", 0o755, None, None),
     "run/porthole": ("dir", 0o755, 65532, 65532),
 }
+
+
+def expected_files():
+    """path -> (type, mode, uid, gid) of every entry the image's layers must hold: the bundle's
+    tree (root-owned, read-only; executable only the program, loader and libraries) and /run."""
+    out = dict(RUN_DIRS)
+    for path in sorted(BUNDLE.rglob("*")):
+        st = path.lstat()
+        kind = "dir" if path.is_dir() else "file" if path.is_file() else "other"
+        out[str(path.relative_to(BUNDLE))] = (kind, st.st_mode & 0o7777, 0, 0)
+    return out
 
 
 def build_sh(*args, env=None, timeout=300):
@@ -50,7 +60,6 @@ def build_env(dockerd, image=IMAGE, **extra):
 @pytest.fixture(scope="session")
 def porthole_image(dockerd):
     """porthole-test/porthole:latest built into the session dockerd by `./build.sh image`."""
-    ensure_binary()
     r = build_sh("image", env=build_env(dockerd))
     assert r.returncode == 0, "./build.sh image failed (%s):\n%s\n%s" % (
         r.returncode, r.stdout[-3000:], r.stderr[-3000:])
@@ -193,18 +202,25 @@ def test_image_config_and_contents(dockerd, docker_direct, porthole_image):
     assert config["Entrypoint"] == ["/porthole"]
     assert config["Cmd"] == ["--listen", "tcp://0.0.0.0:2375"]
     assert config["Healthcheck"]["Test"] == ["CMD", "/porthole", "--healthcheck"]
-    assert info["Size"] <= 10_000_000, info["Size"]
+    # healthy within seconds of the start, not after a 30 s interval
+    assert config["Healthcheck"]["Interval"] <= 5 * 10**9, config["Healthcheck"]
+    assert not config.get("Volumes"), config.get("Volumes")  # no VOLUME: nothing writable needed
+    assert info["Size"] <= 22_000_000, info["Size"]
 
     entries = layer_entries(dockerd, porthole_image)
-    assert set(entries) == set(EXPECTED_FILES), sorted(entries)
-    for path, (kind, mode, uid, gid) in EXPECTED_FILES.items():
+    expected = expected_files()
+    assert set(entries) == set(expected), sorted(set(entries) ^ set(expected))
+    for path, (kind, mode, uid, gid) in expected.items():
         got = entries[path]
         assert got[:2] == (kind, mode), (path, got)
         if uid is not None:
             assert got[2:4] == (uid, gid), (path, got)
-    # the executable in the image is dist/porthole, the rules are the repo's
-    for path, source in (("porthole", ensure_binary()), ("rules.json", REPO / "rules.json")):
-        assert entries[path][4] == hashlib.sha256(source.read_bytes()).hexdigest(), path
+    # the files are the bundle's, the rules the repo's
+    for path, (kind, *_rest) in expected.items():
+        if kind == "file":
+            assert entries[path][4] == hashlib.sha256((BUNDLE / path).read_bytes()).hexdigest(), path
+    assert entries["rules.json"][4] == hashlib.sha256((REPO / "rules.json").read_bytes()).hexdigest()
+    assert not any(name.startswith(("bin/", "sbin/", "usr/bin/", "tmp")) for name in entries), sorted(entries)
 
     shell = support.docker_cli(dockerd.url, "run", "--rm", "--network", "none", "--entrypoint", "/bin/sh",
                                porthole_image, "-c", "true", timeout=60)
@@ -264,11 +280,11 @@ def test_hardened_unix_listener(dockerd, docker_direct, porthole_image, busybox_
     wait_health(docker_direct, cid, "healthy")
     state = inspect(docker_direct, cid)
     assert state["HostConfig"]["ReadonlyRootfs"] is True
-    # every process of the container (staticx bootloader, PyInstaller bootloader, python):
-    # uid/gid 65532, the socket's group, no capabilities, no_new_privs
+    # the container's one process (porthole, no bootloader): uid/gid 65532, the socket's group,
+    # no capabilities, no_new_privs
     top = support.docker_cli(dockerd.url, "top", cid, "-eo", "pid", check=True).stdout
     pids = [int(line.split()[0]) for line in top.splitlines()[1:] if line.strip()]
-    assert len(pids) >= 3, pids
+    assert len(pids) == 1, pids
     for pid in pids:
         status = dict(line.split(":\t", 1) for line in open("/proc/%d/status" % pid).read().splitlines()
                       if ":\t" in line)
@@ -305,7 +321,7 @@ def test_without_socket_group(dockerd, docker_direct, porthole_image, run_proxy_
 
 
 def test_docker_stop_is_prompt_and_clean(dockerd, docker_direct, porthole_image, run_proxy_container):
-    """SIGTERM reaches python through the staticx (PID 1) and PyInstaller bootloaders."""
+    """SIGTERM reaches porthole, PID 1 (no bootloader in between)."""
     ldir = listener_dir()
     cid = run_proxy_container(
         *HARDENED, "-v", "%s:/var/run/docker.sock" % dockerd.socket_path, "--group-add", str(SOCK_GID),
@@ -322,3 +338,53 @@ def test_docker_stop_is_prompt_and_clean(dockerd, docker_direct, porthole_image,
     logs = support.docker_cli(dockerd.url, "logs", cid, timeout=30)
     events = [json.loads(line).get("event") for line in logs.stderr.splitlines() if line.startswith("{")]
     assert "shutdown" in events, logs.stderr[-2000:]
+
+
+def container_events(dockerd, cid):
+    logs = support.docker_cli(dockerd.url, "logs", cid, timeout=30)
+    return [json.loads(line) for line in logs.stderr.splitlines() if line.startswith("{")]
+
+
+def test_read_only_no_mounts_pid1_reload_kill(dockerd, docker_direct, porthole_image, run_proxy_container):
+    """--read-only with no tmpfs and no volume, only the daemon socket mounted: porthole is PID 1
+    and the only process, becomes healthy by the image's own HEALTHCHECK within seconds,
+    reloads on `docker kill -s HUP`, and a SIGKILL leaves nothing behind."""
+    volumes_before = set(support.docker_cli(dockerd.url, "volume", "ls", "-q", check=True).stdout.split())
+    started = time.monotonic()
+    cid = run_proxy_container(*HARDENED, "-v", "%s:/var/run/docker.sock" % dockerd.socket_path,
+                              "--group-add", str(SOCK_GID), porthole_image)
+    info = inspect(docker_direct, cid)
+    assert info["HostConfig"]["ReadonlyRootfs"] is True
+    assert not info["HostConfig"].get("Tmpfs"), info["HostConfig"].get("Tmpfs")
+    assert [m["Destination"] for m in info["Mounts"]] == ["/var/run/docker.sock"], info["Mounts"]
+
+    wait_health(docker_direct, cid, "healthy", timeout=20)  # the image's interval: no override
+    healthy_after = time.monotonic() - started
+    assert healthy_after < 20, healthy_after
+
+    top = support.docker_cli(dockerd.url, "top", cid, "-eo", "pid,args", check=True).stdout.splitlines()[1:]
+    assert len(top) == 1, top
+    host_pid = int(top[0].split()[0])
+    assert top[0].split()[1] == "/porthole", top
+    status = open("/proc/%d/status" % host_pid).read()
+    assert status.split("NSpid:")[1].split("\n")[0].split()[-1] == "1", "porthole is not PID 1"
+
+    listening = next(e for e in container_events(dockerd, cid) if e.get("event") == "listening")
+    assert listening["rules"] == "/rules.json", listening  # a path the user recognises
+
+    support.docker_cli(dockerd.url, "kill", "-s", "HUP", cid, check=True)
+    assert support.wait_until(lambda: any(e.get("event") == "reload" for e in container_events(dockerd, cid)),
+                              10, 0.1), container_events(dockerd, cid)[-5:]
+    reload = next(e for e in container_events(dockerd, cid) if e.get("event") == "reload")
+    assert reload["rules"] == "/rules.json", reload
+    info = inspect(docker_direct, cid)
+    assert info["State"]["Running"] and info["State"]["Pid"] == host_pid, info["State"]
+
+    support.docker_cli(dockerd.url, "kill", "-s", "KILL", cid, check=True)
+    assert support.wait_until(lambda: not inspect(docker_direct, cid)["State"]["Running"], 10, 0.1)
+    diff = support.docker_cli(dockerd.url, "diff", cid, check=True).stdout.split("\n")
+    # nothing written in the container: only the socket's mount point (and its parents) Docker made
+    mount_point = {"A /var", "A /var/run", "A /var/run/docker.sock"}
+    assert set(filter(None, diff)) <= mount_point, diff
+    volumes_after = set(support.docker_cli(dockerd.url, "volume", "ls", "-q", check=True).stdout.split())
+    assert volumes_after == volumes_before  # and no anonymous volume made for it

@@ -199,7 +199,8 @@ def status_of(p, target):
 
 
 def test_sighup_reload_changes_policy_and_bad_file_keeps_old(start_proxy, upstream):
-    p = start_proxy(rules=support.write_rules(rules_doc("/_ping", "/containers/json")))
+    # --watch-rules 0: the reloads counted here are the signal's alone
+    p = start_proxy("--watch-rules", "0", rules=support.write_rules(rules_doc("/_ping", "/containers/json")))
     assert status_of(p, "/v1.41/version") == 403
     assert status_of(p, "/v1.41/containers/json") == 200
     n_before = len(upstream.requests)
@@ -244,12 +245,71 @@ def test_sighup_reload_changes_policy_and_bad_file_keeps_old(start_proxy, upstre
 
 
 def test_sighup_deleted_rules_file_keeps_policy(start_proxy, upstream):
-    p = start_proxy()
+    p = start_proxy("--watch-rules", "0")
     os.unlink(p.rules_path)
     p.send_signal(signal.SIGHUP)
     assert wait_log_event(p, "reload_failed", 0)
     assert status_of(p, "/v1.41/version") == 200
     assert status_of(p, "/v1.41/containers/abc/export") == 403
+
+
+# ---------------------------------------------------------------------------
+# the rules file watched (--watch-rules)
+
+
+def test_changed_rules_file_reloads_without_a_signal(start_proxy, upstream):
+    p = start_proxy("--watch-rules", "0.2", rules=support.write_rules(rules_doc("/_ping", "/containers/json")))
+    assert status_of(p, "/v1.41/version") == 403
+    replace_file(p.rules_path, json.dumps(rules_doc("/_ping", "/version")))
+    line = wait_log_event(p, "reload", 0)
+    assert line is not None, p.stderr_text()
+    assert status_of(p, "/v1.41/version") == 200
+    assert status_of(p, "/v1.41/containers/json") == 403
+    requested = [l for l in p.logs() if l.get("event") == "reload_requested"]
+    assert requested and requested[0]["reason"] == "the rules file changed", requested
+
+    # an invalid file: refused once (not at every look), the old policy stays
+    replace_file(p.rules_path, "{ not json")
+    failed = wait_log_event(p, "reload_failed", 0)
+    assert failed is not None and failed["kept"] == str(p.rules_path), p.stderr_text()
+    time.sleep(1.0)  # five more looks
+    assert count_events(p, "reload_failed") == 1
+    assert status_of(p, "/v1.41/version") == 200
+    replace_file(p.rules_path, json.dumps(rules_doc("/_ping", "/containers/json")))
+    assert wait_log_event(p, "reload", 1)
+    assert status_of(p, "/v1.41/version") == 403
+
+
+def test_configmap_symlink_swap_reloads(start_proxy, upstream):
+    """A Kubernetes ConfigMap volume: rules.json -> ..data/rules.json, and an update swaps the
+    ..data symlink to a new directory atomically (what the kubelet does)."""
+    volume = support.short_tmpdir("ph-cm-", 0o755)
+
+    def version(name, paths):
+        (volume / name).mkdir(mode=0o755)
+        (volume / name / "rules.json").write_text(json.dumps(rules_doc(*paths)))
+        os.chmod(volume / name / "rules.json", 0o644)
+        (volume / "..data_tmp").symlink_to(name)
+        os.rename(volume / "..data_tmp", volume / "..data")
+
+    version("..2026_01_01_v1", ["/_ping", "/containers/json"])
+    (volume / "rules.json").symlink_to("..data/rules.json")
+    p = start_proxy("--rules", str(volume / "rules.json"), "--watch-rules", "0.2")
+    assert status_of(p, "/v1.41/version") == 403
+    version("..2026_01_01_v2", ["/_ping", "/version"])
+    assert wait_log_event(p, "reload", 0), p.stderr_text()
+    assert status_of(p, "/v1.41/version") == 200
+
+
+def test_watch_rules_zero_reloads_only_on_sighup(start_proxy, upstream):
+    p = start_proxy("--watch-rules", "0", rules=support.write_rules(rules_doc("/_ping")))
+    replace_file(p.rules_path, json.dumps(rules_doc("/_ping", "/version")))
+    time.sleep(6)  # longer than the default interval
+    assert count_events(p, "reload") == 0
+    assert status_of(p, "/v1.41/version") == 403
+    p.send_signal(signal.SIGHUP)
+    assert wait_log_event(p, "reload", 0)
+    assert status_of(p, "/v1.41/version") == 200
 
 
 # ---------------------------------------------------------------------------
