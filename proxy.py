@@ -5071,7 +5071,7 @@ def daemon_security_options(upstream: Endpoint) -> tuple[tuple[str, ...] | None,
     conn = h11.Connection(h11.CLIENT)
     try:
         with socket.socket(upstream.family, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
+            sock.settimeout(15)  # a busy daemon answers /info slowly; --doctor can wait
             sock.connect(upstream.address)
             sock.sendall(conn.send(h11.Request(method="GET", target="/info",
                                                headers=[("Host", "docker"), ("Connection", "close")])))

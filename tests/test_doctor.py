@@ -310,6 +310,7 @@ def test_doctor_finds_a_daemon_on_tcp_without_tls(dockerd, tmp_path):
     finding = only(found, "dockerd tcp")
     assert finding["severity"] == "critical"
     assert "tcp://127.0.0.1:%d with no TLS" % port in finding["message"]
+    assert only(found, "daemon")["severity"] == "ok", "porthole could not ask the daemon: " + str(found)
     userns = only(found, "userns-remap")
     assert userns["severity"] == "info" and "restart dockerd" in userns["message"]
     assert status == 2
