@@ -4804,6 +4804,26 @@ def init_process_listener() -> Endpoint | None:
     return parse_settings([arg.decode("utf-8", "surrogateescape") for arg in argv], os.environ).listeners[0]
 
 
+def blocking_get(sock: Any, target: str, host: str, limit: int = 4 * 1024 * 1024) -> tuple[int, bytes]:
+    """One GET on a connected blocking socket, outside the event loop (--healthcheck, --doctor):
+    (status, body, at most about `limit` bytes of it). Raises OSError or h11.ProtocolError."""
+    conn = h11.Connection(h11.CLIENT)
+    sock.sendall(conn.send(h11.Request(method="GET", target=target, headers=[("Host", host), ("Connection", "close")])))
+    sock.sendall(conn.send(h11.EndOfMessage()))
+    status, body = 0, bytearray()
+    while len(body) < limit:
+        event = conn.next_event()
+        if event is h11.NEED_DATA:
+            conn.receive_data(sock.recv(READ_CHUNK))
+        elif isinstance(event, h11.Response):
+            status = event.status_code
+        elif isinstance(event, h11.Data):
+            body += event.data
+        elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
+            break
+    return status, bytes(body)
+
+
 def healthcheck(settings: Settings) -> int:
     """GET /_ping through our own first listener: proves listener, policy and daemon all work.
     Without --listen: the listener recorded in the state file, else PID 1's (in the image)."""
@@ -4826,27 +4846,12 @@ def healthcheck(settings: Settings) -> int:
         connect_host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(endpoint.host, endpoint.host)
         address = (connect_host, endpoint.port)
         host = f"[{connect_host}]" if ":" in connect_host else connect_host
-    conn = h11.Connection(h11.CLIENT)
-    status = 0
     try:
         with socket.socket(endpoint.family, socket.SOCK_STREAM) as plain:
             plain.settimeout(5)
             plain.connect(address)
             sock = healthcheck_tls(endpoint).wrap_socket(plain) if endpoint.tls else plain
-            sock.sendall(conn.send(h11.Request(method="GET", target="/_ping",
-                                               headers=[("Host", host), ("Connection", "close")])))
-            sock.sendall(conn.send(h11.EndOfMessage()))
-            body = b""
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(sock.recv(READ_CHUNK))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                    break
+            status, body = blocking_get(sock, "/_ping", host)
     except (OSError, h11.ProtocolError) as exc:
         print(f"porthole healthcheck: {endpoint.url}: {exc}", file=sys.stderr)
         return 1
@@ -5068,25 +5073,11 @@ def socket_facts(path: str, group_file: str, passwd_file: str = "/etc/passwd") -
 
 def daemon_security_options(upstream: Endpoint) -> tuple[tuple[str, ...] | None, str | None]:
     """GET /info from the daemon: (its SecurityOptions, None), or (None, why not)."""
-    conn = h11.Connection(h11.CLIENT)
     try:
         with socket.socket(upstream.family, socket.SOCK_STREAM) as sock:
             sock.settimeout(15)  # a busy daemon answers /info slowly; --doctor can wait
             sock.connect(upstream.address)
-            sock.sendall(conn.send(h11.Request(method="GET", target="/info",
-                                               headers=[("Host", "docker"), ("Connection", "close")])))
-            sock.sendall(conn.send(h11.EndOfMessage()))
-            status, body = 0, bytearray()
-            while len(body) < 4 * 1024 * 1024:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    conn.receive_data(sock.recv(READ_CHUNK))
-                elif isinstance(event, h11.Response):
-                    status = event.status_code
-                elif isinstance(event, h11.Data):
-                    body += event.data
-                elif isinstance(event, (h11.EndOfMessage, h11.ConnectionClosed)):
-                    break
+            status, body = blocking_get(sock, "/info", "docker")
     except OSError as exc:
         return None, upstream_error_message(upstream, exc)
     except h11.ProtocolError as exc:
