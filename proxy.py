@@ -162,6 +162,7 @@ class Settings:
     max_connections_per_client: int = 256
     shutdown_grace: float = 10.0
     max_filter_bytes: int = 32 * 1024 * 1024
+    coalesce: bool = True  # identical concurrent finite GETs share one daemon request
     state_file: Path | None = None  # where the running proxy records its listeners
     listeners_given: bool = False  # --listen or PORTHOLE_LISTEN was set (else the default)
     rules_given: bool = False  # --rules or PORTHOLE_RULES was set (else the shipped rules)
@@ -222,6 +223,9 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
                         help="a DNS name accepted in the Host header on TCP listeners, repeatable")
     parser.add_argument("--allow-root", action="store_true", default=None,
                         help="run even as uid 0 (not recommended)")
+    parser.add_argument("--coalesce", action=argparse.BooleanOptionalAction, default=None,
+                        help="identical concurrent reads share one daemon request (default on; "
+                             "a profile turns it off with \"coalesce\": false)")
     parser.add_argument("--state-file", metavar="PATH",
                         help="record the listeners here, so --healthcheck finds them without --listen")
     for name, kind, default, text in _NUMERIC_OPTIONS:
@@ -256,6 +260,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
             raise UsageError(f"--{name} must be positive")
         numbers[name.replace("-", "_")] = value
     allow_root = args.allow_root if args.allow_root is not None else (env("allow-root") or "").lower() in _TRUE
+    coalesce = args.coalesce if args.coalesce is not None else (env("coalesce") or "on").lower() in _TRUE
     rules_given = bool(args.rules or env("rules"))
     dropin = () if rules_given else tuple(
         (name, environ[name]) for name in sorted(TECNATIVA_VARIABLES) if name in environ)
@@ -275,7 +280,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         listeners=listeners, upstream=upstream,
         rules_path=Path(args.rules or env("rules") or default_rules_path(environ)), rules_given=rules_given,
         dropin=dropin,
-        log_format=log_format, log_level=log_level, allow_root=allow_root, allow_hosts=hosts,
+        log_format=log_format, log_level=log_level, allow_root=allow_root, allow_hosts=hosts, coalesce=coalesce,
         state_file=Path(state_file) if state_file else None, listeners_given=bool(given_urls),
         mode=args.mode or "run", **numbers,
     )
@@ -595,6 +600,7 @@ class Policy:
     descriptions: Mapping[str, str] = field(default_factory=dict)
     clients: tuple[ClientRule, ...] = ()  # which client gets which profile: first match wins
     filtering: Mapping[str, Filtering] = field(default_factory=dict)  # absent: Filtering()
+    uncoalesced: frozenset[str] = frozenset()  # profiles with "coalesce": false (own or inherited)
 
     def __post_init__(self) -> None:
         indexes = {name: TemplateIndex((rule.template, rule) for rule in rules)
@@ -659,7 +665,9 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
         where = f"$.profiles.{name}"
         if not _PROFILE_NAME.fullmatch(name):
             raise fail(where, "profile names are lowercase letters, digits, '-' and '_'")
-        check_keys(body, where, {"rules"}, {"description", "extends", "redact", "visible"})
+        check_keys(body, where, {"rules"}, {"description", "extends", "redact", "visible", "coalesce"})
+        if not isinstance(body.get("coalesce", True), bool):
+            raise fail(where + ".coalesce", "must be true or false")
         if not isinstance(body.get("description", ""), str):
             raise fail(where + ".description", "must be a string")
         descriptions[name] = body.get("description", "")
@@ -675,6 +683,7 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
         redactions[name], scopes[name] = _load_filtering(body, where, fail)
     profiles: dict[str, tuple[Rule, ...]] = {}
     filtering: dict[str, Filtering] = {}
+    uncoalesced: set[str] = set()
     for name in raw_profiles:
         chain, current = [], name
         while current is not None:
@@ -696,10 +705,12 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
         # profile without "redact" redacts the defaults, whatever its parent turned off.
         scope = next((scopes[member] for member in chain if scopes[member] is not None), ())
         filtering[name] = Filtering(redactions[name], scope)
+        if next((raw_profiles[member]["coalesce"] for member in chain if "coalesce" in raw_profiles[member]), True) is False:
+            uncoalesced.add(name)
     if "default" not in profiles:
         raise fail("$.profiles", "a profile named 'default' is required")
     clients = load_client_rules(document.get("clients", []), profiles.keys(), fail)
-    return Policy(source, profiles, descriptions, clients, filtering)
+    return Policy(source, profiles, descriptions, clients, filtering, frozenset(uncoalesced))
 
 
 def _load_filtering(body: dict, where: str, fail: Any) -> tuple[frozenset[str], tuple[Label, ...] | None]:
@@ -1829,6 +1840,7 @@ class Log:
 #      UpstreamPool        fresh or pooled daemon connections, and the daemon's address
 #      Relay               one exchange's response: daemon -> client, with back-pressure
 #      SharedStream        one /events subscription fanned out to many watchers
+#      CoalescedRead       one finite GET answered once for every client that asked before it was sent
 #      Listener            accept with back-off
 #    Section 5 (Proxy) wires them to the policy.
 # --------------------------------------------------------------------------------------------
@@ -3604,6 +3616,121 @@ class SharedStream:
             del self.registry[self.key]
 
 
+class CoalescedRead:
+    """One finite GET sent once for every client that asked for it before it was sent: polled
+    lists cost the daemon one answer per round trip, however many clients poll.
+
+    Rule 1: a client joins a read only while nothing of it has been written to the daemon (not
+            yet acquired, or its connection still CONNECTING). Otherwise it joins the read queued
+            to follow, which is sent once the current one has ended. So no client ever gets an
+            answer to a daemon request sent before its own request arrived.
+    Rule 2: per key (method, forwarded target and headers) at most one read is in flight and
+            at most one waits behind it: the daemon never serves the same read twice at once,
+            and a newcomer waits for at most the rest of one answer before its own is sent.
+    Rule 3: each member gets the head and every body chunk through its own exchange
+            (send_head, send_body, end_body), so its profile's ResponseTransform filters its
+            copy; the bytes are immutable, so sharing them shares nothing mutable.
+    Rule 4: the daemon is read only while every member has room (the slowest paces the rest;
+            one that stops reading is cut by its own --write-timeout). A member that leaves
+            is removed; when the last leaves, the daemon connection is closed.
+    Rule 5: a failure before the head answers every member (502, 504); after it, every
+            member is aborted. A stale pooled connection is retried once on a fresh one: that
+            request, too, is sent after every member arrived.
+    """
+
+    def __init__(self, key: tuple, pool: UpstreamPool, registry: dict[tuple, CoalescedRead],
+                 request: h11.Request) -> None:
+        self.key = key
+        self.pool = pool
+        self.registry = registry  # key -> the read in flight (or about to be sent)
+        self.request = request
+        self.members: list[Exchange] = []
+        self.follower: CoalescedRead | None = None  # who arrived after this one was sent
+        self.conn: UpstreamConnection | None = None
+        self.started = False
+        self.retried = False
+
+    @property
+    def joinable(self) -> bool:
+        """(Rule 1) Nothing of the request has reached the daemon yet."""
+        return not self.started or (self.conn is not None and self.conn.state is UpstreamState.CONNECTING)
+
+    def join(self, exchange: Exchange) -> None:
+        if self.joinable:
+            exchange.source = self
+            self.members.append(exchange)
+            return
+        if self.follower is None:
+            self.follower = CoalescedRead(self.key, self.pool, self.registry, self.request)
+        self.follower.join(exchange)
+
+    def start(self, fresh: bool = False) -> None:
+        self.registry[self.key] = self
+        self.started = True
+        try:
+            self.conn = self.pool.acquire(self, self.request, fresh=fresh)
+        except OSError as exc:
+            self.upstream_failed(None, 502, upstream_error_message(self.pool.endpoint, exc), False)
+
+    def hand_over(self) -> None:
+        """This read is over (or has nobody left): the follower, if anyone still waits in it,
+        is sent now (Rule 2)."""
+        if self.registry.get(self.key) is self:
+            del self.registry[self.key]
+        follower, self.follower = self.follower, None
+        if follower is not None and follower.members:
+            follower.start()
+
+    def upstream_head(self, conn: UpstreamConnection, head: h11.Response) -> None:
+        for exchange in list(self.members):
+            exchange.send_head(head)
+        self.apply_backpressure(conn)
+
+    def upstream_data(self, conn: UpstreamConnection, data: bytes) -> None:
+        for exchange in list(self.members):
+            exchange.send_body(data)
+        self.apply_backpressure(conn)
+
+    def apply_backpressure(self, conn: UpstreamConnection) -> None:
+        if any(not exchange.client.has_room for exchange in self.members):
+            conn.pause()
+
+    def upstream_end(self, conn: UpstreamConnection | None) -> None:
+        self.conn = None
+        members, self.members = self.members, []
+        self.hand_over()
+        for exchange in members:
+            if exchange.active:
+                exchange.end_body()
+
+    def upstream_failed(self, conn: UpstreamConnection | None, status: int, message: str, retryable: bool) -> None:
+        self.conn = None
+        if retryable and not self.retried and self.members:
+            self.retried = True  # a stale pooled connection: once more, on a fresh one
+            self.start(fresh=True)
+            return
+        members, self.members = self.members, []
+        self.hand_over()
+        for exchange in members:
+            exchange.fail(status, message)
+
+    def resume(self, exchange: Exchange) -> None:
+        if self.conn is not None and all(member.client.has_room for member in self.members):
+            self.conn.resume()
+
+    def cancel(self, exchange: Exchange) -> None:
+        if exchange in self.members:
+            self.members.remove(exchange)
+        if self.members or not self.started:
+            self.resume(exchange)  # whoever paused it may have been the one who left
+            return
+        conn, self.conn = self.conn, None  # nobody is left to answer: stop asking (Rule 4)
+        if conn is not None:
+            conn.consumer = None
+            conn.close()
+        self.hand_over()
+
+
 class Listener:
     """A listening socket. Accepts at most ACCEPTS_PER_TURN connections a pass, so one busy
     listener cannot starve the others; out of descriptors, it pauses briefly instead of spinning.
@@ -3735,6 +3862,7 @@ class Proxy:
         self.connections_per_client: dict[str, int] = {}
         self.streams_per_client: dict[str, int] = {}
         self.shared_streams: dict[str, SharedStream] = {}
+        self.coalesced: dict[tuple, CoalescedRead] = {}
         self.signals: SignalPipe | None = None
         self.stopping = False
         self.grace_timer = Timer(self.grace_over)
@@ -3962,6 +4090,9 @@ class Proxy:
         request = forwarded_request(plan.method, plan.target, facts.headers)
         if is_shareable(facts.method, decision.target):
             self.join_stream(exchange, request)
+        elif (self.settings.coalesce and plan.method == facts.method == "GET" and not decision.streaming
+              and facts.profile not in self.policy.uncoalesced):
+            self.coalesce(exchange, request)
         else:
             Relay(self.pool, exchange, request).start()
 
@@ -3997,6 +4128,17 @@ class Proxy:
             stream.join(exchange)
         else:
             SharedStream(key, self.pool, self.shared_streams, request, self.join_stream).open(exchange)
+
+    def coalesce(self, exchange: Exchange, request: h11.Request) -> None:
+        """A finite GET: joins an identical one not yet sent, or the one to follow it."""
+        key = (request.target, tuple(request.headers.raw_items()))  # what the daemon is asked
+        read = self.coalesced.get(key)
+        if read is not None:
+            read.join(exchange)
+            return
+        read = CoalescedRead(key, self.pool, self.coalesced, request)
+        read.join(exchange)
+        read.start()
 
     def exchange_done(self, exchange: Exchange) -> None:
         """Once per exchange: its answer was delivered, or its connection closed."""
