@@ -2979,6 +2979,91 @@ def relayed_head(event: h11.Response) -> h11.Response:
                         headers=headers, _parsed=True)  # values as h11 parsed and we checked them
 
 
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+MAX_CHUNK_LINE = 18  # 16 hex digits and CRLF: Go's net/http sends bare sizes, no extensions
+
+
+class BodyFraming:
+    """A daemon response body framed by Content-Length or chunked, parsed by porthole instead
+    of one h11 event per chunk (h11 has parsed and checked the head). It is STRICTER than h11,
+    never more lenient: no chunk extensions, no trailers, no whitespace, 16 hex digits at most;
+    any of those is an error (a 502), as is a chunk not followed by CRLF. Fuzzed and
+    differential-tested against h11 (tests/test_framing.py): wherever it accepts, h11
+    accepts the same body and leaves the same bytes after it."""
+
+    def __init__(self, length: int | None) -> None:
+        self.chunked = length is None
+        self.remaining = length or 0  # body bytes still to come (of the body, or of this chunk)
+        self.state = "size" if self.chunked else "data"  # chunked: size, data, crlf, last
+        self.partial = b""  # a chunk line or CRLF split across reads
+        self.done = length == 0
+        self.extra = b""  # bytes after the body's end (the connection is then not reused)
+
+    def feed(self, data: bytes) -> bytes:
+        """The body bytes in `data`. Raises ValueError on a framing error."""
+        if self.done:
+            self.extra += data
+            return b""
+        if not self.chunked:
+            body, self.remaining = data[:self.remaining], self.remaining - min(len(data), self.remaining)
+            if not self.remaining:
+                self.done, self.extra = True, data[len(body):]
+            return body
+        data, self.partial = self.partial + data, b""
+        body: list[bytes] = []
+        at, size = 0, len(data)
+        while at < size:
+            if self.done:
+                self.extra = data[at:]
+                break
+            if self.state == "data":
+                piece = data[at:at + self.remaining]
+                body.append(piece)
+                at += len(piece)
+                self.remaining -= len(piece)
+                if not self.remaining:
+                    self.state = "crlf"
+            elif self.state == "size":
+                end = data.find(b"\r\n", at, at + MAX_CHUNK_LINE)
+                if end < 0:
+                    if size - at >= MAX_CHUNK_LINE:
+                        raise ValueError(f"chunk header too long or malformed: {data[at:at + 24]!r}")
+                    self.partial = data[at:]
+                    break
+                if not _CHUNK_SIZE.fullmatch(data, at, end):
+                    raise ValueError(f"malformed chunk header {data[at:end][:24]!r}")
+                self.remaining = int(data[at:end], 16)
+                self.state = "data" if self.remaining else "last"
+                at = end + 2
+            else:  # "crlf" ends a chunk's data; "last" ends the body (porthole takes no trailers)
+                piece = data[at:at + 2]
+                if piece != b"\r\n"[:len(piece)]:
+                    raise ValueError("chunk data not followed by CRLF" if self.state == "crlf"
+                                     else "the chunked body has trailers or junk after its last chunk")
+                if len(piece) < 2:
+                    self.partial = piece
+                    break
+                at += 2
+                if self.state == "last":
+                    self.done = True
+                else:
+                    self.state = "size"
+        return body[0] if len(body) == 1 else b"".join(body)
+
+
+def body_framing(method: bytes, head: h11.Response) -> BodyFraming | None:
+    """Porthole frames the body itself for a GET answered with Content-Length or chunked; None
+    leaves it to h11 (HEAD, 204/304, or a body read until the daemon closes)."""
+    if method != b"GET" or head.status_code in (204, 304):
+        return None
+    for name, value in head.headers:  # h11 checked both: one valid length, or exactly "chunked"
+        if name == b"content-length":
+            return BodyFraming(int(value))
+        if name == b"transfer-encoding":
+            return BodyFraming(None)
+    return None
+
+
 class UpstreamState(enum.Enum):
     CONNECTING = "connecting"  # a non-blocking connect is under way; the request waits queued
     AWAITING = "awaiting"  # the request is sent (or being sent); no response head yet
@@ -3025,6 +3110,9 @@ class UpstreamConnection:
         self.received_any = False
         self.informational = 0
         self.paused = False
+        self.method = b"GET"  # of the request under way
+        self.body: BodyFraming | None = None  # set when porthole frames the body itself
+        self.unread = b""  # body bytes read while paused, not yet framed
         self.send_error: OSError | None = None
         self.address: tuple[int, Any] = (sock.family, None)  # what it connects to
         self.candidates: list[tuple[int, Any]] = []  # the daemon's other addresses, to try next
@@ -3057,6 +3145,7 @@ class UpstreamConnection:
         self.received_any = False
         self.informational = 0
         self.paused = False
+        self.method = request.method
         self.outbuf += self.h11.send(request) + self.h11.send(h11.EndOfMessage())
         if not connected:
             self.arm()  # a new connection: CONNECTING since __init__
@@ -3102,7 +3191,13 @@ class UpstreamConnection:
             self.fail(502, upstream_error_message(self.pool.endpoint, exc))
             return
         self.received_any = self.received_any or bool(data)
-        self.h11.receive_data(data)
+        if self.body is None:
+            self.h11.receive_data(data)
+        elif data:
+            self.unread += data  # porthole frames this body: h11 sees nothing more of it
+        else:
+            self.fail(502, "the daemon closed the connection before the response was complete")
+            return
         self.pump()
 
     def connect_next(self, exc: OSError) -> None:
@@ -3132,14 +3227,29 @@ class UpstreamConnection:
             self.pump()
 
     def pump(self) -> None:
-        """Hand what h11 holds to the consumer while it is not paused."""
+        """Hand what h11 holds to the consumer while it is not paused. The body chunks h11
+        holds go in one hand-over (so one send to the client, not one per chunk)."""
+        if self.body is not None:
+            self.pump_body()
+            return
+        chunks: list[bytes] = []
         while self.state in (UpstreamState.AWAITING, UpstreamState.RECEIVING) and not self.paused:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as exc:
                 closed = self.h11.their_state is h11.ERROR and self.h11.trailing_data[1]
-                self.fail(502, "the daemon closed the connection before the response was complete"
-                          if closed else f"malformed response from the daemon: {exc}")
+                event = ("the daemon closed the connection before the response was complete"
+                         if closed else f"malformed response from the daemon: {exc}")
+            if type(event) is h11.Data:
+                chunks.append(event.data)
+                continue
+            if chunks:  # the body so far first, then whatever ended the run of chunks
+                self.consumer.upstream_data(self, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                chunks = []
+                if self.state is UpstreamState.CLOSED:
+                    return  # the consumer closed us (its client went away)
+            if isinstance(event, str):
+                self.fail(502, event)
                 return
             if event is h11.NEED_DATA:
                 break
@@ -3156,9 +3266,13 @@ class UpstreamConnection:
                     self.fail(502, str(exc))
                     return
                 self.enter(UpstreamState.RECEIVING)
+                self.body = body_framing(self.method, event)
+                if self.body is not None:  # the bytes after the head are body: ours from now on
+                    self.unread = self.h11.trailing_data[0]
                 self.consumer.upstream_head(self, head)
-            elif isinstance(event, h11.Data):
-                self.consumer.upstream_data(self, event.data)
+                if self.body is not None:
+                    self.pump_body()
+                    return
             elif isinstance(event, h11.EndOfMessage):
                 consumer, self.consumer = self.consumer, None
                 self.pool.release(self)
@@ -3168,6 +3282,37 @@ class UpstreamConnection:
                 self.fail(502, "the daemon closed the connection mid-response")
                 return
         self.update_interest()
+
+    def pump_body(self) -> None:
+        """A body porthole frames (BodyFraming): what was read goes on in one piece."""
+        body = self.body
+        assert body is not None
+        if self.state is UpstreamState.RECEIVING and not self.paused and (self.unread or body.done):
+            data, self.unread = self.unread, b""
+            try:
+                chunk = body.feed(data)
+            except ValueError as exc:
+                self.fail(502, f"malformed response from the daemon: {exc}")
+                return
+            if chunk:
+                self.consumer.upstream_data(self, chunk)
+                if self.state is not UpstreamState.RECEIVING:
+                    return  # the consumer closed us (its client went away)
+            if body.done:
+                consumer, self.consumer = self.consumer, None
+                self.pool.release(self)
+                consumer.upstream_end(self)
+                return
+        self.update_interest()
+
+    def next_cycle(self) -> None:
+        """Ready for the next exchange. A body porthole framed never went through h11, so a
+        fresh h11 connection takes over (one object, cheaper than an event per chunk)."""
+        if self.body is None:
+            self.h11.start_next_cycle()
+        else:
+            self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=UPSTREAM_MAX_HEAD)
+            self.body = None
 
     def pause(self) -> None:
         self.paused = True
@@ -3208,6 +3353,9 @@ class UpstreamConnection:
     @property
     def reusable(self) -> bool:
         """Only a connection that ended its exchange cleanly with nothing extra goes back."""
+        if self.body is not None:
+            return (self.state is UpstreamState.RECEIVING and self.h11.our_state is h11.DONE
+                    and self.body.done and not self.body.extra and not self.unread)
         return (self.state is UpstreamState.RECEIVING and self.h11.our_state is h11.DONE
                 and self.h11.their_state is h11.DONE and not self.h11.trailing_data[0])
 
@@ -3324,7 +3472,7 @@ class UpstreamPool:
     def release(self, conn: UpstreamConnection) -> None:
         """An exchange ended: keep the connection if it is clean and there is room."""
         if conn.reusable and len(self.idle) < MAX_IDLE_UPSTREAMS and not self.closed:
-            conn.h11.start_next_cycle()
+            conn.next_cycle()
             conn.reused = False
             conn.enter(UpstreamState.IDLE)
             self.idle.append(conn)
@@ -3837,6 +3985,9 @@ class Timer:
 # 5. The proxy: the parts above wired to the policy
 # --------------------------------------------------------------------------------------------
 
+MAX_CACHED_DECISIONS = 256  # distinct requests whose decisions are kept (then all are dropped)
+
+
 class Proxy:
     """Listeners, clients, the daemon pool and the shared streams, around one Loop.
 
@@ -3863,6 +4014,11 @@ class Proxy:
         self.streams_per_client: dict[str, int] = {}
         self.shared_streams: dict[str, SharedStream] = {}
         self.coalesced: dict[tuple, CoalescedRead] = {}
+        # decide() is a pure function of the policy and the request's facts: an identical
+        # request (keep-alive pollers send the same bytes) reuses its Decision, and its plan and
+        # forwarded request when nothing is filtered. Forgotten when the policy changes.
+        self.decisions: dict[tuple, tuple[Decision, FilterPlan | None, h11.Request | None]] = {}
+        self.decided_under = policy
         self.signals: SignalPipe | None = None
         self.stopping = False
         self.grace_timer = Timer(self.grace_over)
@@ -4063,7 +4219,13 @@ class Proxy:
             if client.head_size > self.settings.max_head_bytes:
                 raise Refusal(431, f"request head of {client.head_size} bytes exceeds "
                                    f"--max-head-bytes {self.settings.max_head_bytes}", close=True)
-            decision = decide(self.policy, facts, self.settings.allow_hosts)
+            if self.decided_under is not self.policy:  # decided under another policy: forget them
+                self.decisions.clear()
+                self.decided_under = self.policy
+            key = (facts.profile, facts.method, facts.target, tuple(facts.headers), facts.listener_kind,
+                   facts.http_version)
+            cached = self.decisions.get(key)
+            decision = cached[0] if cached else decide(self.policy, facts, self.settings.allow_hosts)
             if decision.streaming:
                 active = self.streams_per_client.get(client.identity, 0)
                 if active >= self.settings.max_streams_per_client:
@@ -4073,11 +4235,19 @@ class Proxy:
             client.refuse(refusal)
             return
         filtering = self.policy.filtering.get(facts.profile, DEFAULT_FILTERING)
-        try:
-            plan = plan_response_filter(filtering, facts.method, decision.target)
-        except Refusal as refusal:
-            client.refuse(refusal)
-            return
+        if cached and cached[1] is not None:
+            plan, request = cached[1], cached[2]
+        else:
+            try:
+                plan = plan_response_filter(filtering, facts.method, decision.target)
+            except Refusal as refusal:
+                client.refuse(refusal)
+                return
+            request = forwarded_request(plan.method, plan.target, facts.headers)
+            if len(self.decisions) >= MAX_CACHED_DECISIONS:
+                self.decisions.clear()
+            # a plan with a filter holds per-exchange counts: only its decision is kept
+            self.decisions[key] = (decision, None, None) if plan.filter or plan.lookup else (decision, plan, request)
         exchange.decision = decision
         if decision.streaming:
             self.streams_per_client[client.identity] = self.streams_per_client.get(client.identity, 0) + 1
@@ -4087,7 +4257,6 @@ class Proxy:
         if plan.filter is not None:
             exchange.filter = plan.filter
             exchange.transform = filter_transform(plan.filter, self.settings.max_filter_bytes)
-        request = forwarded_request(plan.method, plan.target, facts.headers)
         if is_shareable(facts.method, decision.target):
             self.join_stream(exchange, request)
         elif (self.settings.coalesce and plan.method == facts.method == "GET" and not decision.streaming
