@@ -705,7 +705,8 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
         # profile without "redact" redacts the defaults, whatever its parent turned off.
         scope = next((scopes[member] for member in chain if scopes[member] is not None), ())
         filtering[name] = Filtering(redactions[name], scope)
-        if next((raw_profiles[member]["coalesce"] for member in chain if "coalesce" in raw_profiles[member]), True) is False:
+        own = [raw_profiles[member]["coalesce"] for member in chain if "coalesce" in raw_profiles[member]]
+        if own and own[0] is False:  # inherited through extends unless the profile sets it
             uncoalesced.add(name)
     if "default" not in profiles:
         raise fail("$.profiles", "a profile named 'default' is required")
@@ -3239,7 +3240,7 @@ class UpstreamConnection:
         while self.state in (UpstreamState.AWAITING, UpstreamState.RECEIVING) and not self.paused:
             try:
                 event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
+            except h11.RemoteProtocolError as exc:  # the failure, as text: after any body so far
                 closed = self.h11.their_state is h11.ERROR and self.h11.trailing_data[1]
                 event = ("the daemon closed the connection before the response was complete"
                          if closed else f"malformed response from the daemon: {exc}")
@@ -3356,7 +3357,7 @@ class UpstreamConnection:
     @property
     def reusable(self) -> bool:
         """Only a connection that ended its exchange cleanly with nothing extra goes back."""
-        if self.body is not None:
+        if self.body is not None:  # (h11 made our side MUST_CLOSE if the head said close or HTTP/1.0)
             return (self.state is UpstreamState.RECEIVING and self.h11.our_state is h11.DONE
                     and self.body.done and not self.body.extra and not self.unread)
         return (self.state is UpstreamState.RECEIVING and self.h11.our_state is h11.DONE

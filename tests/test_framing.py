@@ -142,3 +142,45 @@ def test_large_chunks_across_many_reads():
     body, done, extra = ours(None, pieces)
     assert done and extra == b"" and body == b"".join(chunks)
     assert h11s(None, pieces) == (body, done, extra)
+
+
+def head(*headers, version=b"1.1", status=200):
+    return h11.Response(status_code=status, http_version=version, headers=list(headers))
+
+
+@pytest.mark.parametrize("method, response, framed", [
+    (b"GET", head((b"Content-Length", b"5")), True),
+    (b"GET", head((b"Transfer-Encoding", b"chunked")), True),
+    (b"HEAD", head((b"Content-Length", b"5")), False),  # no body: h11 knows
+    (b"GET", head((b"Content-Length", b"0"), status=204), False),
+    (b"GET", head(), False),  # read until the daemon closes: h11's
+    (b"GET", head((b"Content-Length", b"5"), (b"Connection", b"close")), True),  # (not pooled: see below)
+])
+def test_which_bodies_porthole_frames(method, response, framed):
+    assert (proxy.body_framing(method, response) is not None) == framed
+
+
+@pytest.mark.parametrize("closing", [False, True])
+def test_a_framed_answer_returns_its_connection_to_the_pool_only_if_the_daemon_keeps_it(closing):
+    """Through a real UpstreamPool and Relay: a chunked answer porthole framed itself goes back
+    to the pool, unless the daemon said `Connection: close` (h11 saw that in the head)."""
+    from test_parts import Daemon, Env, drive, parse_responses, relay_handler, serve_one
+
+    env = Env()
+    daemon = Daemon(env.sock_path)
+    try:
+        pool, relays = proxy.UpstreamPool(env.loop, env.settings, env.log), []
+        env.owner.handler = relay_handler(pool, relays)
+        client, peer = env.client()
+        peer.sendall(b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
+        env.run()
+        close = b"Connection: close\r\n" if closing else b""
+        serve_one(env, daemon, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" + close + b"\r\n"
+                               b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        data, _ = drive(env, peer, passes=5)
+        (response,) = parse_responses(data)
+        assert response["complete"] and bytes(response["body"]) == b"abcde"
+        assert len(pool.idle) == (0 if closing else 1)
+    finally:
+        daemon.close()
+        env.close()
