@@ -1779,6 +1779,7 @@ def _visible_object(kind: str, doc: Any, filtering: Filtering) -> bool:
 # --------------------------------------------------------------------------------------------
 
 LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+_JSON_LINE = json.JSONEncoder(ensure_ascii=True, default=str).encode  # json.dumps(default=...) builds one a call
 _TEXT_SAFE = re.compile(r"[A-Za-z0-9_./:@{}|\[\]=+-]+")
 
 
@@ -1800,7 +1801,7 @@ class Log:
         stamp = f"{self.second_text}.{int(now % 1 * 1000):03d}Z"
         record = {"time": stamp, "level": level, "event": event, **fields}
         if self.fmt == "json":
-            line = json.dumps(record, ensure_ascii=True, default=str)
+            line = _JSON_LINE(record)
         else:
             line = " ".join(f"{k}={self._text(v)}" for k, v in record.items())
         if self.pending is not None:
