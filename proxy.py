@@ -3232,29 +3232,17 @@ class UpstreamConnection:
             self.pump()
 
     def pump(self) -> None:
-        """Hand what h11 holds to the consumer while it is not paused. The body chunks h11
-        holds go in one hand-over (so one send to the client, not one per chunk)."""
+        """Hand what h11 holds to the consumer while it is not paused."""
         if self.body is not None:
             self.pump_body()
             return
-        chunks: list[bytes] = []
         while self.state in (UpstreamState.AWAITING, UpstreamState.RECEIVING) and not self.paused:
             try:
                 event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:  # the failure, as text: after any body so far
+            except h11.RemoteProtocolError as exc:
                 closed = self.h11.their_state is h11.ERROR and self.h11.trailing_data[1]
-                event = ("the daemon closed the connection before the response was complete"
-                         if closed else f"malformed response from the daemon: {exc}")
-            if type(event) is h11.Data:
-                chunks.append(event.data)
-                continue
-            if chunks:  # the body so far first, then whatever ended the run of chunks
-                self.consumer.upstream_data(self, chunks[0] if len(chunks) == 1 else b"".join(chunks))
-                chunks = []
-                if self.state is UpstreamState.CLOSED:
-                    return  # the consumer closed us (its client went away)
-            if isinstance(event, str):
-                self.fail(502, event)
+                self.fail(502, "the daemon closed the connection before the response was complete"
+                          if closed else f"malformed response from the daemon: {exc}")
                 return
             if event is h11.NEED_DATA:
                 break
@@ -3278,6 +3266,8 @@ class UpstreamConnection:
                 if self.body is not None:
                     self.pump_body()
                     return
+            elif isinstance(event, h11.Data):  # (a body h11 frames: read until the daemon closes)
+                self.consumer.upstream_data(self, event.data)
             elif isinstance(event, h11.EndOfMessage):
                 consumer, self.consumer = self.consumer, None
                 self.pool.release(self)
