@@ -172,6 +172,7 @@ class Settings:
     shutdown_grace: float = 10.0
     max_filter_bytes: int = 32 * 1024 * 1024
     watch_rules: float = 5.0  # seconds between looks at the rules file (0: never, SIGHUP only)
+    coalesce: bool = True  # identical concurrent finite GETs share one daemon request
     state_file: Path | None = None  # where the running proxy records its listeners
     listeners_given: bool = False  # --listen or PORTHOLE_LISTEN was set (else the default)
     rules_given: bool = False  # --rules or PORTHOLE_RULES was set (else the shipped rules)
@@ -248,6 +249,9 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     parser.add_argument("--watch-rules", type=float, metavar="SECONDS",
                         help="look at the rules file this often and reload it when it changed, "
                              "as on SIGHUP (default 5; 0: only on SIGHUP)")
+    parser.add_argument("--coalesce", action=argparse.BooleanOptionalAction, default=None,
+                        help="identical concurrent reads share one daemon request (default on; "
+                             "a profile turns it off with \"coalesce\": false)")
     parser.add_argument("--state-file", metavar="PATH",
                         help="record the listeners here, so --healthcheck finds them without --listen")
     parser.add_argument("--metrics", metavar="URL",
@@ -290,6 +294,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
             raise UsageError(f"--{name} must be positive")
         numbers[name.replace("-", "_")] = value
     allow_root = args.allow_root if args.allow_root is not None else (env("allow-root") or "").lower() in _TRUE
+    coalesce = args.coalesce if args.coalesce is not None else (env("coalesce") or "on").lower() in _TRUE
     rules_given = bool(args.rules or env("rules"))
     dropin = () if rules_given else tuple(
         (name, environ[name]) for name in sorted(TECNATIVA_VARIABLES) if name in environ)
@@ -320,7 +325,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         listeners=listeners, upstream=upstream,
         rules_path=Path(args.rules or env("rules") or default_rules_path(environ)), rules_given=rules_given,
         dropin=dropin,
-        log_format=log_format, log_level=log_level, allow_root=allow_root, allow_hosts=hosts,
+        log_format=log_format, log_level=log_level, allow_root=allow_root, allow_hosts=hosts, coalesce=coalesce,
         state_file=Path(state_file) if state_file else None, listeners_given=bool(given_urls),
         watch_rules=watch_rules,
         mode=args.mode or "run", log_format_given=bool(args.log_format or env("log-format")),
@@ -626,7 +631,7 @@ class Rule:
     query: Mapping[str, frozenset[str] | None] | None  # None: any query; value None: any value
     dangerous: bool
 
-    @property
+    @functools.cached_property  # built once: every request's log line names its rule
     def label(self) -> str:
         return f"{self.profile}[{self.index}] {'|'.join(sorted(self.methods))} {self.path}"
 
@@ -651,6 +656,7 @@ class Policy:
     filtering: Mapping[str, Filtering] = field(default_factory=dict)  # absent: Filtering()
     modes: Mapping[str, str] = field(default_factory=dict)  # profile -> "enforce" or "warn"
     document: Mapping[str, Any] = field(default_factory=dict)  # the parsed rules document
+    uncoalesced: frozenset[str] = frozenset()  # profiles with "coalesce": false (own or inherited)
 
     def __post_init__(self) -> None:
         indexes = {name: TemplateIndex((rule.template, rule) for rule in rules)
@@ -717,7 +723,9 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
         where = f"$.profiles.{name}"
         if not _PROFILE_NAME.fullmatch(name):
             raise fail(where, "profile names are lowercase letters, digits, '-' and '_'")
-        check_keys(body, where, {"rules"}, {"description", "extends", "redact", "visible", "mode"})
+        check_keys(body, where, {"rules"}, {"description", "extends", "redact", "visible", "mode", "coalesce"})
+        if not isinstance(body.get("coalesce", True), bool):
+            raise fail(where + ".coalesce", "must be true or false")
         if not isinstance(body.get("description", ""), str):
             raise fail(where + ".description", "must be a string")
         descriptions[name] = body.get("description", "")
@@ -736,6 +744,7 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
         redactions[name], scopes[name] = _load_filtering(body, where, fail)
     profiles: dict[str, tuple[Rule, ...]] = {}
     filtering: dict[str, Filtering] = {}
+    uncoalesced: set[str] = set()
     for name in raw_profiles:
         chain, current = [], name
         while current is not None:
@@ -757,10 +766,14 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
         # profile without "redact" redacts the defaults, whatever its parent turned off.
         scope = next((scopes[member] for member in chain if scopes[member] is not None), ())
         filtering[name] = Filtering(redactions[name], scope)
+        own = [raw_profiles[member]["coalesce"] for member in chain if "coalesce" in raw_profiles[member]]
+        if own and own[0] is False:  # inherited through extends unless the profile sets it
+            uncoalesced.add(name)
     if "default" not in profiles:
         raise fail("$.profiles", "a profile named 'default' is required")
     clients = load_client_rules(document.get("clients", []), profiles.keys(), fail)
-    return Policy(source, profiles, descriptions, clients, filtering, modes=modes, document=document)
+    return Policy(source, profiles, descriptions, clients, filtering, modes=modes, document=document,
+                  uncoalesced=frozenset(uncoalesced))
 
 
 def _load_filtering(body: dict, where: str, fail: Any) -> tuple[frozenset[str], tuple[Label, ...] | None]:
@@ -2058,6 +2071,7 @@ def _visible_object(kind: str, doc: Any, filtering: Filtering) -> bool:
 # --------------------------------------------------------------------------------------------
 
 LOG_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+_JSON_LINE = json.JSONEncoder(ensure_ascii=True, default=str).encode  # json.dumps(default=...) builds one a call
 _TEXT_SAFE = re.compile(r"[A-Za-z0-9_./:@{}|\[\]=+-]+")
 
 
@@ -2079,7 +2093,7 @@ class Log:
         stamp = f"{self.second_text}.{int(now % 1 * 1000):03d}Z"
         record = {"time": stamp, "level": level, "event": event, **fields}
         if self.fmt == "json":
-            line = json.dumps(record, ensure_ascii=True, default=str)
+            line = _JSON_LINE(record)
         else:
             line = " ".join(f"{k}={self._text(v)}" for k, v in record.items())
         if self.pending is not None:
@@ -2227,10 +2241,12 @@ class Metrics:
 #      UpstreamPool        fresh or pooled daemon connections, and the daemon's address
 #      Relay               one exchange's response: daemon -> client, with back-pressure
 #      SharedStream        one /events subscription fanned out to many watchers
+#      CoalescedRead       one finite GET answered once for every client that asked before it was sent
 #      Listener            accept with back-off
 #    Section 5 (Proxy) wires them to the policy.
 # --------------------------------------------------------------------------------------------
 
+END_OF_MESSAGE = h11.EndOfMessage()  # events are immutable: one for every message (no per-request validation)
 REQUESTS_PER_TURN = 4  # pipelined requests parsed per client per loop pass (fairness)
 MAX_REFUSALS_IN_A_ROW = 100  # then the connection is closed: refusals are cheap, not free
 ACCEPTS_PER_TURN = 64
@@ -2486,7 +2502,7 @@ class Exchange:
                 client.out.write(client.h11.send(head))
             if data:
                 client.out.write_body(client.h11.send(h11.Data(data=data)), len(data), self)
-        client.out.write(client.h11.send(h11.EndOfMessage()))
+        client.out.write(client.h11.send(END_OF_MESSAGE))
         client.finish_exchange()
 
     def transform_failed(self, exc: TransformError) -> None:
@@ -2678,6 +2694,8 @@ class RequestReader:
         return not self.eof and len(self.backlog) < self.backlog_limit
 
     def next_event(self) -> Any:
+        if not self.cycle_bytes and not self.backlog and not self.eof:
+            return h11.NEED_DATA  # h11 was given nothing this cycle: no need to ask it
         while True:
             event = self.h11.next_event()
             if event is not h11.NEED_DATA:
@@ -3356,13 +3374,98 @@ def relayed_head(event: h11.Response) -> h11.Response:
     raw_headers = event.headers.raw_items()
     if has_both_framings(raw_headers):
         raise ValueError("the daemon's response has both Content-Length and Transfer-Encoding")
-    if _CONTROL_BYTES.search(event.reason) or any(_CONTROL_BYTES.search(v) for _, v in raw_headers):
+    if _CONTROL_BYTES.search(b" ".join([event.reason, *(v for _, v in raw_headers)])):  # one search, not one a header
         raise ValueError("the daemon's response head holds control characters")
     headers = relayed_response_headers(raw_headers)
     if event.status_code in (204, 304):  # never a body, so never framing headers (RFC 9110 8.6)
         headers = [(n, v) for n, v in headers if n.lower() not in (b"content-length", b"transfer-encoding")]
     return h11.Response(status_code=event.status_code, reason=event.reason, http_version=b"1.1",
                         headers=headers, _parsed=True)  # values as h11 parsed and we checked them
+
+
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+MAX_CHUNK_LINE = 18  # 16 hex digits and CRLF: Go's net/http sends bare sizes, no extensions
+
+
+class BodyFraming:
+    """A daemon response body framed by Content-Length or chunked, parsed by porthole instead
+    of one h11 event per chunk (h11 has parsed and checked the head). It is STRICTER than h11,
+    never more lenient: no chunk extensions, no trailers, no whitespace, 16 hex digits at most;
+    any of those is an error (a 502), as is a chunk not followed by CRLF. Fuzzed and
+    differential-tested against h11 (tests/test_framing.py): wherever it accepts, h11
+    accepts the same body and leaves the same bytes after it."""
+
+    def __init__(self, length: int | None) -> None:
+        self.chunked = length is None
+        self.remaining = length or 0  # body bytes still to come (of the body, or of this chunk)
+        self.state = "size" if self.chunked else "data"  # chunked: size, data, crlf, last
+        self.partial = b""  # a chunk line or CRLF split across reads
+        self.done = length == 0
+        self.extra = b""  # bytes after the body's end (the connection is then not reused)
+
+    def feed(self, data: bytes) -> bytes:
+        """The body bytes in `data`. Raises ValueError on a framing error."""
+        if self.done:
+            self.extra += data
+            return b""
+        if not self.chunked:
+            body, self.remaining = data[:self.remaining], self.remaining - min(len(data), self.remaining)
+            if not self.remaining:
+                self.done, self.extra = True, data[len(body):]
+            return body
+        data, self.partial = self.partial + data, b""
+        body: list[bytes] = []
+        at, size = 0, len(data)
+        while at < size:
+            if self.done:
+                self.extra = data[at:]
+                break
+            if self.state == "data":
+                piece = data[at:at + self.remaining]
+                body.append(piece)
+                at += len(piece)
+                self.remaining -= len(piece)
+                if not self.remaining:
+                    self.state = "crlf"
+            elif self.state == "size":
+                end = data.find(b"\r\n", at, at + MAX_CHUNK_LINE)
+                if end < 0:
+                    if size - at >= MAX_CHUNK_LINE:
+                        raise ValueError(f"chunk header too long or malformed: {data[at:at + 24]!r}")
+                    self.partial = data[at:]
+                    break
+                if not _CHUNK_SIZE.fullmatch(data, at, end):
+                    raise ValueError(f"malformed chunk header {data[at:end][:24]!r}")
+                self.remaining = int(data[at:end], 16)
+                self.state = "data" if self.remaining else "last"
+                at = end + 2
+            else:  # "crlf" ends a chunk's data; "last" ends the body (porthole takes no trailers)
+                piece = data[at:at + 2]
+                if piece != b"\r\n"[:len(piece)]:
+                    raise ValueError("chunk data not followed by CRLF" if self.state == "crlf"
+                                     else "the chunked body has trailers or junk after its last chunk")
+                if len(piece) < 2:
+                    self.partial = piece
+                    break
+                at += 2
+                if self.state == "last":
+                    self.done = True
+                else:
+                    self.state = "size"
+        return body[0] if len(body) == 1 else b"".join(body)
+
+
+def body_framing(method: bytes, head: h11.Response) -> BodyFraming | None:
+    """Porthole frames the body itself for a GET answered with Content-Length or chunked; None
+    leaves it to h11 (HEAD, 204/304, or a body read until the daemon closes)."""
+    if method != b"GET" or head.status_code in (204, 304):
+        return None
+    for name, value in head.headers:  # h11 checked both: one valid length, or exactly "chunked"
+        if name == b"content-length":
+            return BodyFraming(int(value))
+        if name == b"transfer-encoding":
+            return BodyFraming(None)
+    return None
 
 
 class UpstreamState(enum.Enum):
@@ -3411,6 +3514,9 @@ class UpstreamConnection:
         self.received_any = False
         self.informational = 0
         self.paused = False
+        self.method = b"GET"  # of the request under way
+        self.body: BodyFraming | None = None  # set when porthole frames the body itself
+        self.unread = b""  # body bytes read while paused, not yet framed
         self.send_error: OSError | None = None
         self.address: tuple[int, Any] = (sock.family, None)  # what it connects to
         self.candidates: list[tuple[int, Any]] = []  # the daemon's other addresses, to try next
@@ -3443,7 +3549,8 @@ class UpstreamConnection:
         self.received_any = False
         self.informational = 0
         self.paused = False
-        self.outbuf += self.h11.send(request) + self.h11.send(h11.EndOfMessage())
+        self.method = request.method
+        self.outbuf += self.h11.send(request) + self.h11.send(END_OF_MESSAGE)
         if not connected:
             self.arm()  # a new connection: CONNECTING since __init__
             return
@@ -3489,7 +3596,13 @@ class UpstreamConnection:
             self.fail(502, upstream_error_message(self.pool.endpoint, exc), "closed")
             return
         self.received_any = self.received_any or bool(data)
-        self.h11.receive_data(data)
+        if self.body is None:
+            self.h11.receive_data(data)
+        elif data:
+            self.unread += data  # porthole frames this body: h11 sees nothing more of it
+        else:
+            self.fail(502, "the daemon closed the connection before the response was complete")
+            return
         self.pump()
 
     def connect_next(self, exc: OSError) -> None:
@@ -3520,6 +3633,9 @@ class UpstreamConnection:
 
     def pump(self) -> None:
         """Hand what h11 holds to the consumer while it is not paused."""
+        if self.body is not None:
+            self.pump_body()
+            return
         while self.state in (UpstreamState.AWAITING, UpstreamState.RECEIVING) and not self.paused:
             try:
                 event = self.h11.next_event()
@@ -3544,8 +3660,14 @@ class UpstreamConnection:
                     self.fail(502, str(exc), "protocol_error")
                     return
                 self.enter(UpstreamState.RECEIVING)
+                self.body = body_framing(self.method, event)
+                if self.body is not None:  # the bytes after the head are body: ours from now on
+                    self.unread = self.h11.trailing_data[0]
                 self.consumer.upstream_head(self, head)
-            elif isinstance(event, h11.Data):
+                if self.body is not None:
+                    self.pump_body()
+                    return
+            elif isinstance(event, h11.Data):  # (a body h11 frames: read until the daemon closes)
                 self.consumer.upstream_data(self, event.data)
             elif isinstance(event, h11.EndOfMessage):
                 consumer, self.consumer = self.consumer, None
@@ -3556,6 +3678,37 @@ class UpstreamConnection:
                 self.fail(502, "the daemon closed the connection mid-response", "closed")
                 return
         self.update_interest()
+
+    def pump_body(self) -> None:
+        """A body porthole frames (BodyFraming): what was read goes on in one piece."""
+        body = self.body
+        assert body is not None
+        if self.state is UpstreamState.RECEIVING and not self.paused and (self.unread or body.done):
+            data, self.unread = self.unread, b""
+            try:
+                chunk = body.feed(data)
+            except ValueError as exc:
+                self.fail(502, f"malformed response from the daemon: {exc}")
+                return
+            if chunk:
+                self.consumer.upstream_data(self, chunk)
+                if self.state is not UpstreamState.RECEIVING:
+                    return  # the consumer closed us (its client went away)
+            if body.done:
+                consumer, self.consumer = self.consumer, None
+                self.pool.release(self)
+                consumer.upstream_end(self)
+                return
+        self.update_interest()
+
+    def next_cycle(self) -> None:
+        """Ready for the next exchange. A body porthole framed never went through h11, so a
+        fresh h11 connection takes over (one object, cheaper than an event per chunk)."""
+        if self.body is None:
+            self.h11.start_next_cycle()
+        else:
+            self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=UPSTREAM_MAX_HEAD)
+            self.body = None
 
     def pause(self) -> None:
         self.paused = True
@@ -3596,6 +3749,9 @@ class UpstreamConnection:
     @property
     def reusable(self) -> bool:
         """Only a connection that ended its exchange cleanly with nothing extra goes back."""
+        if self.body is not None:  # (h11 made our side MUST_CLOSE if the head said close or HTTP/1.0)
+            return (self.state is UpstreamState.RECEIVING and self.h11.our_state is h11.DONE
+                    and self.body.done and not self.body.extra and not self.unread)
         return (self.state is UpstreamState.RECEIVING and self.h11.our_state is h11.DONE
                 and self.h11.their_state is h11.DONE and not self.h11.trailing_data[0])
 
@@ -3717,7 +3873,7 @@ class UpstreamPool:
     def release(self, conn: UpstreamConnection) -> None:
         """An exchange ended: keep the connection if it is clean and there is room."""
         if conn.reusable and len(self.idle) < MAX_IDLE_UPSTREAMS and not self.closed:
-            conn.h11.start_next_cycle()
+            conn.next_cycle()
             conn.reused = False
             conn.enter(UpstreamState.IDLE)
             self.idle.append(conn)
@@ -4009,6 +4165,121 @@ class SharedStream:
     def leave_registry(self) -> None:
         if self.registry.get(self.key) is self:
             del self.registry[self.key]
+
+
+class CoalescedRead:
+    """One finite GET sent once for every client that asked for it before it was sent: polled
+    lists cost the daemon one answer per round trip, however many clients poll.
+
+    Rule 1: a client joins a read only while nothing of it has been written to the daemon (not
+            yet acquired, or its connection still CONNECTING). Otherwise it joins the read queued
+            to follow, which is sent once the current one has ended. So no client ever gets an
+            answer to a daemon request sent before its own request arrived.
+    Rule 2: per key (method, forwarded target and headers) at most one read is in flight and
+            at most one waits behind it: the daemon never serves the same read twice at once,
+            and a newcomer waits for at most the rest of one answer before its own is sent.
+    Rule 3: each member gets the head and every body chunk through its own exchange
+            (send_head, send_body, end_body), so its profile's ResponseTransform filters its
+            copy; the bytes are immutable, so sharing them shares nothing mutable.
+    Rule 4: the daemon is read only while every member has room (the slowest paces the rest;
+            one that stops reading is cut by its own --write-timeout). A member that leaves
+            is removed; when the last leaves, the daemon connection is closed.
+    Rule 5: a failure before the head answers every member (502, 504); after it, every
+            member is aborted. A stale pooled connection is retried once on a fresh one: that
+            request, too, is sent after every member arrived.
+    """
+
+    def __init__(self, key: tuple, pool: UpstreamPool, registry: dict[tuple, CoalescedRead],
+                 request: h11.Request) -> None:
+        self.key = key
+        self.pool = pool
+        self.registry = registry  # key -> the read in flight (or about to be sent)
+        self.request = request
+        self.members: list[Exchange] = []
+        self.follower: CoalescedRead | None = None  # who arrived after this one was sent
+        self.conn: UpstreamConnection | None = None
+        self.started = False
+        self.retried = False
+
+    @property
+    def joinable(self) -> bool:
+        """(Rule 1) Nothing of the request has reached the daemon yet."""
+        return not self.started or (self.conn is not None and self.conn.state is UpstreamState.CONNECTING)
+
+    def join(self, exchange: Exchange) -> None:
+        if self.joinable:
+            exchange.source = self
+            self.members.append(exchange)
+            return
+        if self.follower is None:
+            self.follower = CoalescedRead(self.key, self.pool, self.registry, self.request)
+        self.follower.join(exchange)
+
+    def start(self, fresh: bool = False) -> None:
+        self.registry[self.key] = self
+        self.started = True
+        try:
+            self.conn = self.pool.acquire(self, self.request, fresh=fresh)
+        except OSError as exc:
+            self.upstream_failed(None, 502, upstream_error_message(self.pool.endpoint, exc), False)
+
+    def hand_over(self) -> None:
+        """This read is over (or has nobody left): the follower, if anyone still waits in it,
+        is sent now (Rule 2)."""
+        if self.registry.get(self.key) is self:
+            del self.registry[self.key]
+        follower, self.follower = self.follower, None
+        if follower is not None and follower.members:
+            follower.start()
+
+    def upstream_head(self, conn: UpstreamConnection, head: h11.Response) -> None:
+        for exchange in list(self.members):
+            exchange.send_head(head)
+        self.apply_backpressure(conn)
+
+    def upstream_data(self, conn: UpstreamConnection, data: bytes) -> None:
+        for exchange in list(self.members):
+            exchange.send_body(data)
+        self.apply_backpressure(conn)
+
+    def apply_backpressure(self, conn: UpstreamConnection) -> None:
+        if any(not exchange.client.has_room for exchange in self.members):
+            conn.pause()
+
+    def upstream_end(self, conn: UpstreamConnection | None) -> None:
+        self.conn = None
+        members, self.members = self.members, []
+        self.hand_over()
+        for exchange in members:
+            if exchange.active:
+                exchange.end_body()
+
+    def upstream_failed(self, conn: UpstreamConnection | None, status: int, message: str, retryable: bool) -> None:
+        self.conn = None
+        if retryable and not self.retried and self.members:
+            self.retried = True  # a stale pooled connection: once more, on a fresh one
+            self.start(fresh=True)
+            return
+        members, self.members = self.members, []
+        self.hand_over()
+        for exchange in members:
+            exchange.fail(status, message)
+
+    def resume(self, exchange: Exchange) -> None:
+        if self.conn is not None and all(member.client.has_room for member in self.members):
+            self.conn.resume()
+
+    def cancel(self, exchange: Exchange) -> None:
+        if exchange in self.members:
+            self.members.remove(exchange)
+        if self.members or not self.started:
+            self.resume(exchange)  # whoever paused it may have been the one who left
+            return
+        conn, self.conn = self.conn, None  # nobody is left to answer: stop asking (Rule 4)
+        if conn is not None:
+            conn.consumer = None
+            conn.close()
+        self.hand_over()
 
 
 class Listener:
@@ -4321,6 +4592,9 @@ class LearnFile:
                  clients=sorted(client.label for client in self.learner.used))
 
 
+MAX_CACHED_DECISIONS = 256  # distinct requests whose decisions are kept (then all are dropped)
+
+
 class Proxy:
     """Listeners, clients, the daemon pool and the shared streams, around one Loop.
 
@@ -4348,6 +4622,12 @@ class Proxy:
         self.connections_per_client: dict[str, int] = {}
         self.streams_per_client: dict[str, int] = {}
         self.shared_streams: dict[str, SharedStream] = {}
+        self.coalesced: dict[tuple, CoalescedRead] = {}
+        # decide() is a pure function of the policy and the request's facts: an identical
+        # request (keep-alive pollers send the same bytes) reuses its Decision, and its plan and
+        # forwarded request when nothing is filtered. Forgotten when the policy changes.
+        self.decisions: dict[tuple, tuple[Decision, FilterPlan | None, h11.Request | None]] = {}
+        self.decided_under = policy
         self.signals: SignalPipe | None = None
         self.stopping = False
         self.grace_timer = Timer(self.grace_over)
@@ -4591,7 +4871,14 @@ class Proxy:
             if client.head_size > self.settings.max_head_bytes:
                 raise Refusal(431, f"request head of {client.head_size} bytes exceeds "
                                    f"--max-head-bytes {self.settings.max_head_bytes}", close=True)
-            decision = decide_with_mode(self.policy, facts, self.settings.allow_hosts, self.learning is not None)
+            if self.decided_under is not self.policy:  # decided under another policy: forget them
+                self.decisions.clear()
+                self.decided_under = self.policy
+            key = (facts.profile, facts.method, facts.target, tuple(facts.headers), facts.listener_kind,
+                   facts.http_version)
+            cached = self.decisions.get(key)
+            decision = cached[0] if cached else decide_with_mode(self.policy, facts, self.settings.allow_hosts,
+                                                              self.learning is not None)
             if decision.streaming:
                 active = self.streams_per_client.get(client.identity, 0)
                 if active >= self.settings.max_streams_per_client:
@@ -4603,11 +4890,19 @@ class Proxy:
             client.refuse(refusal)
             return
         filtering = self.policy.filtering.get(facts.profile, DEFAULT_FILTERING)
-        try:
-            plan = plan_response_filter(filtering, facts.method, decision.target)
-        except Refusal as refusal:
-            client.refuse(refusal)
-            return
+        if cached and cached[1] is not None:
+            plan, request = cached[1], cached[2]
+        else:
+            try:
+                plan = plan_response_filter(filtering, facts.method, decision.target)
+            except Refusal as refusal:
+                client.refuse(refusal)
+                return
+            request = forwarded_request(plan.method, plan.target, facts.headers)
+            if len(self.decisions) >= MAX_CACHED_DECISIONS:
+                self.decisions.clear()
+            # a plan with a filter holds per-exchange counts: only its decision is kept
+            self.decisions[key] = (decision, None, None) if plan.filter or plan.lookup else (decision, plan, request)
         exchange.decision = decision
         if decision.would_deny is not None:
             exchange.outcome, exchange.reason = "would_deny", decision.would_deny
@@ -4621,9 +4916,11 @@ class Proxy:
         if plan.filter is not None:
             exchange.filter = plan.filter
             exchange.transform = filter_transform(plan.filter, self.settings.max_filter_bytes)
-        request = forwarded_request(plan.method, plan.target, facts.headers)
         if is_shareable(facts.method, decision.target):
             self.join_stream(exchange, request)
+        elif (self.settings.coalesce and plan.method == facts.method == "GET" and not decision.streaming
+              and facts.profile not in self.policy.uncoalesced):
+            self.coalesce(exchange, request)
         else:
             Relay(self.pool, exchange, request).start()
 
@@ -4660,6 +4957,17 @@ class Proxy:
         else:
             SharedStream(key, self.pool, self.shared_streams, request, self.join_stream).open(exchange)
 
+    def coalesce(self, exchange: Exchange, request: h11.Request) -> None:
+        """A finite GET: joins an identical one not yet sent, or the one to follow it."""
+        key = (request.target, tuple(request.headers.raw_items()))  # what the daemon is asked
+        read = self.coalesced.get(key)
+        if read is not None:
+            read.join(exchange)
+            return
+        read = CoalescedRead(key, self.pool, self.coalesced, request)
+        read.join(exchange)
+        read.start()
+
     def exchange_done(self, exchange: Exchange) -> None:
         """Once per exchange: its answer was delivered, or its connection closed."""
         client, facts, decision = exchange.client, exchange.facts, exchange.decision
@@ -4677,7 +4985,8 @@ class Proxy:
                      decision=exchange.outcome,
                      rule=decision.rule.label if decision and decision.would_deny is None else None,
                      reason=exchange.reason, status=exchange.status, bytes=exchange.delivered,
-                     duration_ms=round((self.loop.clock() - exchange.started) * 1000, 3), **filtered)
+                     duration_ms=int((self.loop.clock() - exchange.started) * 1e6) / 1000,  # (round() formats a string)
+                     **filtered)
 
 
 def _decrement(counts: dict[str, int], key: str) -> None:

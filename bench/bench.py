@@ -88,6 +88,14 @@ SCENARIOS = [
     {"key": "containers-scoped", "title": "GET /containers/json?all=1, visible: half the containers, {conns} connections",
      "upstream": "daemon", "method": "GET", "path": "/containers/json?all=1", "conns": 4,
      "threads": 1, "unit": "req/s", "profile": "bench-scoped"},
+    # issue 12: dashboards polling one list (coalesced by porthole), and reads of distinct objects
+    {"key": "list-16", "title": "GET /containers/json?all=1 (real daemon), 16 clients polling the same list",
+     "upstream": "daemon", "method": "GET", "path": "/containers/json?all=1", "conns": 16,
+     "threads": 2, "unit": "req/s"},
+    {"key": "inspect-distinct", "title": "GET /containers/{{id}}/json of {distinct} different containers in turn, "
+                                         "\"redact\": [], 16 connections",
+     "upstream": "daemon", "method": "GET", "path": "/containers/bench-00/json", "conns": 16,
+     "threads": 2, "unit": "req/s", "profile": "bench-unfiltered", "rotate": 20},
     {"key": "large", "title": "GET {large_mb} MB JSON (fake upstream: nginx), {conns} connections",
      "upstream": "fake", "method": "GET", "path": "/containers/json?all=1", "conns": 4,
      "threads": 1, "unit": "MB/s"},
@@ -123,6 +131,8 @@ def parse_args(argv):
     ap.add_argument("--running", type=int, default=int(env("BENCH_RUNNING", "10")),
                     help="how many of the containers run `sleep`")
     ap.add_argument("--watchers", type=int, default=int(env("BENCH_WATCHERS", "1000")))
+    ap.add_argument("--idle-conns", type=int, default=int(env("BENCH_IDLE_CONNS", "1000")),
+                    help="idle keep-alive connections per proxy for the memory figure (0: skip)")
     ap.add_argument("--events", type=int, default=int(env("BENCH_EVENTS", "20")))
     ap.add_argument("--large-bytes", type=int, default=int(env("BENCH_LARGE_BYTES", str(4_000_000))))
     ap.add_argument("--containers-conns", type=int, default=int(env("BENCH_CONTAINERS_CONNS", "4")))
@@ -142,12 +152,13 @@ def parse_args(argv):
         args.rounds, args.duration, args.warmup = 1, 1, 0
         args.containers, args.running = min(args.containers, 10), min(args.running, 2)
         args.watchers, args.events = min(args.watchers, 50), min(args.events, 3)
+        args.idle_conns = min(args.idle_conns, 50)
     args.contenders = [c for c in args.contenders.split(",") if c]
     for c in args.contenders:
         if c not in CONTENDERS:
             ap.error(f"unknown contender {c!r}")
     args.scenarios = [s for s in args.scenarios.split(",") if s]
-    known = {s["key"] for s in SCENARIOS} | {"events"}
+    known = {s["key"] for s in SCENARIOS} | {"events", "idle"}
     for s in args.scenarios:
         if s not in known:
             ap.error(f"unknown scenario {s!r} (known: {', '.join(sorted(known))})")
@@ -567,6 +578,7 @@ wrk.method = "@METHOD@"
 wrk.path = "@PATH@"
 wrk.headers["User-Agent"] = "porthole-bench/1"
 wrk.headers["Accept"] = "application/json"
+@ROTATE@
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -578,6 +590,28 @@ done = function(summary, latency, requests)
     latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
 end
 """
+
+
+# With "rotate": N, each request asks for the next of N containers (bench-00, bench-01, ...).
+WRK_ROTATE = """\
+local paths, turn = {@PATHS@}, 0
+request = function()
+  turn = turn % #paths + 1
+  return wrk.format(nil, paths[turn])
+end
+"""
+
+
+def wrk_script(sc: dict, lab: Lab) -> str:
+    rotate = ""
+    if sc.get("rotate"):
+        paths = [f'"/containers/bench-{i:02d}/json"' for i in range(distinct_targets(sc, lab))]
+        rotate = WRK_ROTATE.replace("@PATHS@", ", ".join(paths))
+    return WRK_LUA.replace("@METHOD@", sc["method"]).replace("@PATH@", sc["path"]).replace("@ROTATE@", rotate)
+
+
+def distinct_targets(sc: dict, lab: Lab) -> int:
+    return min(sc.get("rotate") or 1, lab.args.containers)
 
 
 def run_wrk(port: int, script: Path, conns: int, threads: int, duration: int) -> dict:
@@ -595,7 +629,8 @@ def run_wrk(port: int, script: Path, conns: int, threads: int, duration: int) ->
 
 
 def scenario_title(sc: dict, lab: Lab) -> str:
-    return sc["title"].format(conns=sc["conns"], large_mb=round(lab.large_size / 1e6, 1))
+    return sc["title"].format(conns=sc["conns"], large_mb=round(lab.large_size / 1e6, 1),
+                              distinct=distinct_targets(sc, lab))
 
 
 def run_scenarios(lab: Lab, results: dict) -> None:
@@ -623,7 +658,7 @@ def run_scenarios(lab: Lab, results: dict) -> None:
     for sc in chosen:
         key = sc["key"]
         script = lab.work / f"wrk-{key}.lua"
-        script.write_text(WRK_LUA.replace("@METHOD@", sc["method"]).replace("@PATH@", sc["path"]))
+        script.write_text(wrk_script(sc, lab))
         contenders = [c for c in args.contenders if not (sc.get("denied") and c == "direct")]
         entry = results["scenarios"][key] = {
             "title": scenario_title(sc, lab), "unit": sc["unit"], "upstream": sc["upstream"],
@@ -663,6 +698,39 @@ def run_scenarios(lab: Lab, results: dict) -> None:
             if sc.get("denied"):
                 lab.dockerd.set_debug(False)
                 time.sleep(0.3)
+
+
+# ------------------------------------------------------------------------------------------------
+# memory with many idle keep-alive connections
+
+def run_idle(lab: Lab, results: dict) -> None:
+    """Each proxy's RSS before and with N keep-alive connections open, each having been answered
+    one GET /_ping and then left idle (dashboards keep their connections open between polls)."""
+    n = lab.args.idle_conns
+    out = results["idle"] = {"connections": n, "contenders": {}}
+    log(f"scenario idle: {n} idle keep-alive connections per proxy")
+    for kind in lab.args.contenders:
+        if kind == "direct":
+            continue
+        contender = lab.contenders["daemon"][kind]
+        before = tree_memory(contender.pid)
+        clients = []
+        try:
+            for _ in range(n):
+                client = fu.HttpClient(("127.0.0.1", contender.port), timeout=10)
+                clients.append(client)
+                client.request("GET", "/_ping")
+                if client.read_response("GET").status != 200:
+                    raise RuntimeError(f"{kind}: /_ping failed with {n} connections open")
+            time.sleep(1.0)
+            with_idle = tree_memory(contender.pid)
+        finally:
+            for client in clients:
+                client.close()
+        entry = out["contenders"][kind] = {"before": before, "with_idle": with_idle,
+                                            "per_connection_kb": round((with_idle["rss_kb"] - before["rss_kb"]) / n, 1)}
+        log(f"  {kind:13s} RSS {before['rss_kb'] / 1024:.1f} MiB -> {with_idle['rss_kb'] / 1024:.1f} MiB "
+            f"({entry['per_connection_kb']} kB per connection)")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -798,7 +866,7 @@ def run_profile(lab: Lab, seconds: int) -> str:
                            "install py-spy, then BENCH_PY_SPY=/tmp/pyspy/bin/py-spy)")
     contender = lab.contenders["daemon"]["porthole-src"]
     script = lab.work / "wrk-profile.lua"
-    script.write_text(WRK_LUA.replace("@METHOD@", "GET").replace("@PATH@", "/_ping"))
+    script.write_text(WRK_LUA.replace("@METHOD@", "GET").replace("@PATH@", "/_ping").replace("@ROTATE@", ""))
     raw = lab.work / "profile.txt"
     spy = lab.procs.start([pyspy, "record", "--format", "raw", "--rate", "250", "--duration", seconds,
                            "--pid", contender.pid, "--output", raw],
@@ -1003,7 +1071,7 @@ def main(argv=None) -> int:
     results["config"] = {
         "smoke": args.smoke, "rounds": args.rounds, "duration_s": args.duration, "warmup_s": args.warmup,
         "containers": args.containers, "running": args.running, "watchers": args.watchers,
-        "events": args.events, "contenders": args.contenders,
+        "events": args.events, "contenders": args.contenders, "idle_conns": args.idle_conns,
         "haproxy_nbthread": args.haproxy_nbthread or "auto",
         "porthole_args": ("--max-connections 4096 --max-streams-per-client 4096 "
                           "--max-connections-per-client 4096 " + args.porthole_args),
@@ -1031,8 +1099,10 @@ def main(argv=None) -> int:
             print(text)
             log(f"wrote {path}")
             return 0
-        if not args.scenarios or any(s != "events" for s in args.scenarios):
+        if not args.scenarios or any(s not in ("events", "idle") for s in args.scenarios):
             run_scenarios(lab, results)
+        if args.idle_conns and (not args.scenarios or "idle" in args.scenarios):
+            run_idle(lab, results)
         if not args.scenarios or "events" in args.scenarios:
             run_events(lab, results)
     except Interrupted as exc:

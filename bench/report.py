@@ -64,6 +64,13 @@ def peak(entry: dict, field: str):
     return max(values) if values else None
 
 
+def cpu_per_request(sc: dict, contender: str):
+    """Median over rounds of the proxy's CPU time (user+sys) per request served, in us."""
+    runs = sc["runs"].get(contender) or []
+    values = [r["proxy_cpu_s"] / r["requests"] * 1e6 for r in runs if r.get("requests") and "proxy_cpu_s" in r]
+    return statistics.median(values) if values else None
+
+
 def targets(results: dict) -> list[tuple]:
     """(target, threshold, {contender: (measured text, met bool or None)})"""
     sc = results.get("scenarios", {})
@@ -89,6 +96,20 @@ def targets(results: dict) -> list[tuple]:
         rows.append(("/_ping, 16 conns, req/s vs HAProxy", ">= 0.30x", each(lambda c: (
             ratio(throughput(s, c), throughput(s, "haproxy")),
             throughput(s, c) / throughput(s, "haproxy") >= 0.3))))
+    for key, bound in (("ping-16", 2.5), ("list-16", 2.0)):
+        if key in sc:
+            s = sc[key]
+            rows.append((f"CPU per request, {s['path']}, 16 conns, vs HAProxy", f"<= {bound:.1f}x", each(
+                lambda c, s=s, bound=bound: (
+                    f"{fmt(cpu_per_request(s, c), 1)} us = {ratio(cpu_per_request(s, c), cpu_per_request(s, 'haproxy'))}",
+                    cpu_per_request(s, c) / cpu_per_request(s, "haproxy") <= bound))))
+    for key, bound in (("list-16", 1.0), ("inspect-distinct", 0.9)):
+        if key in sc:
+            s = sc[key]
+            what = "same list, 16 clients (coalesced)" if key == "list-16" else "distinct inspects, 16 conns"
+            rows.append((f"{what}: req/s vs direct", f">= {bound:.2f}x", each(lambda c, s=s, bound=bound: (
+                ratio(throughput(s, c), throughput(s, "direct")),
+                throughput(s, c) / throughput(s, "direct") >= bound))))
     if "ping-1" in sc:
         s = sc["ping-1"]
         rows.append(("added p50 latency, /_ping, 1 conn", "<= 150 us", each(lambda c: (
@@ -166,15 +187,14 @@ def render(results: dict) -> str:
         out.append("")
 
         out.append("## Proxy CPU per request (median, us of CPU time in the proxy's processes)\n")
-        out.append("| scenario | HAProxy | porthole (src) | porthole (bin) |")
-        out.append("| --- | ---: | ---: | ---: |")
+        out.append("CPU time (user+sys) of the proxy's whole process tree during a run, over the requests "
+                   "it served in that run.\n")
+        out.append("| scenario | HAProxy | porthole (src) | porthole (bin) | src / HAProxy | bin / HAProxy |")
+        out.append("| --- | ---: | ---: | ---: | ---: | ---: |")
         for key, s in sc.items():
-            cells = []
-            for c in ("haproxy",) + PORTHOLES:
-                runs = s["runs"].get(c) or []
-                vals = [r["proxy_cpu_s"] / r["requests"] * 1e6 for r in runs if r.get("requests") and "proxy_cpu_s" in r]
-                cells.append(fmt(statistics.median(vals), 1) if vals else "—")
-            out.append(f"| {s['title']} | " + " | ".join(cells) + " |")
+            v = {c: cpu_per_request(s, c) for c in ("haproxy",) + PORTHOLES}
+            out.append(f"| {s['title']} | " + " | ".join(fmt(v[c], 1) for c in v)
+                       + f" | {ratio(v['porthole-src'], v['haproxy'])} | {ratio(v['porthole-bin'], v['haproxy'])} |")
         out.append("")
 
         denied = [(k, s) for k, s in sc.items() if s["denied"]]
@@ -184,6 +204,20 @@ def render(results: dict) -> str:
                            f"{s['path']}: " + ", ".join(f"{NAMES[c]} {sum(r.get('daemon_calls', 0) for r in runs)}"
                                                         for c, runs in s["runs"].items())
                            for k, s in denied) + ".\n")
+
+    idle = results.get("idle")
+    if idle:
+        out.append(f"## Memory with {idle['connections']} idle keep-alive connections\n")
+        out.append("RSS of the proxy's process tree before, and with the connections open (each answered one "
+                   "`GET /_ping`, then left idle).\n")
+        out.append("| contender | RSS MiB before | RSS MiB with connections | kB per connection |")
+        out.append("| --- | ---: | ---: | ---: |")
+        for c in CONTENDERS:
+            e = idle["contenders"].get(c)
+            if e:
+                out.append(f"| {NAMES[c]} | {mib(e['before']['rss_kb'])} | {mib(e['with_idle']['rss_kb'])} "
+                           f"| {fmt(e['per_connection_kb'], 1)} |")
+        out.append("")
 
     ev = results.get("events")
     if ev:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Porthole's side-by-side benchmark: direct vs HAProxy vs porthole (source) vs porthole (binary).
 #
-#   bench/run.sh                 full run (about 15 min on 2 CPUs): bench/results/<date>-<host>.md + .json
+#   bench/run.sh                 full run (about 22 min on 2 CPUs): bench/results/<date>-<host>.md + .json
 #   bench/run.sh --smoke         every scenario and contender once, tiny durations (about 1 min);
 #                                fails only if a scenario produced no numbers or a check broke
 #   bench/run.sh --help          options: --rounds, --duration, --scenarios, --contenders, --profile, ...
