@@ -3601,7 +3601,7 @@ class UpstreamConnection:
         elif data:
             self.unread += data  # porthole frames this body: h11 sees nothing more of it
         else:
-            self.fail(502, "the daemon closed the connection before the response was complete")
+            self.fail(502, "the daemon closed the connection before the response was complete", "closed")
             return
         self.pump()
 
@@ -3688,7 +3688,7 @@ class UpstreamConnection:
             try:
                 chunk = body.feed(data)
             except ValueError as exc:
-                self.fail(502, f"malformed response from the daemon: {exc}")
+                self.fail(502, f"malformed response from the daemon: {exc}", "protocol_error")
                 return
             if chunk:
                 self.consumer.upstream_data(self, chunk)
@@ -3821,7 +3821,15 @@ class UpstreamPool:
 
     def acquire(self, consumer: Any, request: h11.Request, fresh: bool = False) -> UpstreamConnection:
         """A connection already sending `request` for `consumer`. Raises OSError (with a
-        message for the client) when no connection can be made at once."""
+        message for the client) when no connection can be made at once; counted here, for every
+        kind of consumer."""
+        try:
+            return self._acquire(consumer, request, fresh)
+        except OSError:
+            self.metrics.upstream_error("connect_failed")
+            raise
+
+    def _acquire(self, consumer: Any, request: h11.Request, fresh: bool) -> UpstreamConnection:
         if self.idle and not fresh:
             conn = self.idle.pop()
             conn.reused = True
@@ -3922,7 +3930,6 @@ class Relay:
         try:
             self.conn = self.pool.acquire(self, self.request, fresh=fresh)
         except OSError as exc:
-            self.pool.metrics.upstream_error("connect_failed")
             self.exchange.fail(502, upstream_error_message(self.pool.endpoint, exc))
 
     def upstream_head(self, conn: UpstreamConnection, head: h11.Response) -> None:
@@ -4070,7 +4077,6 @@ class SharedStream:
         try:  # fresh: a stream outlives any pooled connection's staleness check
             self.conn = self.pool.acquire(self, self.request, fresh=True)
         except OSError as exc:
-            self.pool.metrics.upstream_error("connect_failed")
             self.upstream_failed(None, 502, upstream_error_message(self.pool.endpoint, exc), False)
 
     def join(self, exchange: Exchange) -> None:
