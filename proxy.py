@@ -3971,10 +3971,11 @@ class Relay:
             conn.close()
 
 
-class Lookup:
+class Lookup(Relay):
     """Asks the daemon which object a per-object request (logs, stats, top, ...) names before
     forwarding it, so that a profile's visible scope is decided about the very object that will
-    answer.
+    answer: a Relay whose answer is kept, not relayed (its connection, retry and cancel are the
+    Relay's).
 
     Rule 1: until it resolves, the exchange's source is the Lookup; then its Relay, or an answer.
     Rule 2: the request is then forwarded with the object's full ID as the daemon resolved it, so
@@ -3985,21 +3986,10 @@ class Lookup:
 
     def __init__(self, pool: UpstreamPool, exchange: Exchange, request: h11.Request,
                  resolved: Callable[[int, Any], None]) -> None:
-        self.pool = pool
-        self.exchange = exchange
-        self.request = request
+        super().__init__(pool, exchange, request)
         self.resolved = resolved  # (status, parsed JSON or None), once the answer is complete
-        self.conn: UpstreamConnection | None = None
-        self.retried = False
         self.status = 0
         self.body = bytearray()
-        exchange.source = self
-
-    def start(self, fresh: bool = False) -> None:
-        try:
-            self.conn = self.pool.acquire(self, self.request, fresh=fresh)
-        except OSError as exc:
-            self.exchange.fail(502, upstream_error_message(self.pool.endpoint, exc))
 
     def upstream_head(self, conn: UpstreamConnection, head: h11.Response) -> None:
         self.status = head.status_code
@@ -4023,23 +4013,8 @@ class Lookup:
         self.exchange.source = None
         self.resolved(self.status, document)
 
-    def upstream_failed(self, conn: UpstreamConnection, status: int, message: str, retryable: bool) -> None:
-        self.conn = None
-        if retryable and not self.retried:
-            self.retried = True
-            self.body.clear()
-            self.start(fresh=True)
-            return
-        self.exchange.fail(status, message)
-
     def resume(self, exchange: Exchange) -> None:
         pass  # nothing flows to the client while looking up
-
-    def cancel(self, exchange: Exchange) -> None:
-        conn, self.conn = self.conn, None
-        if conn is not None:
-            conn.consumer = None
-            conn.close()
 
 
 class SharedStream:
