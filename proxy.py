@@ -5085,13 +5085,28 @@ def init_process_listener() -> Endpoint | None:
     """In a container whose PID 1 is this same program (the image), the first listener it was
     started with: its command line (/proc/1/cmdline) with our environment, which `docker exec`
     and the HEALTHCHECK share with it. None when PID 1 is another program."""
+    if not getattr(sys, "frozen", False):
+        return None
     try:
-        if not getattr(sys, "frozen", False) or not os.path.samefile("/proc/1/exe", sys.executable):
-            return None
-        argv = Path("/proc/1/cmdline").read_bytes().split(b"\0")[1:-1]
+        argv = [arg.decode("utf-8", "surrogateescape") for arg in Path("/proc/1/cmdline").read_bytes().split(b"\0")[:-1]]
+        # Natively argv[0] is this program. Under emulation (an arm64 image on an amd64 host,
+        # binfmt_misc) PID 1 is qemu, and the program follows it (twice, with binfmt's P flag).
+        first = next((i for i, arg in enumerate(argv[:3]) if _is_this_program(arg)), None)
     except OSError:
         return None
-    return parse_settings([arg.decode("utf-8", "surrogateescape") for arg in argv], os.environ).listeners[0]
+    if first is None:
+        return None
+    args = argv[first + 1:]
+    while args and _is_this_program(args[0]):
+        args = args[1:]
+    return parse_settings(args, os.environ).listeners[0]
+
+
+def _is_this_program(path: str) -> bool:
+    try:
+        return path.startswith("/") and os.path.samefile(path, sys.executable)
+    except OSError:
+        return False
 
 
 def blocking_get(sock: Any, target: str, host: str, limit: int = 4 * 1024 * 1024) -> tuple[int, bytes]:
