@@ -32,25 +32,30 @@ RULES = {
 
 
 def concurrently(address, target, n, headers=()):
-    """n clients, each on its own open connection, send `target` at the same moment."""
+    """n clients, each on its own open connection, send `target` back to back from one thread
+    (so they arrive together however busy the machine is: threads released by a barrier are
+    spread out by the scheduler), then each reads its answer in a thread of its own (a member
+    not reading would pace the shared read for all)."""
     clients = [HttpClient(address, timeout=20) for _ in range(n)]
-    barrier, responses, errors = threading.Barrier(n), [None] * n, []
+    responses, errors = [None] * n, []
 
-    def one(i):
+    def read(i):
         try:
-            barrier.wait(10)
-            clients[i].request("GET", target, headers)
             responses[i] = clients[i].read_response("GET")
         except Exception as exc:  # reported below, with the others' outcome
             errors.append(exc)
 
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(30)
-    for c in clients:
-        c.close()
+    try:
+        for client in clients:
+            client.request("GET", target, headers)
+        threads = [threading.Thread(target=read, args=(i,)) for i in range(n)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        for c in clients:
+            c.close()
     assert not errors, errors
     return responses
 
