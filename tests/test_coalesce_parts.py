@@ -15,7 +15,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import proxy  # noqa: E402
-from test_parts import (Daemon, Env, StubExchange, drive, json_message, parse_responses,  # noqa: E402
+from test_parts import (Daemon, Env, StubExchange, StubPool, drive, json_message, parse_responses,  # noqa: E402
                         read_available)
 
 pytestmark = pytest.mark.timeout(60)
@@ -107,37 +107,6 @@ def test_a_request_arriving_after_the_send_waits_for_the_next_answer(env, daemon
     assert len(daemon.conns) == 1 and world.registry == {}
     assert sorted(e.delivered for e in env.owner.done) == [9, 9, 10, 10]
     assert all(e.status == 200 and e.outcome == "allow" for e in env.owner.done)
-
-
-class StubConn:
-    """An upstream connection the test moves from CONNECTING to sent itself."""
-
-    def __init__(self) -> None:
-        self.state = proxy.UpstreamState.CONNECTING
-        self.paused = False
-        self.consumer = None
-        self.closes = 0
-
-    def pause(self):
-        self.paused = True
-
-    def resume(self):
-        self.paused = False
-
-    def close(self):
-        self.closes += 1
-        self.state = proxy.UpstreamState.CLOSED
-
-
-class StubPool:
-    endpoint = proxy.parse_endpoint("unix:///var/run/docker.sock", listener=False)
-
-    def __init__(self) -> None:
-        self.conns: list[StubConn] = []
-
-    def acquire(self, consumer, request, fresh=False):
-        self.conns.append(StubConn())
-        return self.conns[-1]
 
 
 HEAD = proxy.relayed_head(h11.Response(status_code=200, headers=[

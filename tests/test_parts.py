@@ -1283,7 +1283,10 @@ def test_idle_pooled_connection_closed_by_daemon_leaves_pool(env, daemon):
 
 
 class StubConn:
+    """An upstream connection the test drives itself: CONNECTING until the test says it sent."""
+
     def __init__(self) -> None:
+        self.state = proxy.UpstreamState.CONNECTING
         self.paused = False
         self.pauses = self.resumes = self.closes = 0
         self.consumer = None
@@ -1298,6 +1301,7 @@ class StubConn:
 
     def close(self):
         self.closes += 1
+        self.state = proxy.UpstreamState.CLOSED
 
 
 class StubPool:
