@@ -1927,8 +1927,7 @@ class ResponseFilter:
         return event
 
 
-# (first segments, kind, whether it names one object at index 1). Podman's /libpod/... twins
-# answer in the same shapes for what is filtered here.
+# Podman's /libpod/... twins answer in the same shapes for what is filtered here.
 def classify_for_filter(segments: Sequence[str]) -> tuple[str | None, str | None]:
     """(kind of answer to filter, object kind to resolve before forwarding) for a path."""
     s = tuple(segments[1:]) if segments[:1] == ("libpod",) else tuple(segments)
