@@ -4156,8 +4156,11 @@ class CoalescedRead:
             to follow, which is sent once the current one has ended. So no client ever gets an
             answer to a daemon request sent before its own request arrived.
     Rule 2: per key (method, forwarded target and headers) at most one read is in flight and
-            at most one waits behind it: the daemon never serves the same read twice at once,
-            and a newcomer waits for at most the rest of one answer before its own is sent.
+            at most one waits behind it: the daemon never serves the same read twice at once
+            while it moves, and a newcomer waits for at most the rest of one answer before its
+            own is sent. A read paused by a member that stopped reading (Rule 4) hands over at
+            once: its follower is sent, and newcomers join that one, so a client that stops
+            reading never holds up anyone else's identical read.
     Rule 3: each member gets the head and every body chunk through its own exchange
             (send_head, send_body, end_body), so its profile's ResponseTransform filters its
             copy; the bytes are immutable, so sharing them shares nothing mutable.
@@ -4225,6 +4228,7 @@ class CoalescedRead:
     def apply_backpressure(self, conn: UpstreamConnection) -> None:
         if any(not exchange.client.has_room for exchange in self.members):
             conn.pause()
+            self.hand_over()  # (Rule 2) stalled: whoever comes next is not held up by it
 
     def upstream_end(self, conn: UpstreamConnection | None) -> None:
         self.conn = None

@@ -142,6 +142,31 @@ def test_joins_while_connecting_and_not_after():
     assert registry[("k",)] is not read and c in registry[("k",)].members
 
 
+def test_a_read_stalled_by_a_member_that_stopped_reading_holds_up_nobody():
+    """Rule 2: a member without room pauses the read it is in; whoever arrives then gets a read
+    of its own at once, not one queued behind the stalled answer."""
+    pool, registry = StubPool(), {}
+    slow, waiting, late = StubExchange(), StubExchange(), StubExchange()
+    coalesce(registry, pool, slow)
+    read, (conn,) = registry[("k",)], pool.conns
+    conn.state = proxy.UpstreamState.AWAITING  # sent
+    coalesce(registry, pool, waiting)  # arrived after the send: waits in the follower
+    assert read.follower is not None and len(pool.conns) == 1
+    slow.client.has_room = False  # stopped reading
+    read.upstream_head(conn, HEAD)
+    assert conn.paused
+    assert len(pool.conns) == 2 and waiting in registry[("k",)].members  # the follower went at once
+    coalesce(registry, pool, late)
+    assert late in registry[("k",)].members and late not in read.members
+    follower_conn = pool.conns[1]
+    follower = registry[("k",)]
+    follower.upstream_head(follower_conn, HEAD)
+    follower.upstream_data(follower_conn, b"[2]\n")
+    follower.upstream_end(follower_conn)
+    assert waiting.ended and late.ended and bytes(waiting.body) == bytes(late.body) == b"[2]\n"
+    assert not slow.ended and registry == {}  # the stalled read goes on at its member's pace
+
+
 @hsettings(max_examples=300, deadline=None)
 @given(steps=st.lists(st.sampled_from(["arrive", "send", "answer", "leave"]), max_size=40))
 def test_property_no_answer_to_a_request_sent_before_arrival(steps):
