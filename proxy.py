@@ -56,6 +56,8 @@ READ_CHUNK = 65536
 CLIENT_HIGH_WATER = 256 * 1024  # stop reading upstream while this much is queued for a client
 CLIENT_LOW_WATER = 64 * 1024  # ... and resume once it drains below this
 UPSTREAM_MAX_HEAD = 64 * 1024  # a Docker response head is a few hundred bytes
+MAX_REMEMBERED_HEADS = 256  # distinct heads h11 parsed kept per table, by their bytes (then all dropped)
+MAX_REMEMBERED_REQUEST_HEAD = 2048  # longer request heads are parsed every time (a table stays small)
 MAX_INFORMATIONAL = 8  # 1xx responses tolerated before the real one
 MAX_IDLE_UPSTREAMS = 16
 LINGER_SECONDS = 2.0  # how long a closing client may keep sending before we drop it
@@ -1567,6 +1569,18 @@ def forwarded_request(method: str, target: Target, headers: Sequence[tuple[bytes
                        headers=[(b"Host", b"docker"), *kept], _parsed=True)
 
 
+def request_bytes(request: h11.Request) -> bytes:
+    """`request` as h11's writer puts it on the wire (Host first, names as given), written by
+    porthole so that no h11 connection is needed to send it; tests/test_framing.py checks the
+    two agree byte for byte. Everything in it was validated when the h11.Request was made."""
+    items = request.headers.raw_items()
+    lines = [b"%s %s HTTP/1.1\r\n" % (request.method, request.target)]
+    lines += [b"%s: %s\r\n" % item for item in items if item[0].lower() == b"host"]
+    lines += [b"%s: %s\r\n" % item for item in items if item[0].lower() != b"host"]
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
 def has_both_framings(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """A response with Content-Length and Transfer-Encoding is a smuggling shape: refuse it."""
     names = {name.lower() for name, _ in headers}
@@ -2399,6 +2413,100 @@ class Loop:
         return fired
 
 
+# ---- writing answers --------------------------------------------------------------------------
+#
+# h11 parses every head on both sides. The heads and bodies porthole sends are written by the
+# two pieces below, from values h11 parsed and checked (or porthole made), framed exactly as
+# h11's server side frames them: tests/test_framing.py checks, on generated heads, methods,
+# HTTP versions and bodies, that they write the bytes h11 writes and close where h11 would.
+# Writing is where h11 spent half its time, re-validating what it had validated already.
+
+class FramingError(Exception):
+    """A body that does not match its head's framing: never sent as if it did."""
+
+
+class BodyWriter:
+    """Frames one answer's body for the client: exactly Content-Length bytes, chunked, or (an
+    HTTP/1.0 client) as it comes, ended by closing the connection."""
+
+    __slots__ = ("chunked", "remaining")
+
+    def __init__(self, chunked: bool, length: int | None) -> None:
+        self.chunked = chunked
+        self.remaining = length  # None: chunked, or until the connection closes
+
+    def data(self, data: bytes) -> bytes:
+        if self.chunked:
+            return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+        if self.remaining is not None:
+            self.remaining -= len(data)
+            if self.remaining < 0:
+                raise FramingError("more body than the Content-Length announced")
+        return data
+
+    def end(self) -> bytes:
+        if self.chunked:
+            return b"0\r\n\r\n"
+        if self.remaining:
+            raise FramingError("less body than the Content-Length announced")
+        return b""
+
+
+def client_keeps_alive(version: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    """Whether the client's request lets its connection stay open after the answer (h11:
+    HTTP/1.1 and no "close" token in Connection)."""
+    return version >= b"1.1" and not any(
+        name == b"connection" and b"close" in (token.strip() for token in value.lower().split(b","))
+        for name, value in headers)
+
+
+def response_head(head: h11.Response, method: str, version: bytes | None,
+                  keep_alive: bool) -> tuple[bytes, BodyWriter, bool]:
+    """`head`'s bytes for a client that asked with `method` over HTTP `version` (None: its
+    request never parsed), the writer of its body and whether the connection closes after it,
+    as h11's server side decides them: a body of unknown length goes chunked to HTTP/1.1 and
+    unframed to HTTP/1.0 (which then closes); Connection: close is added whenever the
+    connection will close."""
+    headers = head.headers.raw_items()
+    names = [name.lower() for name, _ in headers]
+    status = head.status_code
+    unknown_length = (status not in (204, 304) and b"transfer-encoding" in names) or (
+        status not in (204, 304) and b"content-length" not in names)
+    close = not keep_alive
+    if unknown_length:
+        kept = [(n, v) for (n, v), low in zip(headers, names) if low not in (b"content-length", b"transfer-encoding")]
+        if version is None or version < b"1.1":
+            close = close or method != "HEAD"
+        else:
+            kept.append((b"Transfer-Encoding", b"chunked"))
+        headers = kept
+        names = [name.lower() for name, _ in headers]
+    if close:
+        tokens = {token.strip() for (_, value), low in zip(headers, names) if low == b"connection"
+                  for token in value.lower().split(b",") if token.strip()}
+        tokens.discard(b"keep-alive")
+        tokens.add(b"close")
+        headers = [(n, v) for (n, v), low in zip(headers, names) if low != b"connection"]
+        headers += [(b"Connection", token) for token in sorted(tokens)]
+        names = [name.lower() for name, _ in headers]
+    elif b"connection" in names:  # the head's own "close" ends the connection too
+        close = any(low == b"connection" and b"close" in (t.strip() for t in value.lower().split(b","))
+                    for (_, value), low in zip(headers, names))
+    if status in (204, 304) or method == "HEAD":
+        writer = BodyWriter(False, 0)
+    elif b"transfer-encoding" in names:
+        writer = BodyWriter(True, None)
+    elif b"content-length" in names:
+        writer = BodyWriter(False, int(headers[names.index(b"content-length")][1]))
+    else:
+        writer = BodyWriter(False, None)
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, head.reason)]
+    lines += [b"%s: %s\r\n" % item for item, low in zip(headers, names) if low == b"host"]
+    lines += [b"%s: %s\r\n" % item for item, low in zip(headers, names) if low != b"host"]
+    lines.append(b"\r\n")
+    return b"".join(lines), writer, close
+
+
 @dataclass(eq=False)
 class Exchange:
     """One request/response on a client connection, from request head to its log line, and
@@ -2420,6 +2528,23 @@ class Exchange:
     rewriter: ResponseRewriter | None = None
     filter: ResponseFilter | None = None  # the profile's response filter, for its counts
     client_rule: str | None = None  # the `clients` entry that chose facts.profile, if any
+    writer: BodyWriter | None = None  # frames the body once the head is written
+
+    def write_head(self, head: h11.Response) -> None:
+        facts = self.facts
+        data, self.writer, close = response_head(head, facts.method, facts.http_version,
+                                                 client_keeps_alive(facts.http_version, facts.headers))
+        self.close_after = self.close_after or close
+        self.response_started = True
+        self.client.out.write(data)
+
+    def write_body(self, data: bytes) -> None:
+        """Raises FramingError for more body than the head announced."""
+        self.client.out.write_body(self.writer.data(data), len(data), self)  # type: ignore[union-attr]
+
+    def write_end(self) -> None:
+        """Raises FramingError for less body than the head announced."""
+        self.client.out.write(self.writer.end())  # type: ignore[union-attr]
 
     @property
     def streaming(self) -> bool:
@@ -2442,14 +2567,10 @@ class Exchange:
             headers.append((b"Connection", b"close"))
             self.close_after = True
         self.rewriter = None  # a local answer is never transformed
-        try:
-            client.out.write(client.h11.send(h11.Response(status_code=status, headers=headers)))
-            self.response_started = True
-            if self.facts.method != "HEAD":
-                client.out.write_body(client.h11.send(h11.Data(data=body)), len(body), self)
-            client.out.write(client.h11.send(h11.EndOfMessage()))
-        except h11.LocalProtocolError:  # h11 cannot answer in this state (e.g. after an error)
-            self.close_after = True
+        self.write_head(h11.Response(status_code=status, headers=headers, _parsed=True))  # (porthole's own)
+        if self.facts.method != "HEAD":
+            self.write_body(body)
+        self.write_end()
         client.finish_exchange()
 
     def refuse(self, refusal: Refusal, last_straw: bool = False) -> None:
@@ -2472,8 +2593,7 @@ class Exchange:
             head = self.rewriter.head()
             if head is None:
                 return  # held until the whole body is rewritten
-        self.response_started = True
-        client.out.write(client.h11.send(head))
+        self.write_head(head)
         client.wake()
 
     def send_body(self, data: bytes) -> None:
@@ -2484,24 +2604,30 @@ class Exchange:
                 self.transform_failed(exc)
                 return
         if data and self.facts.method != "HEAD":  # a filtered HEAD went as GET: its head answers
-            client = self.client
-            client.out.write_body(client.h11.send(h11.Data(data=data)), len(data), self)
-            client.wake()
+            try:
+                self.write_body(data)
+            except FramingError as exc:
+                self.client.abort(f"the daemon's answer: {exc}")
+                return
+            self.client.wake()
 
     def end_body(self) -> None:
         client = self.client
-        if self.rewriter is not None:
-            try:
-                head, data = self.rewriter.finish()
-            except TransformError as exc:
-                self.transform_failed(exc)
-                return
-            if head is not None:
-                self.response_started = True
-                client.out.write(client.h11.send(head))
-            if data:
-                client.out.write_body(client.h11.send(h11.Data(data=data)), len(data), self)
-        client.out.write(client.h11.send(END_OF_MESSAGE))
+        try:
+            if self.rewriter is not None:
+                try:
+                    head, data = self.rewriter.finish()
+                except TransformError as exc:
+                    self.transform_failed(exc)
+                    return
+                if head is not None:
+                    self.write_head(head)
+                if data:
+                    self.write_body(data)
+            self.write_end()
+        except FramingError as exc:
+            client.abort(f"the daemon's answer: {exc}")
+            return
         client.finish_exchange()
 
     def transform_failed(self, exc: TransformError) -> None:
@@ -2543,8 +2669,8 @@ class Exchange:
             return
         self.reason = "stream ended: proxy shutting down"
         try:
-            self.client.out.write(self.client.h11.send(h11.EndOfMessage()))
-        except h11.LocalProtocolError:
+            self.write_end()
+        except FramingError:
             self.client.abort(self.reason)
             return
         self.client.finish_exchange()
@@ -2665,17 +2791,32 @@ def client_deadline(state: ClientState, entered: float, head_since: float, out: 
 
 
 class RequestReader:
-    """A client's bytes on their way into its h11 server connection: fed one chunk at a time,
-    only when h11 asks, so what h11 holds stays bounded, the backlog is what stops us reading a
-    flooding client, and the raw size of each request head is exact."""
+    """A client's bytes on their way to h11, which parses every request head: one fresh h11
+    server connection a head (porthole writes the answers itself, see response_head), fed one
+    chunk at a time, only when h11 asks, so what h11 holds stays bounded, the backlog is what
+    stops us reading a flooding client, and the raw size of each request head is exact.
 
-    def __init__(self, connection: h11.Connection, max_head_bytes: int) -> None:
-        self.h11 = connection
+    Rule 1: a head byte for byte like one h11 has parsed is that same request (h11's parse
+            depends on nothing else: each head gets a fresh h11 in the same state), so clients
+            polling with the same requests are parsed by h11 once. `remembered` holds heads h11
+            accepted, complete and body-less, by their exact bytes (one table per profile, as
+            the decisions are kept). The candidate looked up runs to the backlog's first CRLF
+            CRLF: if h11 would end the head sooner (a bare LF), no head it accepted is equal
+            to the candidate, so a match is always exactly where h11 ends the head.
+    Rule 2: bytes after a head (pipelined requests) go back to the backlog, for the next one.
+    """
+
+    def __init__(self, max_head_bytes: int, remembered: dict[bytes, h11.Request] | None = None) -> None:
+        self.max_head_bytes = max_head_bytes
+        self.remembered: dict[bytes, h11.Request] = {} if remembered is None else remembered
+        self.parser: h11.Connection | None = None  # h11, parsing the head under way
+        self.fed = bytearray()  # what it was given
         self.backlog = bytearray()  # read from the socket, not yet given to h11
         self.backlog_limit = 4 * max_head_bytes
         self.eof = False  # the client sent FIN
-        self.eof_fed = False  # ... and h11 has been told
-        self.cycle_bytes = 0  # bytes h11 was given since this request cycle began
+        self.eof_fed = False  # ... and the parser has been told
+        self.head_bytes = 0  # raw size of the last head
+        self.declares_body = False  # ... which announced a body (never read: the connection closes)
 
     def add(self, data: bytes) -> None:
         if data:
@@ -2686,37 +2827,53 @@ class RequestReader:
     @property
     def pending(self) -> bool:
         """Bytes of a next request are waiting (in the backlog or inside h11)."""
-        return bool(self.backlog or self.cycle_bytes)
+        return bool(self.backlog or self.fed)
 
     @property
     def wants_more(self) -> bool:
         return not self.eof and len(self.backlog) < self.backlog_limit
 
     def next_event(self) -> Any:
-        if not self.cycle_bytes and not self.backlog and not self.eof:
-            return h11.NEED_DATA  # h11 was given nothing this cycle: no need to ask it
+        """The next request (h11.Request), NEED_DATA or ConnectionClosed; raises
+        h11.RemoteProtocolError for a malformed head."""
+        if not self.fed:
+            end = self.backlog.find(b"\r\n\r\n", 0, MAX_REMEMBERED_REQUEST_HEAD) + 4
+            request = self.remembered.get(bytes(self.backlog[:end])) if end > 3 else None
+            if request is not None:  # (Rule 1)
+                del self.backlog[:end]
+                self.head_bytes, self.declares_body = end, False
+                return request
+            if not self.backlog and not self.eof:
+                return h11.NEED_DATA  # nothing new: no need to ask h11
+        if self.parser is None:
+            self.parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_head_bytes)
+            self.eof_fed = False  # ... to this parser
         while True:
-            event = self.h11.next_event()
+            event = self.parser.next_event()
             if event is not h11.NEED_DATA:
-                return event
+                break
             if self.backlog:
                 chunk = bytes(self.backlog[:READ_CHUNK])
                 del self.backlog[:READ_CHUNK]
-                self.h11.receive_data(chunk)
-                self.cycle_bytes += len(chunk)
+                self.parser.receive_data(chunk)
+                self.fed += chunk
             elif self.eof and not self.eof_fed:
                 self.eof_fed = True
-                self.h11.receive_data(b"")
+                self.parser.receive_data(b"")
             else:
                 return event
-
-    def head_size(self) -> int:
-        """What h11 was given this cycle minus what it holds beyond the head just parsed."""
-        return self.cycle_bytes - len(self.h11.trailing_data[0])
-
-    def next_cycle(self) -> None:
-        self.h11.start_next_cycle()
-        self.cycle_bytes = len(self.h11.trailing_data[0])  # pipelined bytes h11 already holds
+        if isinstance(event, h11.Request):
+            trailing = self.parser.trailing_data[0]
+            self.head_bytes = len(self.fed) - len(trailing)
+            self.declares_body = _declares_body(event.headers)
+            if not self.declares_body and self.head_bytes <= min(self.max_head_bytes, MAX_REMEMBERED_REQUEST_HEAD):
+                if len(self.remembered) >= MAX_REMEMBERED_HEADS:
+                    self.remembered.clear()
+                self.remembered[bytes(self.fed[:self.head_bytes])] = event
+            self.backlog[:0] = trailing  # (Rule 2)
+            self.parser = None
+            self.fed.clear()
+        return event
 
 
 TLS_RECORD = 16384  # plaintext per TLS record: the unit TlsTransport.send encrypts and reports
@@ -2988,8 +3145,7 @@ class ClientConnection:
         self.facts = facts  # who the peer is, for the `clients` entries of rules.json
         self.profile = listener.profile  # the owner assigns it (choose_profile), per connection
         self.client_rule: ClientRule | None = None  # ... and the entry that chose it
-        self.h11 = h11.Connection(h11.SERVER, max_incomplete_event_size=settings.max_head_bytes)
-        self.reader = RequestReader(self.h11, settings.max_head_bytes)
+        self.reader = RequestReader(settings.max_head_bytes)
         self.out = OutputQueue(loop.clock)
         self.exchange: Exchange | None = None
         self.state = ClientState.IDLE if tls is None else ClientState.HANDSHAKE
@@ -3150,9 +3306,9 @@ class ClientConnection:
         self.exchange = Exchange(self, facts, self.loop.clock(),
                                  client_rule=self.client_rule.label if self.client_rule else None)
         self.enter(ClientState.ACTIVE)
-        if self.h11.their_state is h11.SEND_BODY and not _declares_body(facts.headers):
-            self.h11.next_event()  # the EndOfMessage of a body-less request, already framed
-        self.head_size = self.reader.head_size()
+        if self.reader.declares_body:
+            self.exchange.close_after = True  # a body is never read: the connection closes instead
+        self.head_size = self.reader.head_bytes
         if self.rejection is not None:
             self.refuse(Refusal(503, self.rejection, close=True))
         else:
@@ -3163,7 +3319,7 @@ class ClientConnection:
     def refuse(self, refusal: Refusal) -> None:
         """Answer locally with a Docker-style JSON error."""
         if self.exchange is None:  # the request head never parsed: log what we know
-            self.exchange = Exchange(self, RequestFacts("-", b"", [], self.listener.kind, self.profile),
+            self.exchange = Exchange(self, RequestFacts("-", b"", [], self.listener.kind, self.profile, b""),
                                      self.loop.clock(), client_rule=self.client_rule.label if self.client_rule else None)
             if self.state is ClientState.IDLE:
                 self.enter(ClientState.HEAD)
@@ -3176,11 +3332,9 @@ class ClientConnection:
         assert exchange is not None
         exchange.source = None
         self.out.end(exchange)
-        if (exchange.close_after or self.owner.stopping
-                or self.h11.our_state is not h11.DONE or self.h11.their_state is not h11.DONE):
+        if exchange.close_after or self.owner.stopping:
             self.close()
             return
-        self.reader.next_cycle()
         self.enter(ClientState.HEAD if self.reader.pending else ClientState.IDLE)
         self.flush()  # the answer's last bytes leave now
         if self.reader.pending:
@@ -3467,6 +3621,24 @@ def body_framing(method: bytes, head: h11.Response) -> BodyFraming | None:
     return None
 
 
+@dataclass(frozen=True)
+class ParsedHead:
+    """What h11 made of one daemon response head to a GET whose body porthole frames, kept by
+    the head's exact bytes (UpstreamPool.heads): the same bytes parse the same way, so a head
+    seen before needs no h11 connection at all. Only heads h11 accepted are kept, and a lookup
+    hits only bytes that h11 itself ended the head at (a candidate running past h11's end of
+    head is never a key)."""
+
+    head: h11.Response  # as relayed (relayed_head)
+    length: int | None  # the body's Content-Length; None: chunked
+    keep_alive: bool  # h11 would reuse the connection after it
+
+    def framing(self) -> BodyFraming:
+        return BodyFraming(self.length)
+
+
+
+
 class UpstreamState(enum.Enum):
     CONNECTING = "connecting"  # a non-blocking connect is under way; the request waits queued
     AWAITING = "awaiting"  # the request is sent (or being sent); no response head yet
@@ -3504,7 +3676,10 @@ class UpstreamConnection:
         self.pool = pool
         self.loop = pool.loop
         self.sock = sock
-        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=UPSTREAM_MAX_HEAD)
+        self.h11: h11.Connection | None = None  # made when a head is not one seen before (ParsedHead)
+        self.request: h11.Request | None = None  # under way
+        self.first_read = b""  # the exchange's first bytes from the daemon, while h11 holds only them
+        self.keep_alive = True  # ... as h11 saw the response head, when porthole frames the body
         self.outbuf = bytearray()
         self.state = UpstreamState.CONNECTING
         self.entered = self.loop.clock()
@@ -3549,7 +3724,8 @@ class UpstreamConnection:
         self.informational = 0
         self.paused = False
         self.method = request.method
-        self.outbuf += self.h11.send(request) + self.h11.send(END_OF_MESSAGE)
+        self.request = request
+        self.outbuf += request_bytes(request)  # h11 is only asked to parse the answer
         if not connected:
             self.arm()  # a new connection: CONNECTING since __init__
             return
@@ -3596,6 +3772,13 @@ class UpstreamConnection:
             return
         self.received_any = self.received_any or bool(data)
         if self.body is None:
+            if self.h11 is None:
+                if self.state is UpstreamState.AWAITING and self.remembered_head(data):
+                    return
+                self.h11 = self.parser()
+                self.first_read = data
+            else:
+                self.first_read = b""
             self.h11.receive_data(data)
         elif data:
             self.unread += data  # porthole frames this body: h11 sees nothing more of it
@@ -3603,6 +3786,27 @@ class UpstreamConnection:
             self.fail(502, "the daemon closed the connection before the response was complete", "closed")
             return
         self.pump()
+
+    def parser(self) -> h11.Connection:
+        """An h11 client connection in the state the request left it (its bytes are already
+        sent, by request_bytes), to parse the daemon's answer."""
+        parser = h11.Connection(h11.CLIENT, max_incomplete_event_size=UPSTREAM_MAX_HEAD)
+        parser.send(self.request)
+        parser.send(END_OF_MESSAGE)
+        return parser
+
+    def remembered_head(self, data: bytes) -> bool:
+        """A response head byte for byte like one h11 parsed before, for the same method: relay
+        it as h11 parsed it then (ParsedHead), and frame its body."""
+        end = data.find(b"\r\n\r\n")
+        seen = self.pool.heads.get((self.method, data[:end + 4])) if end >= 0 else None
+        if seen is None:
+            return False
+        self.enter(UpstreamState.RECEIVING)
+        self.body, self.keep_alive, self.unread = seen.framing(), seen.keep_alive, data[end + 4:]
+        self.consumer.upstream_head(self, seen.head)
+        self.pump_body()
+        return True
 
     def connect_next(self, exc: OSError) -> None:
         """The connect failed: on to the daemon's next address, if it has another."""
@@ -3635,7 +3839,7 @@ class UpstreamConnection:
         if self.body is not None:
             self.pump_body()
             return
-        while self.state in (UpstreamState.AWAITING, UpstreamState.RECEIVING) and not self.paused:
+        while self.h11 is not None and self.state in (UpstreamState.AWAITING, UpstreamState.RECEIVING) and not self.paused:
             try:
                 event = self.h11.next_event()
             except h11.RemoteProtocolError as exc:
@@ -3662,6 +3866,11 @@ class UpstreamConnection:
                 self.body = body_framing(self.method, event)
                 if self.body is not None:  # the bytes after the head are body: ours from now on
                     self.unread = self.h11.trailing_data[0]
+                    self.keep_alive = self.h11.our_state is h11.DONE  # (not MUST_CLOSE: no "close", not HTTP/1.0)
+                    if self.first_read and not self.informational:  # the head is the read's start
+                        self.pool.remember_head(self.method, self.first_read[:len(self.first_read) - len(self.unread)],
+                                                ParsedHead(head, None if self.body.chunked else self.body.remaining,
+                                                           self.keep_alive))
                 self.consumer.upstream_head(self, head)
                 if self.body is not None:
                     self.pump_body()
@@ -3701,13 +3910,8 @@ class UpstreamConnection:
         self.update_interest()
 
     def next_cycle(self) -> None:
-        """Ready for the next exchange. A body porthole framed never went through h11, so a
-        fresh h11 connection takes over (one object, cheaper than an event per chunk)."""
-        if self.body is None:
-            self.h11.start_next_cycle()
-        else:
-            self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=UPSTREAM_MAX_HEAD)
-            self.body = None
+        """Ready for the next exchange: the next answer gets an h11 parser of its own, if any."""
+        self.h11, self.body, self.first_read, self.request = None, None, b"", None
 
     def pause(self) -> None:
         self.paused = True
@@ -3748,10 +3952,10 @@ class UpstreamConnection:
     @property
     def reusable(self) -> bool:
         """Only a connection that ended its exchange cleanly with nothing extra goes back."""
-        if self.body is not None:  # (h11 made our side MUST_CLOSE if the head said close or HTTP/1.0)
-            return (self.state is UpstreamState.RECEIVING and self.h11.our_state is h11.DONE
+        if self.body is not None:
+            return (self.state is UpstreamState.RECEIVING and self.keep_alive
                     and self.body.done and not self.body.extra and not self.unread)
-        return (self.state is UpstreamState.RECEIVING and self.h11.our_state is h11.DONE
+        return (self.state is UpstreamState.RECEIVING and self.h11 is not None and self.h11.our_state is h11.DONE
                 and self.h11.their_state is h11.DONE and not self.h11.trailing_data[0])
 
     def fail(self, status: int, message: str, reason: str | None) -> None:
@@ -3797,6 +4001,7 @@ class UpstreamPool:
         self.log = log
         self.metrics = metrics if metrics is not None else Metrics()  # upstream failures are counted here
         self.idle: list[UpstreamConnection] = []
+        self.heads: dict[tuple[bytes, bytes], ParsedHead] = {}  # (method, head bytes): see ParsedHead
         self.addresses: list[tuple[int, Any]] = []  # (family, sockaddr), for TCP daemons
         self.resolving = False
         self.closed = False
@@ -3846,6 +4051,11 @@ class UpstreamPool:
         conn.address, conn.candidates = address, candidates
         conn.start(consumer, request, connected=connected)
         return conn
+
+    def remember_head(self, method: bytes, raw: bytes, parsed: ParsedHead) -> None:
+        if len(self.heads) >= MAX_REMEMBERED_HEADS:
+            self.heads.clear()
+        self.heads[(method, raw)] = parsed
 
     def connect(self, candidates: list[tuple[int, Any]]) -> tuple[socket.socket, bool, tuple[int, Any]]:
         """Start connecting to the first candidate address that does not fail at once (each
@@ -4607,6 +4817,7 @@ class Proxy:
         self.streams_per_client: dict[str, int] = {}
         self.shared_streams: dict[str, SharedStream] = {}
         self.coalesced: dict[tuple, CoalescedRead] = {}
+        self.request_heads: dict[str, dict[bytes, h11.Request]] = {}  # profile -> RequestReader.remembered
         # decide() is a pure function of the policy and the request's facts: an identical
         # request (keep-alive pollers send the same bytes) reuses its Decision, and its plan and
         # forwarded request when nothing is filtered. Forgotten when the policy changes.
@@ -4814,6 +5025,8 @@ class Proxy:
         reload (an open connection's next request is decided under the new mapping)."""
         client.profile, client.client_rule = choose_profile(self.policy.clients, client.facts,
                                                             client.listener.profile)
+        # heads h11 parsed are shared within a profile, as its decisions are (RequestReader Rule 1)
+        client.reader.remembered = self.request_heads.setdefault(client.profile, {})
 
     def admit(self, sock: socket.socket, endpoint: Endpoint, peer: str, identity: str,
               facts: ClientFacts = ClientFacts(), tls: TlsTransport | None = None) -> ClientConnection:

@@ -1,7 +1,13 @@
-"""BodyFraming, porthole's own parser of the daemon's Content-Length and chunked bodies, fuzzed
-and differential-tested against h11 on the same bytes split the same way: wherever porthole
-accepts, h11 accepts the same body and leaves the same bytes after it; porthole accepts every
-canonical chunked body (Go's net/http shape) and every exact Content-Length body."""
+"""Where porthole does what h11 would otherwise do, checked against h11 on generated inputs.
+
+- BodyFraming, porthole's own parser of the daemon's Content-Length and chunked bodies, on the
+  same bytes split the same way: wherever porthole accepts, h11 accepts the same body and leaves
+  the same bytes after it; porthole accepts every canonical chunked body (Go's net/http shape)
+  and every exact Content-Length body.
+- response_head and BodyWriter write the bytes h11's server side writes, and close where it
+  would; request_bytes writes a request as h11's client side does.
+- RequestReader gives, for any split of repeated and pipelined heads, what h11 gives for each
+  head on its own, whether the head was parsed or remembered."""
 
 from __future__ import annotations
 
@@ -181,6 +187,208 @@ def test_a_framed_answer_returns_its_connection_to_the_pool_only_if_the_daemon_k
         (response,) = parse_responses(data)
         assert response["complete"] and bytes(response["body"]) == b"abcde"
         assert len(pool.idle) == (0 if closing else 1)
+    finally:
+        daemon.close()
+        env.close()
+
+
+# ---- what porthole writes: the same bytes h11's writers write -------------------------------------
+
+HEADER_POOL = [(b"Content-Type", b"application/json"), (b"Host", b"daemon"), (b"X-Docker", b"1"),
+               (b"Connection", b"close"), (b"Connection", b"keep-alive"), (b"Connection", b"Upgrade, Keep-Alive"),
+               (b"Api-Version", b"1.41"), (b"Date", b"Sun, 29 Nov 2026 13:00:00 GMT")]
+
+
+def h11_answer(method: bytes, version: bytes, closing: bool, response: h11.Response, body: list[bytes]):
+    """What h11's server side writes for `response` and `body` after a request with `method`,
+    HTTP `version` (Connection: close if `closing`): (bytes or "error", whether it closes)."""
+    server = h11.Connection(h11.SERVER)
+    server.receive_data(b"%s / HTTP/%s\r\nHost: x\r\n%s\r\n" % (method, version, b"Connection: close\r\n" if closing else b""))
+    assert isinstance(server.next_event(), h11.Request)
+    assert isinstance(server.next_event(), h11.EndOfMessage)
+    try:
+        out = server.send(response)
+        for piece in body:
+            out += server.send(h11.Data(data=piece))
+        out += server.send(h11.EndOfMessage())
+    except h11.LocalProtocolError:
+        return "error", None
+    return out, server.our_state is h11.MUST_CLOSE
+
+
+def porthole_answer(method: bytes, version: bytes, closing: bool, response: h11.Response, body: list[bytes]):
+    request_headers = [(b"host", b"x")] + ([(b"connection", b"close")] if closing else [])
+    head, writer, close = proxy.response_head(response, method.decode(), version,
+                                              proxy.client_keeps_alive(version, request_headers))
+    try:
+        out = head + b"".join(writer.data(piece) for piece in body) + writer.end()
+    except proxy.FramingError:
+        return "error", None
+    return out, close
+
+
+@hsettings(max_examples=1500, deadline=None)
+@given(method=st.sampled_from([b"GET", b"HEAD"]), version=st.sampled_from([b"1.0", b"1.1"]), closing=st.booleans(),
+       status=st.sampled_from([200, 201, 204, 304, 404, 500]), reason=st.sampled_from([b"", b"OK", b"Not Found"]),
+       headers=st.lists(st.sampled_from(HEADER_POOL), max_size=5),
+       framing=st.sampled_from(["length", "chunked", "none"]), body=st.lists(st.binary(max_size=20), max_size=4),
+       off_by=st.sampled_from([0, 0, 0, -1, 1]))
+def test_answers_are_written_as_h11_writes_them(method, version, closing, status, reason, headers, framing, body, off_by):
+    """Heads, bodies and the decision to close, for every mix of method, client version,
+    Connection tokens, status and framing: the bytes h11's server side writes, and an error
+    wherever h11 refuses a body that does not match its Content-Length."""
+    if framing == "length":
+        headers = [*headers, (b"Content-Length", b"%d" % max(0, sum(map(len, body)) + off_by))]
+    elif framing == "chunked":
+        headers = [*headers, (b"Transfer-Encoding", b"chunked")]
+    if status in (204, 304) or method == b"HEAD":
+        body = []  # h11 refuses any body there; porthole never writes one (Exchange.send_body)
+    response = h11.Response(status_code=status, reason=reason, headers=headers)
+    assert porthole_answer(method, version, closing, response, body) == h11_answer(method, version, closing, response, body)
+
+
+def test_a_body_longer_or_shorter_than_its_content_length_is_an_error():
+    writer = proxy.BodyWriter(False, 3)
+    assert writer.data(b"ab") == b"ab"
+    with pytest.raises(proxy.FramingError):
+        writer.end()
+    with pytest.raises(proxy.FramingError):
+        writer.data(b"cd")
+
+
+@hsettings(max_examples=500, deadline=None)
+@given(method=st.sampled_from(["GET", "HEAD"]), path=st.from_regex(r"/v1\.4[0-9](/[a-z_]{1,8}){1,3}(\?[a-z]=[0-9]{1,3})?", fullmatch=True),
+       extra=st.lists(st.sampled_from([(b"User-Agent", b"Docker-Client/20.10"), (b"accept", b"*/*"),
+                                       (b"X-Host", b"h"), (b"HOST", b"second")]), max_size=3),
+       host_first=st.booleans())
+def test_forwarded_requests_are_written_as_h11_writes_them(method, path, extra, host_first):
+    headers = [(b"Host", b"docker"), *extra] if host_first else [*extra, (b"Host", b"docker")]
+    if sum(name.lower() == b"host" for name, _ in headers) > 1:
+        headers = [h for h in headers if h[0] != b"HOST"]
+    request = h11.Request(method=method, target=path, headers=headers)
+    assert proxy.request_bytes(request) == h11.Connection(h11.CLIENT).send(request)
+
+
+# ---- what porthole reads: every head parsed by h11, a repeated one remembered -----------------------
+
+REQUEST_POOL = [b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET /_ping HTTP/1.1\r\nHost: x\r\nUser-Agent: a\r\n\r\n",
+                b"GET /_pinG HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"HEAD /_ping HTTP/1.1\r\nHost: x\r\n\r\n",
+                b"GET /_ping HTTP/1.0\r\n\r\n",
+                b"GET /_ping HTTP/1.1\nHost: x\n\n",  # bare LF: h11 takes it
+                b"GET /_ping HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                b"GET /_ping HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n",
+                b"GET /_ping HTTP/1.1\r\nHost: x\r\nX: \x01\r\n\r\n",  # malformed
+                b"GET /_ping HTTP/1.1\r\nHost: x\r\n X: folded\r\n\r\n"]  # malformed
+
+
+SHARED_HEADS: dict = {}  # one table for every example, as a profile's is for all its clients
+
+
+def read_all(chunks: list[bytes]) -> list:
+    """Every event RequestReader gives for `chunks`, as (method, target, headers, version,
+    head size, declares body), "error" or "closed"."""
+    reader, events = proxy.RequestReader(16384, SHARED_HEADS), []
+    for chunk in [*chunks, b""]:
+        reader.add(chunk)
+        while True:
+            try:
+                event = reader.next_event()
+            except h11.RemoteProtocolError:
+                return [*events, "error"]
+            if event is h11.NEED_DATA:
+                break
+            if isinstance(event, h11.ConnectionClosed):
+                return [*events, "closed"]
+            events.append((event.method, event.target, list(event.headers), event.http_version,
+                           reader.head_bytes, reader.declares_body))
+            if reader.declares_body:
+                return events  # the connection closes: a body is never read
+    return events
+
+
+def read_by_h11(heads: list[bytes]) -> list:
+    """The same, one head at a time through a fresh h11 each (a head's parse by h11 alone)."""
+    events = []
+    for raw in heads:
+        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=16384)
+        conn.receive_data(raw)
+        try:
+            event = conn.next_event()
+        except h11.RemoteProtocolError:
+            return [*events, "error"]
+        declares = proxy._declares_body(event.headers)
+        events.append((event.method, event.target, list(event.headers), event.http_version,
+                       len(raw) - len(conn.trailing_data[0]), declares))
+        if declares:
+            return events
+    return [*events, "closed"]
+
+
+@hsettings(max_examples=1000, deadline=None)
+@given(picks=st.lists(st.integers(0, len(REQUEST_POOL) - 1), max_size=8), cuts=st.lists(st.integers(0, 600), max_size=8))
+def test_repeated_and_pipelined_heads_read_as_h11_reads_each(picks, cuts):
+    """RequestReader Rule 1: however the bytes are split, repeated heads (remembered) and new
+    ones (parsed) give exactly what h11 gives for each head on its own."""
+    heads = [REQUEST_POOL[i] for i in picks]
+    assert read_all(split(b"".join(heads), cuts)) == read_by_h11(heads)
+
+
+def test_a_repeated_head_is_not_given_to_h11_again(monkeypatch):
+    table: dict = {}
+    made = []
+    real = h11.Connection
+    monkeypatch.setattr(proxy.h11, "Connection", lambda *a, **kw: made.append(1) or real(*a, **kw))
+    reader = proxy.RequestReader(16384, table)
+    reader.add(REQUEST_POOL[0] * 3 + REQUEST_POOL[1] + REQUEST_POOL[0])
+    events = [reader.next_event() for _ in range(5)]
+    assert all(isinstance(e, h11.Request) for e in events) and reader.next_event() is h11.NEED_DATA
+    assert len(made) == 2 and len(table) == 2  # each distinct head once
+    other = proxy.RequestReader(16384, table)  # another client of the same profile
+    other.add(REQUEST_POOL[1])
+    assert other.next_event() is events[3] and len(made) == 2
+    for head in (REQUEST_POOL[7], b"GET /x HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 3000 + b"\r\n\r\n"):
+        lonely = proxy.RequestReader(16384, table)  # a body, or a long head: never kept
+        lonely.add(head)
+        assert isinstance(lonely.next_event(), h11.Request) and len(table) == 2
+
+
+@pytest.mark.parametrize("closing", [False, True])
+def test_a_response_head_seen_before_is_relayed_as_h11_parsed_it(closing, monkeypatch):
+    """UpstreamPool.heads (ParsedHead): the second identical answer needs no h11 client
+    connection, reaches the client byte for byte as the first did, and keeps h11's verdict on
+    reuse (a daemon's `Connection: close` still keeps the connection out of the pool)."""
+    from test_parts import Daemon, Env, drive, parse_responses, read_available, relay_handler
+
+    parsers = []
+    real = h11.Connection
+    monkeypatch.setattr(proxy.h11, "Connection",
+                        lambda role, **kw: (parsers.append(role), real(role, **kw))[1])
+    env = Env()
+    daemon = Daemon(env.sock_path)
+    try:
+        pool, relays = proxy.UpstreamPool(env.loop, env.settings, env.log), []
+        env.owner.handler = relay_handler(pool, relays)
+        client, peer = env.client()
+        close = b"Connection: close\r\n" if closing else b""
+        answer = (b"HTTP/1.1 200 OK\r\nDate: Sun, 29 Nov 2026 13:00:00 GMT\r\n" + close
+                  + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+        seen, srv = [], None
+        for _ in range(2):
+            peer.sendall(b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
+            env.run()
+            if srv is None or closing:
+                srv = daemon.accept()
+            assert read_available(srv)[0].startswith(b"GET /info HTTP/1.1\r\nHost: docker\r\n")
+            srv.sendall(answer)
+            data, _ = drive(env, peer, passes=5)
+            seen.append(data)
+            assert len(pool.idle) == (0 if closing else 1)
+        assert parsers.count(h11.CLIENT) == 1 and len(pool.heads) == 1  # (before parse_responses makes its own)
+        (response,) = parse_responses(seen[0])
+        assert seen[0] == seen[1] and response["complete"] and bytes(response["body"]) == b"abcde"
+        assert len(daemon.conns) == (2 if closing else 1)
     finally:
         daemon.close()
         env.close()
