@@ -1569,10 +1569,30 @@ def forwarded_request(method: str, target: Target, headers: Sequence[tuple[bytes
                        headers=[(b"Host", b"docker"), *kept], _parsed=True)
 
 
+def kept_for(table: dict[tuple, tuple[Any, Any]], obj: Any, key: tuple, compute: Callable[[], Any]) -> Any:
+    """compute()'s result for this very object (and key), made once while the entry lives: for
+    immutable objects used again and again (a cached forwarded request, a remembered head). The
+    table holds the object, so its id cannot be reused while the entry is there."""
+    known = table.get((id(obj), *key))
+    if known is None or known[0] is not obj:
+        if len(table) >= MAX_REMEMBERED_HEADS:
+            table.clear()
+        known = table[(id(obj), *key)] = (obj, compute())
+    return known[1]
+
+
 def request_bytes(request: h11.Request) -> bytes:
     """`request` as h11's writer puts it on the wire (Host first, names as given), written by
     porthole so that no h11 connection is needed to send it; tests/test_framing.py checks the
-    two agree byte for byte. Everything in it was validated when the h11.Request was made."""
+    two agree byte for byte. Everything in it was validated when the h11.Request was made. The
+    forwarded requests of cached decisions are the same objects each time: written once."""
+    return kept_for(_WRITTEN_REQUESTS, request, (), lambda: _request_bytes(request))
+
+
+_WRITTEN_REQUESTS: dict[tuple, tuple[Any, Any]] = {}
+
+
+def _request_bytes(request: h11.Request) -> bytes:
     items = request.headers.raw_items()
     lines = [b"%s %s HTTP/1.1\r\n" % (request.method, request.target)]
     lines += [b"%s: %s\r\n" % item for item in items if item[0].lower() == b"host"]
@@ -2462,8 +2482,21 @@ def client_keeps_alive(version: bytes, headers: Sequence[tuple[bytes, bytes]]) -
 
 def response_head(head: h11.Response, method: str, version: bytes | None,
                   keep_alive: bool) -> tuple[bytes, BodyWriter, bool]:
+    """response_head_parts, with a fresh BodyWriter. A head relayed again and again (the same
+    h11.Response object: UpstreamPool.heads) is written once per kind of client, then reused."""
+    data, chunked, length, close = kept_for(_WRITTEN_HEADS, head, (method, version, keep_alive),
+                                            lambda: response_head_parts(head, method, version, keep_alive))
+    return data, BodyWriter(chunked, length), close
+
+
+_WRITTEN_HEADS: dict[tuple, tuple[Any, Any]] = {}
+
+
+def response_head_parts(head: h11.Response, method: str, version: bytes | None,
+                        keep_alive: bool) -> tuple[bytes, bool, int | None, bool]:
     """`head`'s bytes for a client that asked with `method` over HTTP `version` (None: its
-    request never parsed), the writer of its body and whether the connection closes after it,
+    request never parsed), how its body is framed (chunked, Content-Length or None: neither)
+    and whether the connection closes after it,
     as h11's server side decides them: a body of unknown length goes chunked to HTTP/1.1 and
     unframed to HTTP/1.0 (which then closes); Connection: close is added whenever the
     connection will close."""
@@ -2493,18 +2526,18 @@ def response_head(head: h11.Response, method: str, version: bytes | None,
         close = any(low == b"connection" and b"close" in (t.strip() for t in value.lower().split(b","))
                     for (_, value), low in zip(headers, names))
     if status in (204, 304) or method == "HEAD":
-        writer = BodyWriter(False, 0)
+        chunked, length = False, 0
     elif b"transfer-encoding" in names:
-        writer = BodyWriter(True, None)
+        chunked, length = True, None
     elif b"content-length" in names:
-        writer = BodyWriter(False, int(headers[names.index(b"content-length")][1]))
+        chunked, length = False, int(headers[names.index(b"content-length")][1])
     else:
-        writer = BodyWriter(False, None)
+        chunked, length = False, None
     lines = [b"HTTP/1.1 %d %s\r\n" % (status, head.reason)]
     lines += [b"%s: %s\r\n" % item for item, low in zip(headers, names) if low == b"host"]
     lines += [b"%s: %s\r\n" % item for item, low in zip(headers, names) if low != b"host"]
     lines.append(b"\r\n")
-    return b"".join(lines), writer, close
+    return b"".join(lines), chunked, length, close
 
 
 @dataclass(eq=False)
@@ -3245,17 +3278,16 @@ class ClientConnection:
                 else:
                     self.update_interest()
             return  # discarded: we only wait until the client has read our last answer
-        if not data:
-            if self.exchange is not None:
-                # Gone mid-exchange (as nginx reads it): free the upstream at once rather than
-                # hold a daemon connection, a stream slot and a connection slot for nobody.
-                self.abort("client went away")
-                return
-        elif self.state is ClientState.IDLE:
-            self.enter(ClientState.HEAD)
+        if not data and self.exchange is not None:
+            # Gone mid-exchange (as nginx reads it): free the upstream at once rather than
+            # hold a daemon connection, a stream slot and a connection slot for nobody.
+            self.abort("client went away")
+            return
         self.reader.add(data)
         if self.exchange is None:
             self.parse()  # at most REQUESTS_PER_TURN a pass, turns included
+            if self.state is ClientState.IDLE and self.reader.pending:
+                self.enter(ClientState.HEAD)  # part of a head (or a turn's worth): its deadline runs
         else:
             self.update_interest()
 

@@ -392,3 +392,19 @@ def test_a_response_head_seen_before_is_relayed_as_h11_parsed_it(closing, monkey
     finally:
         daemon.close()
         env.close()
+
+
+def test_kept_for_computes_once_per_object_and_key():
+    table, calls = {}, []
+
+    def compute():
+        calls.append(1)
+        return len(calls)
+
+    first, twin = h11.Request(method="GET", target="/", headers=[("Host", "d")]), None
+    assert proxy.kept_for(table, first, (), compute) == 1 == proxy.kept_for(table, first, (), compute)
+    twin = h11.Request(method="GET", target="/", headers=[("Host", "d")])  # equal, not the same object
+    assert proxy.kept_for(table, twin, (), compute) == 2 and proxy.kept_for(table, first, ("HEAD",), compute) == 3
+    for _ in range(proxy.MAX_REMEMBERED_HEADS + 1):  # bounded: then everything is dropped
+        proxy.kept_for(table, object(), (), compute)
+    assert len(table) <= proxy.MAX_REMEMBERED_HEADS
