@@ -1932,6 +1932,25 @@ class ResponseFilter:
             return self._list(doc, getattr(self, kind.split()[0]))
         raise TransformError(f"no filter for a {kind}")  # plan_response_filter names only the above
 
+    def event_line(self, line: bytes) -> bytes:
+        """event() on one line of /events, serialised. Its result depends on the line and this
+        profile's filtering alone, so it is kept for the next watcher: SharedStream hands each
+        event to every watcher in turn, and watchers of one profile share the work (counts
+        included). Lines over MAX_SHARED_EVENT_BYTES, and events that fail, are not kept."""
+        key = (self.redact, self.visible, bytes(line))  # (the rewriter's lines are bytearrays)
+        known = _FILTERED_EVENTS.get(key)
+        if known is None:
+            redacted, hidden = self.redacted, self.hidden
+            known = (event_bytes(self.event, line), self.redacted - redacted, self.hidden - hidden)
+            if len(line) <= MAX_SHARED_EVENT_BYTES:
+                if len(_FILTERED_EVENTS) >= MAX_SHARED_EVENTS:
+                    _FILTERED_EVENTS.clear()
+                _FILTERED_EVENTS[key] = known
+            return known[0]
+        self.redacted += known[1]
+        self.hidden += known[2]
+        return known[0]
+
     def event(self, event: Any) -> Any:
         """One /events object; None: not delivered."""
         event = _object(event, "an event")
@@ -2041,12 +2060,15 @@ def plan_response_filter(filtering: Filtering, method: str, target: Target) -> F
 
 DEFAULT_FILTERING = Filtering()  # a profile without "redact" or "visible"
 MAX_EVENT_BYTES = 1024 * 1024  # one /events object; dockerd's are a few hundred bytes
+MAX_SHARED_EVENTS = 64  # filtered events kept for the next watcher (ResponseFilter.event_line)
+MAX_SHARED_EVENT_BYTES = 16 * 1024  # ... each at most this long
+_FILTERED_EVENTS: dict[tuple, tuple[bytes, int, int]] = {}
 
 
 def filter_transform(response_filter: ResponseFilter, max_bytes: int) -> ResponseTransform:
     """The relay's transform stage for one filtered exchange."""
     if response_filter.kind == "events":
-        return ResponseTransform(event=response_filter.event, max_bytes=min(max_bytes, MAX_EVENT_BYTES))
+        return ResponseTransform(event_line=response_filter.event_line, max_bytes=min(max_bytes, MAX_EVENT_BYTES))
     return ResponseTransform(document=response_filter.document, max_bytes=max_bytes)
 
 
@@ -3480,7 +3502,23 @@ class ResponseTransform:
 
     document: Callable[[Any], Any] | None = None
     event: Callable[[Any], Any] | None = None
+    event_line: Callable[[bytes], bytes] | None = None  # a line in, its bytes out (made from `event`)
     max_bytes: int = 32 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.event is not None and self.event_line is None:  # one form for ResponseRewriter
+            object.__setattr__(self, "event_line", functools.partial(event_bytes, self.event))
+
+
+def event_bytes(event: Callable[[Any], Any], line: bytes) -> bytes:
+    """One event line through `event` (parsed value in, value or None out), serialised; b"": not
+    delivered. Raises TransformError where it cannot be applied (fail closed)."""
+    parsed = ResponseRewriter._parse(line)
+    try:
+        value = event(parsed)
+    except Exception as exc:  # the filter could not be applied: fail closed
+        raise TransformError(f"{type(exc).__name__}: {exc}") from None
+    return b"" if value is None else json.dumps(value, separators=(",", ":")).encode() + b"\n"
 
 
 class ResponseRewriter:
@@ -3512,7 +3550,7 @@ class ResponseRewriter:
             if len(self.buffer) > self.transform.max_bytes:
                 raise TransformError(f"the response is over {self.transform.max_bytes} bytes")
             return b""
-        if self.transform.event is None:
+        if self.transform.event_line is None:
             out, self.buffer = bytes(self.buffer), bytearray()
             return out
         *events, rest = self.buffer.split(b"\n")
@@ -3522,12 +3560,7 @@ class ResponseRewriter:
         return b"".join(self._event(line) for line in events if line.strip())
 
     def _event(self, line: bytes) -> bytes:
-        parsed = self._parse(line)
-        try:
-            value = self.transform.event(parsed)  # type: ignore[misc]
-        except Exception as exc:  # the filter could not be applied: fail closed
-            raise TransformError(f"{type(exc).__name__}: {exc}") from None
-        return b"" if value is None else json.dumps(value, separators=(",", ":")).encode() + b"\n"
+        return self.transform.event_line(line)  # type: ignore[misc]
 
     @staticmethod
     def _parse(data: bytes) -> Any:
@@ -3547,7 +3580,7 @@ class ResponseRewriter:
                 raise TransformError(f"{type(exc).__name__}: {exc}") from None
             return self._head(len(body)), b"" if self.method == "HEAD" else body
         if self.buffer.strip():
-            if self.transform.event is None:
+            if self.transform.event_line is None:
                 return None, bytes(self.buffer)
             return None, self._event(bytes(self.buffer))
         return None, b""

@@ -195,6 +195,53 @@ def test_events_exec_commands_and_scope():
     assert unscoped.event(copy.deepcopy(other))["Action"] == "exec_start"
 
 
+def test_watchers_of_one_profile_share_the_filtering_of_each_event(monkeypatch):
+    """ResponseFilter.event_line: the first watcher filters an event line, the next ones of the
+    same filtering get the same bytes and the same counts without filtering it again; another
+    filtering, or an event that fails, is never taken from the first one's work."""
+    porthole._FILTERED_EVENTS.clear()
+    scoped = porthole.Filtering(visible=(("team", "a"),))
+    watchers = [porthole.ResponseFilter(scoped, "events") for _ in range(3)]
+    unscoped = porthole.ResponseFilter(porthole.Filtering(), "events")
+    calls = []
+    real = porthole.ResponseFilter.event
+    monkeypatch.setattr(porthole.ResponseFilter, "event", lambda self, e: (calls.append(self), real(self, e))[1])
+    exec_line = json.dumps({"status": f"exec_start: sh -c {SECRET}", "Type": "container", "Action": f"exec_start: sh -c {SECRET}",
+                            "Actor": {"ID": "1", "Attributes": {"team": "a", "execCommand": SECRET}}}).encode()
+    hidden_line = json.dumps({"Type": "container", "Action": "start", "Actor": {"ID": "2", "Attributes": {"team": "b"}}}).encode()
+    outs = [[w.event_line(bytearray(line)) for w in watchers] for line in (exec_line, hidden_line)]  # (as split)
+    assert calls == [watchers[0], watchers[0]]  # once per line, by the first watcher
+    assert len(set(outs[0])) == 1 and SECRET.encode() not in outs[0][0] and outs[1] == [b""] * 3
+    assert all((w.redacted, w.hidden) == (watchers[0].redacted, watchers[0].hidden) == (3, 1) for w in watchers)
+    assert SECRET.encode() not in unscoped.event_line(exec_line) and calls[-1] is unscoped
+    assert unscoped.event_line(hidden_line) != b"" and unscoped.hidden == 0
+    for _ in range(2):  # a line that cannot be filtered fails for every watcher: nothing is kept
+        with pytest.raises(porthole.TransformError):
+            watchers[1].event_line(b'{"Type": "container", "Actor": []}')
+
+
+EVENT_FILTERINGS = [porthole.Filtering(), porthole.Filtering(redact=frozenset()),
+                    porthole.Filtering(visible=(("team", "a"),)), porthole.Filtering(visible=(("team", None),))]
+event_dicts = st.fixed_dictionaries({
+    "Type": st.sampled_from(["container", "network", "service", "image"]),
+    "Action": st.sampled_from(["start", "exec_start: sh -c " + SECRET, "exec_create: id", "connect"]),
+    "Actor": st.fixed_dictionaries({"ID": st.sampled_from(["1", "2"]), "Attributes": st.dictionaries(
+        st.sampled_from(["team", "execCommand", "container", "name"]), st.sampled_from(["a", "b", SECRET]), max_size=3)})})
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(0, len(EVENT_FILTERINGS) - 1), event_dicts), max_size=12))
+def test_shared_event_filtering_gives_each_watcher_what_its_own_filter_gives(steps):
+    """Any sequence of watchers (of any profile) and events, through the shared table: every
+    watcher gets the bytes and the counts its own filter gives on its own."""
+    porthole._FILTERED_EVENTS.clear()
+    for index, event in steps:
+        line = json.dumps(event).encode()
+        shared, alone = (porthole.ResponseFilter(EVENT_FILTERINGS[index], "events") for _ in range(2))
+        assert shared.event_line(line) == porthole.event_bytes(alone.event, line)
+        assert (shared.redacted, shared.hidden) == (alone.redacted, alone.hidden)
+
+
 @pytest.mark.parametrize("kind, doc, where", [
     ("container", {"Config": {"Env": "A=b"}}, "Config.Env"),
     ("container", {"Config": {"Env": [1]}}, r"Config.Env\[0\]"),
