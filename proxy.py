@@ -1607,11 +1607,16 @@ def has_both_framings(headers: Iterable[tuple[bytes, bytes]]) -> bool:
     return b"content-length" in names and b"transfer-encoding" in names
 
 
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """The tokens of every Connection header, lowercase (`headers`' names already lowercase)."""
+    return {token.strip() for name, value in headers if name == b"connection"
+            for token in value.lower().split(b",") if token.strip()}
+
+
 def relayed_response_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers minus hop-by-hop ones (h11 re-frames the body itself)."""
+    """Upstream response headers minus hop-by-hop ones (porthole frames the body itself)."""
     headers = list(headers)
-    listed = {token.strip().lower() for name, value in headers
-              if name.lower() == b"connection" for token in value.split(b",")}
+    listed = connection_tokens((name.lower(), value) for name, value in headers)
     kept = []
     for name, value in headers:
         lower = name.lower()
@@ -2494,12 +2499,10 @@ class BodyWriter:
         return b""
 
 
-def client_keeps_alive(version: bytes, headers: Sequence[tuple[bytes, bytes]]) -> bool:
+def client_keeps_alive(version: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bool:
     """Whether the client's request lets its connection stay open after the answer (h11:
     HTTP/1.1 and no "close" token in Connection)."""
-    return version >= b"1.1" and not any(
-        name == b"connection" and b"close" in (token.strip() for token in value.lower().split(b","))
-        for name, value in headers)
+    return version >= b"1.1" and b"close" not in connection_tokens(headers)
 
 
 def response_head(head: h11.Response, method: str, version: bytes | None,
@@ -2518,15 +2521,13 @@ def response_head_parts(head: h11.Response, method: str, version: bytes | None,
                         keep_alive: bool) -> tuple[bytes, bool, int | None, bool]:
     """`head`'s bytes for a client that asked with `method` over HTTP `version` (None: its
     request never parsed), how its body is framed (chunked, Content-Length or None: neither)
-    and whether the connection closes after it,
-    as h11's server side decides them: a body of unknown length goes chunked to HTTP/1.1 and
-    unframed to HTTP/1.0 (which then closes); Connection: close is added whenever the
-    connection will close."""
+    and whether the connection closes after it, as h11's server side decides them: a body of
+    unknown length goes chunked to HTTP/1.1 and unframed to HTTP/1.0 (which then closes);
+    Connection: close is added whenever the connection will close."""
     headers = head.headers.raw_items()
     names = [name.lower() for name, _ in headers]
     status = head.status_code
-    unknown_length = (status not in (204, 304) and b"transfer-encoding" in names) or (
-        status not in (204, 304) and b"content-length" not in names)
+    unknown_length = status not in (204, 304) and (b"transfer-encoding" in names or b"content-length" not in names)
     close = not keep_alive
     if unknown_length:
         kept = [(n, v) for (n, v), low in zip(headers, names) if low not in (b"content-length", b"transfer-encoding")]
@@ -2537,16 +2538,14 @@ def response_head_parts(head: h11.Response, method: str, version: bytes | None,
         headers = kept
         names = [name.lower() for name, _ in headers]
     if close:
-        tokens = {token.strip() for (_, value), low in zip(headers, names) if low == b"connection"
-                  for token in value.lower().split(b",") if token.strip()}
+        tokens = connection_tokens(zip(names, (value for _, value in headers)))
         tokens.discard(b"keep-alive")
         tokens.add(b"close")
         headers = [(n, v) for (n, v), low in zip(headers, names) if low != b"connection"]
         headers += [(b"Connection", token) for token in sorted(tokens)]
         names = [name.lower() for name, _ in headers]
     elif b"connection" in names:  # the head's own "close" ends the connection too
-        close = any(low == b"connection" and b"close" in (t.strip() for t in value.lower().split(b","))
-                    for (_, value), low in zip(headers, names))
+        close = b"close" in connection_tokens(zip(names, (value for _, value in headers)))
     if status in (204, 304) or method == "HEAD":
         chunked, length = False, 0
     elif b"transfer-encoding" in names:

@@ -166,32 +166,6 @@ def test_which_bodies_porthole_frames(method, response, framed):
     assert (proxy.body_framing(method, response) is not None) == framed
 
 
-@pytest.mark.parametrize("closing", [False, True])
-def test_a_framed_answer_returns_its_connection_to_the_pool_only_if_the_daemon_keeps_it(closing):
-    """Through a real UpstreamPool and Relay: a chunked answer porthole framed itself goes back
-    to the pool, unless the daemon said `Connection: close` (h11 saw that in the head)."""
-    from test_parts import Daemon, Env, drive, parse_responses, relay_handler, serve_one
-
-    env = Env()
-    daemon = Daemon(env.sock_path)
-    try:
-        pool, relays = proxy.UpstreamPool(env.loop, env.settings, env.log), []
-        env.owner.handler = relay_handler(pool, relays)
-        client, peer = env.client()
-        peer.sendall(b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
-        env.run()
-        close = b"Connection: close\r\n" if closing else b""
-        serve_one(env, daemon, b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n" + close + b"\r\n"
-                               b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
-        data, _ = drive(env, peer, passes=5)
-        (response,) = parse_responses(data)
-        assert response["complete"] and bytes(response["body"]) == b"abcde"
-        assert len(pool.idle) == (0 if closing else 1)
-    finally:
-        daemon.close()
-        env.close()
-
-
 # ---- what porthole writes: the same bytes h11's writers write -------------------------------------
 
 HEADER_POOL = [(b"Content-Type", b"application/json"), (b"Host", b"daemon"), (b"X-Docker", b"1"),
@@ -355,10 +329,12 @@ def test_a_repeated_head_is_not_given_to_h11_again(monkeypatch):
 
 
 @pytest.mark.parametrize("closing", [False, True])
-def test_a_response_head_seen_before_is_relayed_as_h11_parsed_it(closing, monkeypatch):
-    """UpstreamPool.heads (ParsedHead): the second identical answer needs no h11 client
-    connection, reaches the client byte for byte as the first did, and keeps h11's verdict on
-    reuse (a daemon's `Connection: close` still keeps the connection out of the pool)."""
+def test_a_framed_answer_pools_its_connection_as_h11_says_also_when_its_head_is_remembered(closing, monkeypatch):
+    """Through a real UpstreamPool and Relay: a chunked answer porthole framed itself returns
+    its connection to the pool unless the daemon said `Connection: close` (h11 saw that in the
+    head). The second, identical answer's head is remembered (UpstreamPool.heads, ParsedHead):
+    it needs no h11 client connection, reaches the client byte for byte as the first did, and
+    keeps h11's verdict on reuse."""
     from test_parts import Daemon, Env, drive, parse_responses, read_available, relay_handler
 
     parsers = []
