@@ -175,3 +175,24 @@ def upstream():
     up = FakeUpstream().start()
     yield up
     up.stop()
+
+
+# Connection parts alone (tests/test_parts.py's Env and Daemon), for every file that drives them
+
+
+@pytest.fixture
+def env():
+    """A Loop with a fake clock, an owner recording what the parts report, and socketpairs."""
+    from test_parts import Env
+    e = Env()
+    yield e
+    e.close()
+
+
+@pytest.fixture
+def daemon(env):
+    """A listening unix socket at env.sock_path; the test speaks raw HTTP on it."""
+    from test_parts import Daemon
+    d = Daemon(env.sock_path)
+    yield d
+    d.close()

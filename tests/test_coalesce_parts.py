@@ -15,7 +15,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import proxy  # noqa: E402
-from test_parts import (Daemon, Env, StubExchange, StubPool, drive, json_message, parse_responses,  # noqa: E402
+from test_parts import (Env, StubExchange, StubPool, drive, json_message, parse_responses,  # noqa: E402
                         read_available)
 
 pytestmark = pytest.mark.timeout(60)
@@ -26,20 +26,6 @@ LIST = b"GET /containers/json?all=1 HTTP/1.1\r\nHost: x\r\n\r\n"
 def answer(body: bytes, status: int = 200) -> bytes:
     return (b"HTTP/1.1 %d X\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n"
             % (status, len(body)) + body)
-
-
-@pytest.fixture
-def env():
-    e = Env()
-    yield e
-    e.close()
-
-
-@pytest.fixture
-def daemon(env):
-    d = Daemon(env.sock_path)
-    yield d
-    d.close()
 
 
 class World:

@@ -21,6 +21,7 @@ from hypothesis import given, settings as hsettings, strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import proxy  # noqa: E402
+from test_parts import drive, parse_responses, read_available, relay_handler  # noqa: E402
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -329,45 +330,37 @@ def test_a_repeated_head_is_not_given_to_h11_again(monkeypatch):
 
 
 @pytest.mark.parametrize("closing", [False, True])
-def test_a_framed_answer_pools_its_connection_as_h11_says_also_when_its_head_is_remembered(closing, monkeypatch):
+def test_a_framed_answer_pools_its_connection_as_h11_says_also_when_its_head_is_remembered(closing, monkeypatch, env, daemon):
     """Through a real UpstreamPool and Relay: a chunked answer porthole framed itself returns
     its connection to the pool unless the daemon said `Connection: close` (h11 saw that in the
     head). The second, identical answer's head is remembered (UpstreamPool.heads, ParsedHead):
     it needs no h11 client connection, reaches the client byte for byte as the first did, and
     keeps h11's verdict on reuse."""
-    from test_parts import Daemon, Env, drive, parse_responses, read_available, relay_handler
-
     parsers = []
     real = h11.Connection
     monkeypatch.setattr(proxy.h11, "Connection",
                         lambda role, **kw: (parsers.append(role), real(role, **kw))[1])
-    env = Env()
-    daemon = Daemon(env.sock_path)
-    try:
-        pool, relays = proxy.UpstreamPool(env.loop, env.settings, env.log), []
-        env.owner.handler = relay_handler(pool, relays)
-        client, peer = env.client()
-        close = b"Connection: close\r\n" if closing else b""
-        answer = (b"HTTP/1.1 200 OK\r\nDate: Sun, 29 Nov 2026 13:00:00 GMT\r\n" + close
-                  + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
-        seen, srv = [], None
-        for _ in range(2):
-            peer.sendall(b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
-            env.run()
-            if srv is None or closing:
-                srv = daemon.accept()
-            assert read_available(srv)[0].startswith(b"GET /info HTTP/1.1\r\nHost: docker\r\n")
-            srv.sendall(answer)
-            data, _ = drive(env, peer, passes=5)
-            seen.append(data)
-            assert len(pool.idle) == (0 if closing else 1)
-        assert parsers.count(h11.CLIENT) == 1 and len(pool.heads) == 1  # (before parse_responses makes its own)
-        (response,) = parse_responses(seen[0])
-        assert seen[0] == seen[1] and response["complete"] and bytes(response["body"]) == b"abcde"
-        assert len(daemon.conns) == (2 if closing else 1)
-    finally:
-        daemon.close()
-        env.close()
+    pool, relays = proxy.UpstreamPool(env.loop, env.settings, env.log), []
+    env.owner.handler = relay_handler(pool, relays)
+    client, peer = env.client()
+    close = b"Connection: close\r\n" if closing else b""
+    answer = (b"HTTP/1.1 200 OK\r\nDate: Sun, 29 Nov 2026 13:00:00 GMT\r\n" + close
+              + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
+    seen, srv = [], None
+    for _ in range(2):
+        peer.sendall(b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
+        env.run()
+        if srv is None or closing:
+            srv = daemon.accept()
+        assert read_available(srv)[0].startswith(b"GET /info HTTP/1.1\r\nHost: docker\r\n")
+        srv.sendall(answer)
+        data, _ = drive(env, peer, passes=5)
+        seen.append(data)
+        assert len(pool.idle) == (0 if closing else 1)
+    assert parsers.count(h11.CLIENT) == 1 and len(pool.heads) == 1  # (before parse_responses makes its own)
+    (response,) = parse_responses(seen[0])
+    assert seen[0] == seen[1] and response["complete"] and bytes(response["body"]) == b"abcde"
+    assert len(daemon.conns) == (2 if closing else 1)
 
 
 def test_kept_for_computes_once_per_object_and_key():

@@ -179,13 +179,6 @@ class Env:
 
 
 @pytest.fixture
-def env():
-    e = Env()
-    yield e
-    e.close()
-
-
-@pytest.fixture
 def make_env():
     made: list[Env] = []
 
@@ -887,13 +880,6 @@ class Daemon:
         for conn in self.conns:
             conn.close()
         self.sock.close()
-
-
-@pytest.fixture
-def daemon(env):
-    d = Daemon(env.sock_path)
-    yield d
-    d.close()
 
 
 def relay_handler(pool, relays: list):
