@@ -156,11 +156,14 @@ node_install() {
     echo "$want" > "$stamp"
 }
 
-version() { "$PYTHON" -c 'import ast,sys; t=ast.parse(open("proxy.py").read()); print(next(n.value.value for n in t.body if isinstance(n, ast.Assign) and n.targets[0].id == "VERSION"))'; }
+version() { "$PYTHON" -c 'import ast,sys; t=ast.parse(open("porthole/__init__.py").read()); print(next(n.value.value for n in t.body if isinstance(n, ast.Assign) and n.targets[0].id == "VERSION"))'; }
+# The source that is frozen: the entry point and the package it runs (no bytecode caches).
+SOURCES=(proxy.py porthole)
+copy_sources() { cp -r "${SOURCES[@]}" "$1/" && find "$1/porthole" -name __pycache__ -prune -exec rm -rf {} +; }
 
 # ---- the static executable ---------------------------------------------------------------------
 
-# freeze WORK MODE: PyInstaller (MODE onefile or onedir) from copies of proxy.py and rules.json
+# freeze WORK MODE: PyInstaller (MODE onefile or onedir) from copies of proxy.py, porthole/ and rules.json
 # in the fresh directory WORK, into WORK/dist/porthole. Reproducible: fixed timestamps and hash
 # seed, and the output does not depend on where the checkout lives.
 freeze() {
@@ -170,7 +173,8 @@ freeze() {
     export SOURCE_DATE_EPOCH
     export PYTHONHASHSEED=0
     export PYINSTALLER_CONFIG_DIR="$work/pyinstaller"  # --clean wipes it: keep it per build
-    cp proxy.py rules.json "$work/"
+    copy_sources "$work"
+    cp rules.json "$work/"
     local excludes=()
     for module in "${EXCLUDES[@]}"; do excludes+=(--exclude-module "$module"); done
     log "freezing proxy.py with PyInstaller ($mode)"
@@ -254,7 +258,8 @@ PY
 is_fresh() {
     [ -e "$1" ] || return 1
     local input
-    for input in proxy.py rules.json requirements-build.txt build.sh patches/staticx-forward-signals.patch; do
+    for input in proxy.py rules.json requirements-build.txt build.sh patches/staticx-forward-signals.patch \
+                 porthole $(find porthole -name '*.py'); do
         [ "$1" -nt "$input" ] || return 1
     done
 }
@@ -391,7 +396,8 @@ build_in_root() {
     src="$(mktemp -d "$root/tmp/porthole-src.XXXXXX")"
     CLEANUP+=("$src")
     src="${src#"$root"}"  # its name inside the root
-    cp -r proxy.py rules.json build.sh requirements-build.txt patches "$root$src/"
+    copy_sources "$root$src"
+    cp -r rules.json build.sh requirements-build.txt patches "$root$src/"
     in_root "$root" "${settings[@]}" "$src/build.sh" build-deps
     flock -u 9
     log "$command inside the $ARCH root (emulated)"

@@ -786,6 +786,9 @@ class ProxyProcess:
         else:
             shutil.copy2(self.proxy_src, self.workdir / "proxy.py")
             os.chmod(self.workdir / "proxy.py", 0o644)
+            package = self.proxy_src.parent / "porthole"  # the code proxy.py runs
+            if package.is_dir():
+                _copy_tree_readable(package, self.workdir / "porthole")
             import h11  # the test venv's h11
 
             _copy_tree_readable(Path(h11.__file__).resolve().parent, self.workdir / "h11")

@@ -92,7 +92,7 @@ def test_check_names_file_path_and_problem(tmp_path):
 
 
 def test_refuses_root_with_advice(monkeypatch, capsys):
-    monkeypatch.setattr(proxy.os, "geteuid", lambda: 0)
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
     assert proxy.main(["--listen", "tcp://127.0.0.1:1"], {}) == 2
     err = capsys.readouterr().err
     assert "refusing to run as root" in err and "--group-add" in err and "--allow-root" in err

@@ -314,7 +314,7 @@ def test_a_repeated_head_is_not_given_to_h11_again(monkeypatch):
     table: dict = {}
     made = []
     real = h11.Connection
-    monkeypatch.setattr(proxy.h11, "Connection", lambda *a, **kw: made.append(1) or real(*a, **kw))
+    monkeypatch.setattr(h11, "Connection", lambda *a, **kw: made.append(1) or real(*a, **kw))
     reader = proxy.RequestReader(16384, table)
     reader.add(REQUEST_POOL[0] * 3 + REQUEST_POOL[1] + REQUEST_POOL[0])
     events = [reader.next_event() for _ in range(5)]
@@ -338,7 +338,7 @@ def test_a_framed_answer_pools_its_connection_as_h11_says_also_when_its_head_is_
     keeps h11's verdict on reuse."""
     parsers = []
     real = h11.Connection
-    monkeypatch.setattr(proxy.h11, "Connection",
+    monkeypatch.setattr(h11, "Connection",
                         lambda role, **kw: (parsers.append(role), real(role, **kw))[1])
     pool, relays = proxy.UpstreamPool(env.loop, env.settings, env.log), []
     env.owner.handler = relay_handler(pool, relays)

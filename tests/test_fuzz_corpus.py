@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import h11
 import pytest
 
 FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
@@ -18,6 +19,8 @@ import fuzz_canonical  # noqa: E402
 import fuzz_common  # noqa: E402
 import fuzz_request  # noqa: E402
 from fuzz_common import InvariantViolation, proxy  # noqa: E402
+import porthole.app.wiring  # noqa: E402
+import porthole.core.decide  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -84,7 +87,7 @@ def test_checks_catch_a_non_round_tripping_forward_form(monkeypatch):
 
 
 def test_checks_catch_a_dangerous_read_without_acknowledgement(monkeypatch):
-    monkeypatch.setattr(proxy, "dangerous_reason", lambda segments: None)
+    monkeypatch.setattr(porthole.core.decide, "dangerous_reason", lambda segments: None)  # where decide looks it up
     rules = [r for r in fuzz_common.POLICY.profiles["default"]]
     wide = proxy.Rule("default", 99, frozenset({"GET"}), "/containers/{id}/{what}",
                       proxy.parse_template("/containers/{id}/{what}"), None, False)
@@ -97,7 +100,7 @@ def test_checks_catch_a_dangerous_read_without_acknowledgement(monkeypatch):
 def test_checks_catch_a_header_leaking_upstream(monkeypatch):
     names = proxy.FORWARDED_REQUEST_HEADERS
     secret = b"x-secret" if isinstance(names[0], bytes) else "x-secret"
-    monkeypatch.setattr(proxy, "FORWARDED_REQUEST_HEADERS", (*names, secret))
+    monkeypatch.setattr(porthole.core.decide, "FORWARDED_REQUEST_HEADERS", (*names, secret))
     with pytest.raises(InvariantViolation, match="outside Host/User-Agent/Accept"):
         fuzz_request.check(PING)
 
@@ -107,9 +110,9 @@ def test_checks_catch_a_raw_target_forwarded(monkeypatch):
 
     def raw_target(method, target, headers):
         request = real(method, target, headers)
-        return proxy.h11.Request(method=method, target=b"/v1.41/%5fping", headers=request.headers)
+        return h11.Request(method=method, target=b"/v1.41/%5fping", headers=request.headers)
 
-    monkeypatch.setattr(proxy, "forwarded_request", raw_target)
+    monkeypatch.setattr(porthole.app.wiring, "forwarded_request", raw_target)  # where the proxy calls it
     with pytest.raises(InvariantViolation, match="not in canonical form"):
         fuzz_request.check(PING)
 
