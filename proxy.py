@@ -10,21 +10,24 @@ from porthole import (  # noqa: F401  (re-exported while the tests move to the p
 from porthole.app.command_line import (  # noqa: F401  (re-exported while the tests move to the package)
     main,
 )
+from porthole.app.dispatch import (  # noqa: F401  (re-exported while the tests move to the package)
+    MAX_CACHED_DECISIONS, Dispatch, decrement,
+)
 from porthole.app.healthcheck import (  # noqa: F401  (re-exported while the tests move to the package)
-    _is_this_program, healthcheck, healthcheck_tls, init_process_listener,
+    healthcheck_tls, init_process_listener, _is_this_program, healthcheck,
 )
 from porthole.app.settings import (  # noqa: F401  (re-exported while the tests move to the package)
     _NUMERIC_OPTIONS, _TRUE, parse_settings,
 )
 from porthole.app.wiring import (  # noqa: F401  (re-exported while the tests move to the package)
-    MAX_CACHED_DECISIONS, Proxy, REJECT_SLACK, _decrement,
+    REJECT_SLACK, Proxy,
 )
 from porthole.connections.client import (  # noqa: F401  (re-exported while the tests move to the package)
-    CLIENT_HIGH_WATER, CLIENT_LOW_WATER, CLIENT_TRANSITIONS, ClientConnection, ClientState, LINGER_SECONDS,
-    REQUESTS_PER_TURN, _C, client_deadline,
+    CLIENT_HIGH_WATER, CLIENT_LOW_WATER, LINGER_SECONDS, REQUESTS_PER_TURN, ClientState, CLIENT_TRANSITIONS,
+    client_deadline, ClientConnection,
 )
 from porthole.connections.exchange import (  # noqa: F401  (re-exported while the tests move to the package)
-    Exchange, MAX_REFUSALS_IN_A_ROW, OutputQueue,
+    MAX_REFUSALS_IN_A_ROW, Exchange, OutputQueue,
 )
 from porthole.connections.listeners import (  # noqa: F401  (re-exported while the tests move to the package)
     ACCEPTS_PER_TURN, ACCEPT_BACKOFF_SECONDS, Listener, bind_tcp, bind_unix,
@@ -33,62 +36,62 @@ from porthole.connections.pool import (  # noqa: F401  (re-exported while the te
     MAX_IDLE_UPSTREAMS, UpstreamPool, _is_ip_literal,
 )
 from porthole.connections.sources import (  # noqa: F401  (re-exported while the tests move to the package)
-    CoalescedRead, Lookup, Relay, SharedStream,
+    Relay, Lookup, SharedStream, CoalescedRead,
 )
 from porthole.connections.upstream import (  # noqa: F401  (re-exported while the tests move to the package)
-    MAX_INFORMATIONAL, POOL_IDLE_SECONDS, UPSTREAM_MAX_HEAD, UPSTREAM_TRANSITIONS, UpstreamConnection, UpstreamState,
-    _U, upstream_error_message,
+    POOL_IDLE_SECONDS, upstream_error_message, UpstreamState, UPSTREAM_TRANSITIONS, UpstreamConnection,
 )
 from porthole.core.clients import (  # noqa: F401  (re-exported while the tests move to the package)
-    ClientFacts, ClientRule, IPAddress, IPNetwork, TCP_CONDITIONS, UNIX_CONDITIONS,
-    _MAX_ID, choose_profile, load_client_rules, peer_address, shadowing_entries,
+    UNIX_CONDITIONS, TCP_CONDITIONS, _MAX_ID, IPNetwork, IPAddress, ClientFacts,
+    peer_address, ClientRule, choose_profile, shadowing_entries, load_client_rules,
 )
 from porthole.core.decide import (  # noqa: F401  (re-exported while the tests move to the package)
-    Decision, FORWARDED_REQUEST_HEADERS, RequestFacts, _HOST_SYNTAX, _IPV4, decide,
-    decide_with_mode, forwarded_request, host_is_acceptable, is_shareable, is_streaming, is_truthy,
+    FORWARDED_REQUEST_HEADERS, RequestFacts, Decision, _IPV4, _HOST_SYNTAX, host_is_acceptable,
+    is_truthy, is_shareable, is_streaming, decide, decide_with_mode, forwarded_request,
 )
 from porthole.core.filters import (  # noqa: F401  (re-exported while the tests move to the package)
-    DEFAULT_FILTERING, DEFAULT_REDACTIONS, FilterPlan, Filtering, Label, MAX_EVENT_BYTES,
-    MAX_SHARED_EVENTS, MAX_SHARED_EVENT_BYTES, ObjectHidden, REDACTIONS, ResponseFilter, _FILTERED_EVENTS,
-    _REDACTIONS_FOR, _SCOPED, _array, _at, _object, _visible_object,
-    classify_for_filter, filter_transform, labels_match, parse_label_filter, plan_response_filter, resolved_object,
-    with_label_filters,
+    REDACTIONS, DEFAULT_REDACTIONS, Label, Filtering, parse_label_filter, labels_match,
+    ObjectHidden, _object, _array, _at, ResponseFilter, classify_for_filter,
+    _REDACTIONS_FOR, _SCOPED, FilterPlan, plan_response_filter, DEFAULT_FILTERING, MAX_EVENT_BYTES,
+    MAX_SHARED_EVENTS, MAX_SHARED_EVENT_BYTES, _FILTERED_EVENTS, filter_transform, with_label_filters, resolved_object,
+    _visible_object,
 )
 from porthole.core.guards import (  # noqa: F401  (re-exported while the tests move to the package)
-    DANGEROUS_READS, DANGEROUS_TEMPLATES, MANY, NEVER_FORWARDED, NEVER_TEMPLATES, ONE,
-    Template, TemplateIndex, _DANGEROUS_INDEX, _NEVER_INDEX, _TEMPLATE_VAR, dangerous_overlaps,
-    dangerous_reason, never_forwarded_reason, parse_template, template_matches, templates_overlap,
+    ONE, MANY, Template, _TEMPLATE_VAR, parse_template, template_matches,
+    templates_overlap, NEVER_FORWARDED, DANGEROUS_READS, TemplateIndex, NEVER_TEMPLATES, DANGEROUS_TEMPLATES,
+    _NEVER_INDEX, _DANGEROUS_INDEX, never_forwarded_reason, dangerous_reason, dangerous_overlaps,
 )
 from porthole.core.policy import (  # noqa: F401  (re-exported while the tests move to the package)
-    ALLOWED_METHODS, PROFILE_MODES, Policy, PolicyError, Rule, _PROFILE_NAME,
-    _load_filtering, _load_rule, describe_policy, load_policy,
+    Rule, Policy, PolicyError, ALLOWED_METHODS, PROFILE_MODES, _PROFILE_NAME,
+    load_policy, _load_filtering, _load_rule, describe_policy,
 )
 from porthole.core.rewrite import (  # noqa: F401  (re-exported while the tests move to the package)
-    ResponseRewriter, ResponseTransform, TransformError, event_bytes,
+    TransformError, ResponseTransform, event_bytes, ResponseRewriter,
 )
 from porthole.core.target import (  # noqa: F401  (re-exported while the tests move to the package)
-    API_VERSION, CONTROL_BYTES, QUERY_KEY, Refusal, SAFE_SEGMENT, Target,
-    _HEX, _VERSION_LIKE, _percent_decode, canonicalize_target,
+    Refusal, SAFE_SEGMENT, QUERY_KEY, API_VERSION, _VERSION_LIKE, _HEX,
+    _percent_decode, Target, canonicalize_target, CONTROL_BYTES,
 )
 from porthole.core.wire import (  # noqa: F401  (re-exported while the tests move to the package)
-    BodyFraming, BodyWriter, END_OF_MESSAGE, FramingError, MAX_CHUNK_LINE, MAX_REMEMBERED_HEADS,
-    MAX_REMEMBERED_REQUEST_HEAD, ParsedHead, READ_CHUNK, RequestReader, _CHUNK_SIZE, _HOP_BY_HOP,
-    _WRITTEN_HEADS, _WRITTEN_REQUESTS, _declares_body, _request_bytes, body_framing, client_keeps_alive,
-    connection_tokens, error_body, has_both_framings, kept_for, relayed_head, relayed_response_headers,
-    request_bytes, response_head, response_head_parts,
+    READ_CHUNK, MAX_REMEMBERED_HEADS, MAX_REMEMBERED_REQUEST_HEAD, _HOP_BY_HOP, kept_for, request_bytes,
+    _WRITTEN_REQUESTS, _request_bytes, has_both_framings, connection_tokens, relayed_response_headers, error_body,
+    END_OF_MESSAGE, FramingError, BodyWriter, client_keeps_alive, response_head, _WRITTEN_HEADS,
+    response_head_parts, RequestReader, _declares_body, relayed_head, UPSTREAM_MAX_HEAD, MAX_INFORMATIONAL,
+    DaemonAnswerError, AnswerParser, _CHUNK_SIZE, MAX_CHUNK_LINE, BodyFraming, body_framing,
+    ParsedHead,
 )
 from porthole.ops.doctor import (  # noqa: F401  (re-exported while the tests move to the package)
-    DEFAULT_DOCKER_SOCKETS, DOCTOR_CHECKS, DaemonFacts, DoctorPaths, Finding, HostFacts,
-    SEVERITIES, SocketFacts, _acknowledged, _boolean_flag, _colon_file, _flag_value,
-    _is_loopback, _same_unix_socket, check_daemon_reachable, check_daemon_tcp, check_dangerous_reads, check_docker_socket,
-    check_listeners, check_redaction, check_root, check_userns, daemon_security_options, daemon_serves,
-    doctor, doctor_exit_status, find_daemons, format_findings, gather_host_facts, parse_dockerd_command_line,
-    read_daemon_config, socket_facts,
+    SEVERITIES, DEFAULT_DOCKER_SOCKETS, Finding, DoctorPaths, SocketFacts, DaemonFacts,
+    HostFacts, _flag_value, _boolean_flag, parse_dockerd_command_line, _same_unix_socket, daemon_serves,
+    read_daemon_config, find_daemons, _colon_file, socket_facts, daemon_security_options, gather_host_facts,
+    check_docker_socket, check_daemon_reachable, check_daemon_tcp, check_userns, check_root, _is_loopback,
+    _acknowledged, check_listeners, check_dangerous_reads, check_redaction, DOCTOR_CHECKS, doctor_exit_status,
+    format_findings, doctor,
 )
 from porthole.ops.learn import (  # noqa: F401  (re-exported while the tests move to the package)
-    ENGINE_API_TEMPLATES, LEARN_MAX_CLIENTS, LEARN_MAX_KEYS, LEARN_MAX_VALUES, LEARN_VALUE_KEYS, LEARN_WRITE_SECONDS,
-    LearnFile, LearnedClient, LearnedUse, Learner, _ENGINE_API_INDEX, _LEARN_KINDS,
-    learn_template, learned_client,
+    ENGINE_API_TEMPLATES, _ENGINE_API_INDEX, LEARN_VALUE_KEYS, LEARN_MAX_VALUES, LEARN_MAX_KEYS, LEARN_MAX_CLIENTS,
+    _LEARN_KINDS, LearnedClient, learned_client, LearnedUse, learn_template, Learner,
+    LEARN_WRITE_SECONDS, LearnFile,
 )
 from porthole.ops.metrics_server import (  # noqa: F401  (re-exported while the tests move to the package)
     MAX_METRICS_CONNECTIONS, METRICS_PATH, MetricsServer,
@@ -100,27 +103,27 @@ from porthole.ops.reload import (  # noqa: F401  (re-exported while the tests mo
     FileIdentity, RulesWatcher,
 )
 from porthole.ops.tecnativa import (  # noqa: F401  (re-exported while the tests move to the package)
-    DropIn, SectionRead, TECNATIVA_DEFAULTS_ON, TECNATIVA_GATES, TECNATIVA_SECTIONS, TECNATIVA_SETTINGS,
-    TECNATIVA_VARIABLES, TECNATIVA_WRITES, _HAPROXY_LOG_LEVELS, _S, tecnativa_flag, tecnativa_log_level,
-    tecnativa_policy, tecnativa_upstream,
+    SectionRead, TECNATIVA_SECTIONS, TECNATIVA_DEFAULTS_ON, TECNATIVA_GATES, TECNATIVA_WRITES, TECNATIVA_SETTINGS,
+    TECNATIVA_VARIABLES, _HAPROXY_LOG_LEVELS, tecnativa_flag, tecnativa_log_level, tecnativa_upstream, DropIn,
+    tecnativa_policy,
 )
 from porthole.runtime.config import (  # noqa: F401  (re-exported while the tests move to the package)
-    DEFAULT_LISTEN, DEFAULT_UPSTREAM, Endpoint, Settings, TLS_OPTIONS, UsageError,
-    default_rules_path, parse_endpoint, parse_metrics_endpoint, rules_label,
+    DEFAULT_LISTEN, DEFAULT_UPSTREAM, UsageError, Endpoint, parse_endpoint, TLS_OPTIONS,
+    parse_metrics_endpoint, Settings, default_rules_path, rules_label,
 )
 from porthole.runtime.log import (  # noqa: F401  (re-exported while the tests move to the package)
-    LOG_LEVELS, Log, _JSON_LINE, _TEXT_SAFE,
+    LOG_LEVELS, _JSON_LINE, _TEXT_SAFE, Log,
 )
 from porthole.runtime.loop import (  # noqa: F401  (re-exported while the tests move to the package)
-    Loop, SignalPipe, StateError, Timer, illegal_transition, set_interest,
+    StateError, illegal_transition, set_interest, Loop, SignalPipe, Timer,
 )
 from porthole.runtime.metrics import (  # noqa: F401  (re-exported while the tests move to the package)
-    DURATION_BUCKETS, METRICS_CONTENT_TYPE, Metrics, NO_RULE, RELOAD_RESULTS, UPSTREAM_ERROR_REASONS,
-    _labels, _number, escape_label_value,
+    UPSTREAM_ERROR_REASONS, RELOAD_RESULTS, NO_RULE, DURATION_BUCKETS, METRICS_CONTENT_TYPE, escape_label_value,
+    _labels, _number, Metrics,
 )
 from porthole.runtime.tls import (  # noqa: F401  (re-exported while the tests move to the package)
-    PlainTransport, TLS_RECORD, TLS_TRANSITIONS, TlsConfigError, TlsError, TlsState,
-    TlsTransport, _T, _TLS_REASONS, certificate_cn, tls_failure_reason, tls_server_context,
+    TLS_RECORD, TlsError, _TLS_REASONS, tls_failure_reason, certificate_cn, TlsState,
+    TLS_TRANSITIONS, PlainTransport, TlsTransport, TlsConfigError, tls_server_context,
 )
 
 if __name__ == "__main__":

@@ -388,7 +388,7 @@ def check(data: bytes, delivery: str | None = None) -> None:
         require(run.client.state is proxy.ClientState.CLOSED and not run.proxy.clients, "the proxy kept the connection after the "
                 "client's FIN", run.client.state, bytes(run.received[-200:]))
         require(run.peer_closed, "the client never saw the proxy close the connection")
-        require(not run.proxy.streams_per_client, "stream slots leaked", run.proxy.streams_per_client)
+        require(not run.proxy.dispatch.streams_per_client, "stream slots leaked", run.proxy.dispatch.streams_per_client)
         forwarded = [(m, t) for m, t, _ in run.up.forwarded]
         log_text = run.log_stream.getvalue()
         received = bytes(run.received)

@@ -19,7 +19,7 @@ import fuzz_canonical  # noqa: E402
 import fuzz_common  # noqa: E402
 import fuzz_request  # noqa: E402
 from fuzz_common import InvariantViolation, proxy  # noqa: E402
-import porthole.app.wiring  # noqa: E402
+import porthole.app.dispatch  # noqa: E402
 import porthole.core.decide  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
@@ -112,7 +112,7 @@ def test_checks_catch_a_raw_target_forwarded(monkeypatch):
         request = real(method, target, headers)
         return h11.Request(method=method, target=b"/v1.41/%5fping", headers=request.headers)
 
-    monkeypatch.setattr(porthole.app.wiring, "forwarded_request", raw_target)  # where the proxy calls it
+    monkeypatch.setattr(porthole.app.dispatch, "forwarded_request", raw_target)  # where Dispatch calls it
     with pytest.raises(InvariantViolation, match="not in canonical form"):
         fuzz_request.check(PING)
 

@@ -17,6 +17,7 @@ import ssl
 import sys
 from pathlib import Path
 
+import h11
 import pytest
 
 import support
@@ -58,7 +59,7 @@ class TlsOwner(Owner):
         self.body = body
 
         def answer(client, exchange):
-            head = proxy.h11.Response(status_code=200, headers=[("Content-Length", str(len(self.body)))])
+            head = h11.Response(status_code=200, headers=[("Content-Length", str(len(self.body)))])
             exchange.send_head(head)
             exchange.send_body(self.body)
             exchange.end_body()

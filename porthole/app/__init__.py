@@ -1,1 +1,1 @@
-"""TODO"""
+"""The program: the command line, the wiring of the parts, --healthcheck."""

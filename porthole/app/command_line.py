@@ -1,4 +1,4 @@
-"""TODO"""
+"""main: --version, --check, --healthcheck, --doctor, or run the proxy."""
 from __future__ import annotations
 
 import json

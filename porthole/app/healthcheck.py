@@ -1,4 +1,4 @@
-"""TODO"""
+"""--healthcheck: GET /_ping through our own listener, as the image's HEALTHCHECK runs it."""
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,4 @@
-"""TODO"""
+"""The command line and PORTHOLE_* variables, parsed into Settings."""
 from __future__ import annotations
 
 import argparse

@@ -1,4 +1,27 @@
-"""TODO"""
+"""One client's connection, the server side: parse, answer, deliver, close (ClientConnection).
+
+Its states are ClientState, its legal moves CLIENT_TRANSITIONS, changed in one place
+(ClientConnection.enter); its deadlines are client_deadline's, a function of the state.
+
+Invariants:
+Rule 1: a client is closed exactly once: gracefully (queue delivered, FIN, then closed
+        when it closes or LINGER_SECONDS pass) or aborted on purpose (RST, with a reason).
+        A queued byte is never dropped behind a clean FIN.
+Rule 2: at most one exchange is active; the next request is parsed only once the answer to
+        the last one is completely queued.
+Rule 3: what is read but not parsed is bounded (RequestReader), and so is the work of one
+        turn (REQUESTS_PER_TURN requests); a client whose answers pile up unread
+        (CLIENT_HIGH_WATER) is not parsed until it reads.
+Rule 4: every exchange is reported to the owner exactly once (exchange_done), when its
+        last byte is delivered or the connection closes, with the body bytes delivered.
+Rule 5: a finite answer stalled longer than --write-timeout aborts the client; a stream
+        never times out on writes (it pauses its source instead).
+Rule 6: on a TLS listener all bytes go through its TlsTransport (`wire`), and the TLS
+        handshake counts against the head deadline: it must complete within --head-timeout
+        of the accept, and a request whose bytes came with it continues that deadline. A
+        failed handshake is reported to the owner (handshake_failed) and the connection
+        closed: no HTTP is ever read from it.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -78,26 +101,7 @@ def client_deadline(state: ClientState, entered: float, head_since: float, out: 
 
 
 class ClientConnection:
-    """The server side of one client connection.
-
-    Rule 1: a client is closed exactly once: gracefully (queue delivered, FIN, then closed
-            when it closes or LINGER_SECONDS pass) or aborted on purpose (RST, with a reason).
-            A queued byte is never dropped behind a clean FIN.
-    Rule 2: at most one exchange is active; the next request is parsed only once the answer to
-            the last one is completely queued.
-    Rule 3: what is read but not parsed is bounded (RequestReader), and so is the work of one
-            turn (REQUESTS_PER_TURN requests); a client whose answers pile up unread
-            (CLIENT_HIGH_WATER) is not parsed until it reads.
-    Rule 4: every exchange is reported to the owner exactly once (exchange_done), when its
-            last byte is delivered or the connection closes, with the body bytes delivered.
-    Rule 5: a finite answer stalled longer than --write-timeout aborts the client; a stream
-            never times out on writes (it pauses its source instead).
-    Rule 6: on a TLS listener all bytes go through its TlsTransport (`wire`), and the TLS
-            handshake counts against the head deadline: it must complete within --head-timeout
-            of the accept, and a request whose bytes came with it continues that deadline. A
-            failed handshake is reported to the owner (handshake_failed) and the connection
-            closed: no HTTP is ever read from it.
-    """
+    """The server side of one client connection: enforces this module's Rules 1-6."""
 
     def __init__(self, sock: socket.socket, loop: Loop, owner: Any, settings: Settings,
                  listener: Endpoint, peer: str, identity: str, rejection: str | None = None,
@@ -371,11 +375,8 @@ class ClientConnection:
 
     def abort(self, reason: str) -> None:
         """On purpose: RST, so a truncated response never looks like a clean end."""
-        exchange = self.exchange
-        if exchange is not None:
-            if exchange.outcome == "allow":
-                exchange.outcome = "error"
-            exchange.reason = exchange.reason or reason
+        if self.exchange is not None:
+            self.exchange.cut_short(reason)
         self.finish_close(rst=True, reason=reason)
 
     def finish_close(self, rst: bool, reason: str | None) -> None:
@@ -391,9 +392,7 @@ class ClientConnection:
             self.out.end(exchange)
         for pending in self.out.settle():
             if pending.delivered < pending.body_bytes or pending is exchange:
-                if pending.outcome == "allow":
-                    pending.outcome = "error"
-                pending.reason = pending.reason or reason or "client went away before the answer was delivered"
+                pending.cut_short(reason or "client went away before the answer was delivered")
             self.owner.exchange_done(pending)
         self.loop.forget(self.sock)
         if rst:

@@ -1,4 +1,4 @@
-"""TODO"""
+"""One request and its answer (Exchange), and what is queued for a client (OutputQueue)."""
 from __future__ import annotations
 
 import socket
@@ -188,6 +188,13 @@ class Exchange:
             self.client.abort(self.reason)
             return
         self.client.finish_exchange()
+
+    def cut_short(self, reason: str) -> None:
+        """Its connection closes before its answer was delivered: an "allow" is logged as an
+        "error", and the first reason given is kept."""
+        if self.outcome == "allow":
+            self.outcome = "error"
+        self.reason = self.reason or reason
 
 
 class OutputQueue:

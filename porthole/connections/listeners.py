@@ -1,4 +1,4 @@
-"""TODO"""
+"""Listening sockets: binding TCP and unix listeners, and accepting with back-off."""
 from __future__ import annotations
 
 import contextlib

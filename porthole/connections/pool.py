@@ -1,4 +1,4 @@
-"""TODO"""
+"""The daemon's connections: fresh ones, idle ones kept for reuse, and the daemon's address."""
 from __future__ import annotations
 
 import errno

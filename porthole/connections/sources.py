@@ -1,4 +1,6 @@
-"""TODO"""
+"""Where an exchange's answer comes from: its own Relay, a Lookup before it, a SharedStream or a
+CoalescedRead that several exchanges share.
+"""
 from __future__ import annotations
 
 import json

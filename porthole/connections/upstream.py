@@ -1,4 +1,21 @@
-"""TODO"""
+"""One connection to the daemon (UpstreamConnection): it sends a request porthole wrote
+(wire.request_bytes) and gives the answer's head to an h11 client connection, unless the same
+head bytes were parsed before (wire.ParsedHead); a body with a length or chunked is framed by
+wire.BodyFraming.
+
+Its states are UpstreamState, its legal moves UPSTREAM_TRANSITIONS, changed in one place
+(UpstreamConnection.enter).
+
+Invariants:
+Rule 1: it serves one consumer at a time (a Relay or a SharedStream), or none while IDLE.
+Rule 2: it reads only while its consumer has not paused it; on resume() it first hands on
+        what h11 already holds, in a turn of its own.
+Rule 3: a failure reaches the consumer exactly once (upstream_failed), then it is closed.
+Rule 4: an answer wire.AnswerParser refuses (too many 1xx heads, both framings, control
+        bytes in its head, malformed) is a failure (502), never relayed.
+Deadlines: CONNECTING --connect-timeout (502), AWAITING --response-timeout (504),
+IDLE POOL_IDLE_SECONDS (closed), RECEIVING none (the client side owns write stalls).
+"""
 from __future__ import annotations
 
 import enum
@@ -11,18 +28,13 @@ from typing import Any, Mapping, TYPE_CHECKING
 
 import h11
 
-from porthole.core.wire import BodyFraming, END_OF_MESSAGE, ParsedHead, READ_CHUNK, body_framing, relayed_head, request_bytes
+from porthole.core.wire import (AnswerParser, BodyFraming, DaemonAnswerError, ParsedHead, READ_CHUNK, body_framing,
+                                request_bytes)
 from porthole.runtime.config import Endpoint
 from porthole.runtime.loop import illegal_transition
 
 if TYPE_CHECKING:
     from porthole.connections.pool import UpstreamPool
-
-
-UPSTREAM_MAX_HEAD = 64 * 1024  # a Docker response head is a few hundred bytes
-
-
-MAX_INFORMATIONAL = 8  # 1xx responses tolerated before the real one
 
 
 POOL_IDLE_SECONDS = 30.0
@@ -69,23 +81,13 @@ UPSTREAM_TRANSITIONS: Mapping[UpstreamState, frozenset[UpstreamState]] = {
 
 
 class UpstreamConnection:
-    """One connection to the daemon, with its own h11 client state machine.
-
-    Rule 1: it serves one consumer at a time (a Relay or a SharedStream), or none while IDLE.
-    Rule 2: it reads only while its consumer has not paused it; on resume() it first hands on
-            what h11 already holds, in a turn of its own.
-    Rule 3: a failure reaches the consumer exactly once (upstream_failed), then it is closed.
-    Rule 4: 1xx heads are skipped (at most MAX_INFORMATIONAL); a head with both framings or
-            with control bytes is a failure (502), never relayed.
-    Deadlines: CONNECTING --connect-timeout (502), AWAITING --response-timeout (504),
-    IDLE POOL_IDLE_SECONDS (closed), RECEIVING none (the client side owns write stalls).
-    """
+    """One connection to the daemon: enforces this module's Rules 1-4 and deadlines."""
 
     def __init__(self, pool: UpstreamPool, sock: socket.socket, reused: bool = False) -> None:
         self.pool = pool
         self.loop = pool.loop
         self.sock = sock
-        self.h11: h11.Connection | None = None  # made when a head is not one seen before (ParsedHead)
+        self.parser: AnswerParser | None = None  # made when a head is not one seen before (ParsedHead)
         self.request: h11.Request | None = None  # under way
         self.first_read = b""  # the exchange's first bytes from the daemon, while h11 holds only them
         self.keep_alive = True  # ... as h11 saw the response head, when porthole frames the body
@@ -95,7 +97,6 @@ class UpstreamConnection:
         self.consumer: Any = None
         self.reused = reused  # came from the idle pool: a failure before any byte may be retried
         self.received_any = False
-        self.informational = 0
         self.paused = False
         self.method = b"GET"  # of the request under way
         self.body: BodyFraming | None = None  # set when porthole frames the body itself
@@ -130,7 +131,6 @@ class UpstreamConnection:
         self.consumer = consumer
         self.send_error = None
         self.received_any = False
-        self.informational = 0
         self.paused = False
         self.method = request.method
         self.request = request
@@ -181,28 +181,20 @@ class UpstreamConnection:
             return
         self.received_any = self.received_any or bool(data)
         if self.body is None:
-            if self.h11 is None:
+            if self.parser is None:
                 if self.state is UpstreamState.AWAITING and self.remembered_head(data):
                     return
-                self.h11 = self.parser()
+                self.parser = AnswerParser(self.request)  # type: ignore[arg-type]
                 self.first_read = data
             else:
                 self.first_read = b""
-            self.h11.receive_data(data)
+            self.parser.h11.receive_data(data)
         elif data:
             self.unread += data  # porthole frames this body: h11 sees nothing more of it
         else:
             self.fail(502, "the daemon closed the connection before the response was complete", "closed")
             return
         self.pump()
-
-    def parser(self) -> h11.Connection:
-        """An h11 client connection in the state the request left it (its bytes are already
-        sent, by request_bytes), to parse the daemon's answer."""
-        parser = h11.Connection(h11.CLIENT, max_incomplete_event_size=UPSTREAM_MAX_HEAD)
-        parser.send(self.request)
-        parser.send(END_OF_MESSAGE)
-        return parser
 
     def remembered_head(self, data: bytes) -> bool:
         """A response head byte for byte like one h11 parsed before, for the same method: relay
@@ -248,51 +240,35 @@ class UpstreamConnection:
         if self.body is not None:
             self.pump_body()
             return
-        while self.h11 is not None and self.state in (UpstreamState.AWAITING, UpstreamState.RECEIVING) and not self.paused:
+        parser = self.parser
+        while parser is not None and self.state in (UpstreamState.AWAITING, UpstreamState.RECEIVING) and not self.paused:
             try:
-                event = self.h11.next_event()
-            except h11.RemoteProtocolError as exc:
-                closed = self.h11.their_state is h11.ERROR and self.h11.trailing_data[1]
-                self.fail(502, "the daemon closed the connection before the response was complete"
-                          if closed else f"malformed response from the daemon: {exc}",
-                          "closed" if closed else "protocol_error")
+                event = parser.next_event()
+            except DaemonAnswerError as exc:
+                self.fail(502, str(exc), exc.reason)
                 return
             if event is h11.NEED_DATA:
                 break
-            if isinstance(event, h11.InformationalResponse):
-                self.informational += 1
-                if self.informational > MAX_INFORMATIONAL:
-                    self.fail(502, "the daemon sent too many 1xx responses", "protocol_error")
-                    return
-                continue  # never relayed: porthole sends no bodies, so never waits for 100
             if isinstance(event, h11.Response):
-                try:
-                    head = relayed_head(event)
-                except ValueError as exc:
-                    self.fail(502, str(exc), "protocol_error")
-                    return
                 self.enter(UpstreamState.RECEIVING)
                 self.body = body_framing(self.method, event)
                 if self.body is not None:  # the bytes after the head are body: ours from now on
-                    self.unread = self.h11.trailing_data[0]
-                    self.keep_alive = self.h11.our_state is h11.DONE  # (not MUST_CLOSE: no "close", not HTTP/1.0)
-                    if self.first_read and not self.informational:  # the head is the read's start
+                    self.unread = parser.h11.trailing_data[0]
+                    self.keep_alive = parser.h11.our_state is h11.DONE  # (not MUST_CLOSE: no "close", not HTTP/1.0)
+                    if self.first_read and not parser.informational:  # the head is the read's start
                         self.pool.remember_head(self.method, self.first_read[:len(self.first_read) - len(self.unread)],
-                                                ParsedHead(head, None if self.body.chunked else self.body.remaining,
+                                                ParsedHead(parser.head, None if self.body.chunked else self.body.remaining,
                                                            self.keep_alive))
-                self.consumer.upstream_head(self, head)
+                self.consumer.upstream_head(self, parser.head)
                 if self.body is not None:
                     self.pump_body()
                     return
             elif isinstance(event, h11.Data):  # (a body h11 frames: read until the daemon closes)
                 self.consumer.upstream_data(self, event.data)
-            elif isinstance(event, h11.EndOfMessage):
+            else:  # h11.EndOfMessage
                 consumer, self.consumer = self.consumer, None
                 self.pool.release(self)
                 consumer.upstream_end(self)
-                return
-            else:  # ConnectionClosed or PAUSED before the response ended
-                self.fail(502, "the daemon closed the connection mid-response", "closed")
                 return
         self.update_interest()
 
@@ -320,7 +296,7 @@ class UpstreamConnection:
 
     def next_cycle(self) -> None:
         """Ready for the next exchange: the next answer gets an h11 parser of its own, if any."""
-        self.h11, self.body, self.first_read, self.request = None, None, b"", None
+        self.parser, self.body, self.first_read, self.request = None, None, b"", None
 
     def pause(self) -> None:
         self.paused = True
@@ -364,8 +340,9 @@ class UpstreamConnection:
         if self.body is not None:
             return (self.state is UpstreamState.RECEIVING and self.keep_alive
                     and self.body.done and not self.body.extra and not self.unread)
-        return (self.state is UpstreamState.RECEIVING and self.h11 is not None and self.h11.our_state is h11.DONE
-                and self.h11.their_state is h11.DONE and not self.h11.trailing_data[0])
+        answer = self.parser.h11 if self.parser is not None else None
+        return (self.state is UpstreamState.RECEIVING and answer is not None and answer.our_state is h11.DONE
+                and answer.their_state is h11.DONE and not answer.trailing_data[0])
 
     def fail(self, status: int, message: str, reason: str | None) -> None:
         """`reason`: one of UPSTREAM_ERROR_REASONS, counted when the failure reaches a consumer

@@ -1,4 +1,18 @@
-"""TODO"""
+"""Per-client profiles: which profile each client connection gets (rules.json's "clients").
+
+"clients": [{"match": {"uid": 1000}, "profile": "traefik"}, ...]. An entry's match holds one or
+more conditions and all of them must hold. uid and gid are a unix socket peer's (SO_PEERCRED:
+its effective uid and gid when it connected); address and cert_cn belong to TCP peers (the peer
+address; the common name of the client certificate a mutual-TLS listener verified).
+
+Invariants:
+  1. The first entry that matches picks the profile; a client no entry matches gets its
+     listener's profile.
+  2. uid and gid combine with each other, address and cert_cn with each other, never one kind
+     with the other (they never hold for the same client).
+  3. An entry that can never be the first match (earlier entries match all it matches) is
+     refused at load: a mapping that reads as granting something always does.
+"""
 from __future__ import annotations
 
 import ipaddress
@@ -6,14 +20,6 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 
-# ---- per-client profiles ---------------------------------------------------------------------
-#
-# "clients": [{"match": {"uid": 1000}, "profile": "traefik"}, ...]. An entry's match holds one or
-# more conditions and all of them must hold. uid and gid are a unix socket peer's (SO_PEERCRED:
-# its effective uid and gid when it connected); address and cert_cn belong to TCP peers (the peer
-# address; the common name of the client certificate a mutual-TLS listener verified). So uid and
-# gid combine with each other, address and cert_cn with each other, never one kind with the other.
-# The first entry that matches picks the profile; a client no entry matches gets its listener's.
 UNIX_CONDITIONS = ("uid", "gid")
 TCP_CONDITIONS = ("address", "cert_cn")
 _MAX_ID = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel: never a real id

@@ -1,4 +1,20 @@
-"""TODO"""
+"""decide: one request's facts in, a Decision to forward or a Refusal out; and
+forwarded_request, the one place a request for the daemon is built.
+
+Invariants:
+  1. Only GET and HEAD are ever forwarded: decide refuses any other method first, and
+     forwarded_request asserts it again, so no path through the proxy can build anything else.
+  2. No request body, no protocol upgrade, no second Host header, no control byte in a header
+     is forwarded.
+  3. On TCP listeners, requests from web pages (Origin, Sec-Fetch-Site) and Host names that
+     could be rebound (a dotted name not given with --allow-host) are refused.
+  4. The guards are checked before any rule; a rule then allows the path only with its method
+     and its query keys and values.
+  5. What the daemon is sent is rebuilt: the canonical target, Host: docker, and only the
+     FORWARDED_REQUEST_HEADERS the client sent. Nothing else of the client's bytes reaches it.
+  6. Learn and warn modes forward only refusals by the profile's rules (kind "rule"), never
+     what decide refuses for any other reason.
+"""
 from __future__ import annotations
 
 import re

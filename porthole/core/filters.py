@@ -1,4 +1,18 @@
-"""TODO"""
+"""What a profile may see of an answer: redaction and label scopes.
+
+Allowing an endpoint is not allowing everything it returns. A profile's "redact" names what is
+removed from answers (secrets: environment values, log and volume driver options, exec
+command lines, ...); its "visible" scopes which containers, services and tasks exist for it at
+all. These are pure functions over parsed JSON; rewrite.py applies them to an answer's bytes,
+and Lookup (connections.sources) resolves an object before a request about it.
+
+Invariants:
+  1. A filter that cannot be applied (not JSON, an unexpected shape, over the bound) fails the
+     answer: a 502, or an abort mid-stream. The unfiltered bytes never pass.
+  2. Redaction keeps names and keys (tools that read them still work) and removes values.
+  3. An invisible object is answered as dockerd answers a missing one (404, same message).
+  4. Filtering is idempotent: a filtered answer filtered again is unchanged.
+"""
 from __future__ import annotations
 
 import json
@@ -9,18 +23,6 @@ from porthole.core.rewrite import ResponseTransform, TransformError, event_bytes
 from porthole.core.target import CONTROL_BYTES, Refusal, SAFE_SEGMENT, Target
 
 
-# ---- response filters ------------------------------------------------------------------------
-#
-# Allowing an endpoint is not allowing everything it returns. A profile's "redact" names what is
-# removed from responses (secrets: environment values, log and volume driver options, exec
-# command lines, ...); its "visible" scopes which containers, services and tasks exist for it at
-# all. These are pure functions over parsed JSON; the connection layer (ResponseRewriter)
-# buffers, parses and re-serialises, and Lookup resolves an object before a request about it.
-#
-# Rule 1: a filter that cannot be applied (not JSON, an unexpected shape, over the bound) fails
-# Rule 2: redaction keeps names and keys (tools that read them still work) and removes values.
-# Rule 3: an invisible object is answered as dockerd answers a missing one (404, same message).
-# Rule 4: filtering is idempotent: a filtered answer filtered again is unchanged.
 REDACTIONS: Mapping[str, str] = {
     "env": "environment variable values (containers, images, services, tasks, plugins): NAME= kept",
     "log-options": "log driver options (splunk-token, awslogs credentials, ...): keys kept",

@@ -1,4 +1,19 @@
-"""TODO"""
+"""Path templates, and the two guards no rules file can lift.
+
+A template ('/containers/{id}/json') is literal segments, '{name}' (one safe segment) and at
+most one '{name*}' (one or more: image and plugin names hold '/'). No regular expressions,
+by design: templates_overlap can then decide, for any two templates, whether some path
+matches both.
+
+Invariants:
+  1. A NEVER_FORWARDED path is refused whatever the rules say (decide checks it before any
+     rule), and load_policy refuses any rule whose template overlaps one.
+  2. A DANGEROUS_READS path is forwarded only by a rule that says "dangerous": true: load_policy
+     refuses a rule overlapping a dangerous read without it (and one that says it needlessly),
+     and decide checks it again for every request.
+  3. The guards' placeholders are '{name*}' because the daemon routes names with '.*':
+     'web/db' is one container name to it.
+"""
 from __future__ import annotations
 
 import re
@@ -7,8 +22,6 @@ from typing import Any, Iterable, Sequence
 from porthole.core.target import API_VERSION, SAFE_SEGMENT
 
 
-# Path templates: '/containers/{id}/json'. '{name}' matches one safe segment, '{name*}' one or
-# more (image and plugin names hold '/'). No regular expressions, by design.
 ONE = object()
 MANY = object()
 Template = tuple  # of str (literal), ONE or MANY

@@ -1,4 +1,16 @@
-"""TODO"""
+"""rules.json, strictly validated into a Policy of profiles of rules.
+
+Invariants:
+  1. A rule's methods are GET and/or HEAD (ALLOWED_METHODS); any other method refuses the
+     whole file. Porthole forwards nothing else whatever the file says (decide, and
+     forwarded_request, check again).
+  2. Anything unknown, missing or mistyped refuses the whole file, with its JSON path in the
+     message ($.profiles.NAME.rules[3].path): a policy is never half-loaded, and a reload that
+     fails keeps the policy in force.
+  3. Every rule is checked against the guards at load (guards.py invariants 1 and 2).
+  4. A profile's filtering defaults to DEFAULT_REDACTIONS: redaction is on unless a profile
+     says otherwise.
+"""
 from __future__ import annotations
 
 import functools

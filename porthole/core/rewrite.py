@@ -1,4 +1,12 @@
-"""TODO"""
+"""A filter applied to an answer's bytes: ResponseRewriter.
+
+Invariants:
+  1. A document is buffered whole (at most max_bytes) and its head held back until it is
+     rewritten: its Content-Length is the rewritten body's, and a failure is still a 502.
+  2. A stream of events is rewritten line by line, each line bounded by max_bytes.
+  3. Any exception from a filter is a TransformError: the client gets a 502 or an abort,
+     never the bytes the filter could not handle.
+"""
 from __future__ import annotations
 
 import functools

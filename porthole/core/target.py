@@ -1,4 +1,19 @@
-"""TODO"""
+"""The one reading of a request target: canonicalize_target.
+
+What is matched against the rules is exactly what is forwarded: a target is decoded once and
+checked, and the daemon is sent Target.forward_form(), rebuilt from the decoded parts, never
+the client's bytes.
+
+Invariants (each breach is a Refusal(400) that closes the connection; nothing is normalised):
+  1. Only origin-form targets (/path?query); no '#', ';' or '\\' anywhere.
+  2. Each path segment is percent-decoded exactly once and must then be a SAFE_SEGMENT: no
+     encoded '/', '\\' or '%', no control byte, nothing outside ASCII survives decoding.
+  3. No empty, '.' or '..' segment ('//', a trailing '/', dot segments): the daemon would
+     normalise them differently from what was matched.
+  4. An API version prefix is /v<major>.<minor> (with a patch part only before /libpod); it is
+     kept apart from the segments the rules match.
+  5. Query keys are QUERY_KEY names, each at most once; values are UTF-8 without control bytes.
+"""
 from __future__ import annotations
 
 import functools

@@ -1,4 +1,23 @@
-"""TODO"""
+"""The bytes on either side, read and written.
+
+h11 parses every head on both sides: each client request head (RequestReader) and each
+daemon response head (UpstreamConnection gives it to an h11 client connection). What porthole
+sends is written here, from values h11 parsed and checked, or porthole made: the request to the
+daemon (request_bytes), the response heads and bodies to clients (response_head, BodyWriter),
+framed exactly as h11's server side frames them; tests/unit/core/test_wire.py checks, on
+generated heads, methods, versions and bodies, that they write the bytes h11 writes and close
+where h11 would. A daemon body with a length or chunked is framed by BodyFraming, stricter than
+h11 (fuzzed and differential-tested against it).
+
+Invariants:
+  1. A head is interpreted by h11 alone. A head byte for byte equal to one h11 accepted (from
+     the same initial state) is that head again; porthole compares bytes, never parses them.
+  2. A body never goes out as if it matched its head when it does not (FramingError).
+  3. An answer with both Content-Length and Transfer-Encoding, or with control bytes in its
+     head, is refused (relayed_head), never relayed; hop-by-hop headers are not relayed.
+  4. What is read but not parsed is bounded (RequestReader), and so is every table here
+     (MAX_REMEMBERED_HEADS entries, then dropped).
+"""
 from __future__ import annotations
 
 import json
@@ -291,6 +310,64 @@ def relayed_head(event: h11.Response) -> h11.Response:
         headers = [(n, v) for n, v in headers if n.lower() not in (b"content-length", b"transfer-encoding")]
     return h11.Response(status_code=event.status_code, reason=event.reason, http_version=b"1.1",
                         headers=headers, _parsed=True)  # values as h11 parsed and we checked them
+
+
+
+UPSTREAM_MAX_HEAD = 64 * 1024  # a Docker response head is a few hundred bytes
+MAX_INFORMATIONAL = 8  # 1xx responses tolerated before the real one
+
+
+class DaemonAnswerError(Exception):
+    """The daemon's answer cannot be relayed: a 502 that says why in porthole's words (never
+    the daemon's bytes), counted under `reason` ("closed" or "protocol_error")."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class AnswerParser:
+    """h11's client side for one answer of the daemon, in the state porthole's own writing of
+    the request left it (request_bytes sent it): it parses the head, and a body h11 frames
+    (read until the daemon closes). Feed it with .h11.receive_data().
+
+    Rule 1: 1xx heads are skipped, at most MAX_INFORMATIONAL of them; none is relayed.
+    Rule 2: a head relayed_head refuses (both framings, control bytes) raises, never relayed.
+    Rule 3: an answer that ends before it is complete, or is malformed, raises.
+    """
+
+    def __init__(self, request: h11.Request) -> None:
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=UPSTREAM_MAX_HEAD)
+        self.h11.send(request)
+        self.h11.send(END_OF_MESSAGE)
+        self.informational = 0
+        self.head: h11.Response | None = None  # the head as relayed, once parsed
+
+    def next_event(self) -> Any:
+        """h11.NEED_DATA, the daemon's h11.Response (self.head is then its relayed form),
+        h11.Data or h11.EndOfMessage. Raises DaemonAnswerError."""
+        while True:
+            try:
+                event = self.h11.next_event()
+            except h11.RemoteProtocolError as exc:
+                closed = self.h11.their_state is h11.ERROR and self.h11.trailing_data[1]
+                raise DaemonAnswerError("the daemon closed the connection before the response was complete"
+                                        if closed else f"malformed response from the daemon: {exc}",
+                                        "closed" if closed else "protocol_error") from None
+            if isinstance(event, h11.InformationalResponse):
+                self.informational += 1
+                if self.informational > MAX_INFORMATIONAL:
+                    raise DaemonAnswerError("the daemon sent too many 1xx responses", "protocol_error")
+                continue  # porthole sends no bodies, so never waits for a 100
+            if isinstance(event, h11.Response):
+                try:
+                    self.head = relayed_head(event)
+                except ValueError as exc:
+                    raise DaemonAnswerError(str(exc), "protocol_error") from None
+            elif not (event is h11.NEED_DATA or isinstance(event, (h11.Data, h11.EndOfMessage))):
+                # ConnectionClosed, or PAUSED, before the answer ended
+                raise DaemonAnswerError("the daemon closed the connection mid-response", "closed")
+            return event
 
 
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")

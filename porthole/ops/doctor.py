@@ -1,4 +1,9 @@
-"""TODO"""
+"""--doctor: an audit of the host porthole runs on.
+
+Facts are gathered once (gather_host_facts: the only I/O, its paths injectable for tests), then
+each check is a pure function of them returning findings. Severities: ok and info never change
+the exit status; a warning makes it 1, a critical finding 2.
+"""
 from __future__ import annotations
 
 import ipaddress
@@ -20,11 +25,6 @@ from porthole.ops.probe import blocking_get
 from porthole.runtime.config import Endpoint, Settings
 
 
-# ---- --doctor: an audit of the host porthole runs on -----------------------------------------
-#
-# Facts are gathered once (gather_host_facts: the only I/O, its paths injectable for tests), then
-# each check is a pure function of them returning findings. Severities: ok and info never change
-# the exit status; a warning makes it 1, a critical finding 2.
 SEVERITIES = ("ok", "info", "warning", "critical")
 DEFAULT_DOCKER_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock")
 

@@ -1,4 +1,9 @@
-"""TODO"""
+"""Learn mode (--learn PATH): what each client asked for, written as the rules it needs.
+
+One minimal profile per client and the `clients` entries that give it to that client. Learner
+is pure (no sockets, no files): the proxy feeds it (Learner.record), and LearnFile writes
+Learner.document. A concrete path is learned as a template, never as a raw id or name.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -19,11 +24,6 @@ from porthole.runtime.log import Log
 from porthole.runtime.loop import Loop
 
 
-# ---- learn mode ------------------------------------------------------------------------------
-# --learn PATH records, per client, what it asked for, and writes it as the rules it needs: one
-# minimal profile per client and the `clients` entries that give it to that client. The part
-# here is pure (no sockets, no files): the proxy feeds it (Learner.record) and writes
-# Learner.document. A concrete path is learned as a template, never as a raw id or name.
 
 # The GET and HEAD paths of the Docker Engine API (docs.docker.com/reference/api/engine), as the
 # templates learned rules use: a path is learned as the first that matches it. Paths that none

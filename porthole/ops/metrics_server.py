@@ -1,4 +1,4 @@
-"""TODO"""
+"""The --metrics listener: GET /metrics, on connections of its own."""
 from __future__ import annotations
 
 import socket

@@ -1,4 +1,4 @@
-"""TODO"""
+"""One blocking GET, outside the event loop: for --healthcheck and --doctor."""
 from __future__ import annotations
 
 from typing import Any

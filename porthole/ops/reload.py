@@ -1,4 +1,4 @@
-"""TODO"""
+"""Rules reload: noticing that the rules file changed (SIGHUP does the rest the same way)."""
 from __future__ import annotations
 
 import os

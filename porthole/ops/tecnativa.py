@@ -1,4 +1,12 @@
-"""TODO"""
+"""The Tecnativa drop-in: Tecnativa-style environment variables as a read-only policy.
+
+tecnativa/docker-socket-proxy and its linuxserver fork are configured by environment
+variables: each opens one path prefix of the API (HAProxy, `^(/v[\\d.]+)?/containers` etc.)
+to GET and HEAD, or to every method with POST=1. With no rules file given, porthole turns
+those variables into the equivalent READ-ONLY policy, so swapping the image is the migration.
+Each section opens the reads listed here and no others; a read the guards call dangerous is
+forwarded only when its `gate` variable (linuxserver's ALLOW_LOGS and friends) is on too.
+"""
 from __future__ import annotations
 
 import re
@@ -9,13 +17,6 @@ from porthole.core.guards import dangerous_overlaps, parse_template
 from porthole.runtime.config import UsageError
 
 
-# ---- Tecnativa drop-in -----------------------------------------------------------------------
-# tecnativa/docker-socket-proxy and its linuxserver fork are configured by environment
-# variables: each opens one path prefix of the API (HAProxy, `^(/v[\d.]+)?/containers` etc.)
-# to GET and HEAD, or to every method with POST=1. With no rules file given, porthole turns
-# those variables into the equivalent READ-ONLY policy, so swapping the image is the migration.
-# Each section opens the reads listed here and no others; a read the guards call dangerous is
-# forwarded only when its `gate` variable (linuxserver's ALLOW_LOGS and friends) is on too.
 @dataclass(frozen=True)
 class SectionRead:
     path: str

@@ -1,1 +1,1 @@
-"""TODO"""
+"""What everything above the core runs on: settings, the loop, TLS, the log, the metrics registry."""

@@ -1,4 +1,4 @@
-"""TODO"""
+"""Settings: where to listen, where the daemon is, the limits; listener and upstream URLs."""
 from __future__ import annotations
 
 import os

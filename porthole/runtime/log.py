@@ -1,4 +1,6 @@
-"""TODO"""
+"""The log: one line per event on stderr, JSON or text. json.dumps escapes every control
+character, so a hostile target or header can never start a new line.
+"""
 from __future__ import annotations
 
 import json

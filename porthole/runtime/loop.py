@@ -1,4 +1,9 @@
-"""TODO"""
+"""The one selectors loop, its deadlines and turns; timers; signals as loop events.
+
+Every part of porthole is driven from here: an object with on_io(mask), on_turn(),
+on_deadline(now) and abort(reason), as it needs them. One thread runs it; the only other
+thread porthole ever starts re-resolves a TCP daemon's name (connections.pool).
+"""
 from __future__ import annotations
 
 import contextlib

@@ -1,4 +1,6 @@
-"""TODO"""
+"""TLS for listeners: the server context, and a transport a client connection reads and writes
+through (an SSLObject over memory BIOs, so the loop stays non-blocking).
+"""
 from __future__ import annotations
 
 import contextlib
