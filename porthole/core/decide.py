@@ -170,8 +170,17 @@ def decide_with_mode(policy: Policy, facts: RequestFacts, allow_hosts: frozenset
         return Decision(target, rule, is_streaming(target), would_deny=refusal.reason)
 
 
+class NotReadOnly(AssertionError):
+    """forwarded_request was asked for a method other than GET or HEAD: a bug in porthole. Nothing
+    is forwarded; the loop logs it and aborts the client (Loop Rule 1)."""
+
+
 def forwarded_request(method: str, target: Target, headers: Sequence[tuple[bytes, bytes]]) -> h11.Request:
-    """The request porthole sends upstream: canonical target, fixed Host, allowlisted headers."""
+    """The request porthole sends upstream: canonical target, fixed Host, allowlisted headers.
+    Every request the daemon is sent is built here, so the read-only promise is checked here
+    too, whatever decide said (invariant 1): not an assert statement, which `python -O` drops."""
+    if method not in ALLOWED_METHODS:
+        raise NotReadOnly(f"refusing to build a {method!r} request for the daemon: porthole is read-only")
     kept = [(name, value) for name, value in headers if name in FORWARDED_REQUEST_HEADERS]
     # _parsed: the header values were validated by h11 when it parsed the client's request and
     # the target is built from safe characters only, so h11 need not run its regexes again.
