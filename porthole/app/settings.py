@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from porthole.ops.tecnativa import TECNATIVA_VARIABLES, tecnativa_log_level, tecnativa_upstream
-from porthole.runtime.config import DEFAULT_LISTEN, DEFAULT_UPSTREAM, Settings, UsageError, default_rules_path, parse_endpoint, parse_metrics_endpoint
+from porthole.runtime.config import (DEFAULT_LISTEN, DEFAULT_UPSTREAM, Settings, UsageError,
+                                     default_rules_path, parse_endpoint, parse_metrics_endpoint)
 from porthole.runtime.log import LOG_LEVELS
 
 

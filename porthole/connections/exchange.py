@@ -69,8 +69,8 @@ class Exchange:
         """Still the client's current exchange (not finished, not closed)."""
         return self.client.exchange is self
 
-    # The response, written through the client's h11 into its OutputQueue. Relay and
-    # SharedStream call send_head, send_body, end_body and fail; local answers call answer.
+    # The response, written by porthole (wire.response_head, wire.BodyWriter) into the client's
+    # OutputQueue. The sources call send_head, send_body, end_body and fail; local answers, answer.
 
     def answer(self, status: int, message: str, close: bool = False, as_daemon: bool = False) -> None:
         """Answer locally with a Docker-style JSON error."""
@@ -223,7 +223,7 @@ class OutputQueue:
         self.queued += len(data)
 
     def write_body(self, wire: bytes, payload: int, exchange: Exchange) -> None:
-        """Queue `wire`, which carries `payload` body bytes (framed by h11: chunked adds CRLF)."""
+        """Queue `wire`, which carries `payload` body bytes (framed by BodyWriter: chunked adds CRLF)."""
         trailer = 2 if len(wire) > payload else 0
         self.payloads.append((self.queued + len(wire) - payload - trailer, payload, exchange))
         exchange.body_bytes += payload

@@ -71,7 +71,7 @@ class ResponseRewriter:
     def head(self) -> h11.Response | None:
         if self.transform.document is not None:
             return None  # (a HEAD's was forwarded as GET: its length is the rewritten body's)
-        return self._head(None)  # re-framed by h11 (chunked for HTTP/1.1)
+        return self._head(None)  # framed anew by BodyWriter (chunked for HTTP/1.1 clients)
 
     def feed(self, data: bytes) -> bytes:
         self.buffer += data

@@ -31,14 +31,8 @@ from porthole.core.target import CONTROL_BYTES
 
 
 READ_CHUNK = 65536
-
-
 MAX_REMEMBERED_HEADS = 256  # distinct heads h11 parsed kept per table, by their bytes (then all dropped)
 MAX_REMEMBERED_REQUEST_HEAD = 2048  # longer request heads are parsed every time (a table stays small)
-
-
-_HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
-                         b"transfer-encoding", b"upgrade"})
 
 
 def kept_for(table: dict[tuple, tuple[Any, Any]], obj: Any, key: tuple, compute: Callable[[], Any]) -> Any:
@@ -53,158 +47,7 @@ def kept_for(table: dict[tuple, tuple[Any, Any]], obj: Any, key: tuple, compute:
     return known[1]
 
 
-def request_bytes(request: h11.Request) -> bytes:
-    """`request` as h11's writer puts it on the wire (Host first, names as given), written by
-    porthole so that no h11 connection is needed to send it; tests/test_framing.py checks the
-    two agree byte for byte. Everything in it was validated when the h11.Request was made. The
-    forwarded requests of cached decisions are the same objects each time: written once."""
-    return kept_for(_WRITTEN_REQUESTS, request, (), lambda: _request_bytes(request))
-
-
-_WRITTEN_REQUESTS: dict[tuple, tuple[Any, Any]] = {}
-
-
-def _request_bytes(request: h11.Request) -> bytes:
-    items = request.headers.raw_items()
-    lines = [b"%s %s HTTP/1.1\r\n" % (request.method, request.target)]
-    lines += [b"%s: %s\r\n" % item for item in items if item[0].lower() == b"host"]
-    lines += [b"%s: %s\r\n" % item for item in items if item[0].lower() != b"host"]
-    lines.append(b"\r\n")
-    return b"".join(lines)
-
-
-def has_both_framings(headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    """A response with Content-Length and Transfer-Encoding is a smuggling shape: refuse it."""
-    names = {name.lower() for name, _ in headers}
-    return b"content-length" in names and b"transfer-encoding" in names
-
-
-def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
-    """The tokens of every Connection header, lowercase (`headers`' names already lowercase)."""
-    return {token.strip() for name, value in headers if name == b"connection"
-            for token in value.lower().split(b",") if token.strip()}
-
-
-def relayed_response_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    """Upstream response headers minus hop-by-hop ones (porthole frames the body itself)."""
-    headers = list(headers)
-    listed = connection_tokens((name.lower(), value) for name, value in headers)
-    kept = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower not in _HOP_BY_HOP and lower not in listed and not lower.startswith(b"proxy-"):
-            kept.append((name, value))
-    return kept
-
-
-def error_body(message: str, as_daemon: bool = False) -> bytes:
-    """A Docker-style error; `as_daemon`: worded exactly as dockerd would (no "porthole:")."""
-    return json.dumps({"message": message if as_daemon else f"porthole: {message}"}).encode() + b"\n"
-
-
-#
-END_OF_MESSAGE = h11.EndOfMessage()  # events are immutable: one for every message (no per-request validation)
-
-
-# ---- writing answers --------------------------------------------------------------------------
-#
-# h11 parses every head on both sides. The heads and bodies porthole sends are written by the
-# two pieces below, from values h11 parsed and checked (or porthole made), framed exactly as
-# h11's server side frames them: tests/test_framing.py checks, on generated heads, methods,
-# HTTP versions and bodies, that they write the bytes h11 writes and close where h11 would.
-# Writing is where h11 spent half its time, re-validating what it had validated already.
-class FramingError(Exception):
-    """A body that does not match its head's framing: never sent as if it did."""
-
-
-class BodyWriter:
-    """Frames one answer's body for the client: exactly Content-Length bytes, chunked, or (an
-    HTTP/1.0 client) as it comes, ended by closing the connection."""
-
-    __slots__ = ("chunked", "remaining")
-
-    def __init__(self, chunked: bool, length: int | None) -> None:
-        self.chunked = chunked
-        self.remaining = length  # None: chunked, or until the connection closes
-
-    def data(self, data: bytes) -> bytes:
-        if self.chunked:
-            return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
-        if self.remaining is not None:
-            self.remaining -= len(data)
-            if self.remaining < 0:
-                raise FramingError("more body than the Content-Length announced")
-        return data
-
-    def end(self) -> bytes:
-        if self.chunked:
-            return b"0\r\n\r\n"
-        if self.remaining:
-            raise FramingError("less body than the Content-Length announced")
-        return b""
-
-
-def client_keeps_alive(version: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bool:
-    """Whether the client's request lets its connection stay open after the answer (h11:
-    HTTP/1.1 and no "close" token in Connection)."""
-    return version >= b"1.1" and b"close" not in connection_tokens(headers)
-
-
-def response_head(head: h11.Response, method: str, version: bytes | None,
-                  keep_alive: bool) -> tuple[bytes, BodyWriter, bool]:
-    """response_head_parts, with a fresh BodyWriter. A head relayed again and again (the same
-    h11.Response object: UpstreamPool.heads) is written once per kind of client, then reused."""
-    data, chunked, length, close = kept_for(_WRITTEN_HEADS, head, (method, version, keep_alive),
-                                            lambda: response_head_parts(head, method, version, keep_alive))
-    return data, BodyWriter(chunked, length), close
-
-
-_WRITTEN_HEADS: dict[tuple, tuple[Any, Any]] = {}
-
-
-def response_head_parts(head: h11.Response, method: str, version: bytes | None,
-                        keep_alive: bool) -> tuple[bytes, bool, int | None, bool]:
-    """`head`'s bytes for a client that asked with `method` over HTTP `version` (None: its
-    request never parsed), how its body is framed (chunked, Content-Length or None: neither)
-    and whether the connection closes after it, as h11's server side decides them: a body of
-    unknown length goes chunked to HTTP/1.1 and unframed to HTTP/1.0 (which then closes);
-    Connection: close is added whenever the connection will close."""
-    headers = head.headers.raw_items()
-    names = [name.lower() for name, _ in headers]
-    status = head.status_code
-    unknown_length = status not in (204, 304) and (b"transfer-encoding" in names or b"content-length" not in names)
-    close = not keep_alive
-    if unknown_length:
-        kept = [(n, v) for (n, v), low in zip(headers, names) if low not in (b"content-length", b"transfer-encoding")]
-        if version is None or version < b"1.1":
-            close = close or method != "HEAD"
-        else:
-            kept.append((b"Transfer-Encoding", b"chunked"))
-        headers = kept
-        names = [name.lower() for name, _ in headers]
-    if close:
-        tokens = connection_tokens(zip(names, (value for _, value in headers)))
-        tokens.discard(b"keep-alive")
-        tokens.add(b"close")
-        headers = [(n, v) for (n, v), low in zip(headers, names) if low != b"connection"]
-        headers += [(b"Connection", token) for token in sorted(tokens)]
-        names = [name.lower() for name, _ in headers]
-    elif b"connection" in names:  # the head's own "close" ends the connection too
-        close = b"close" in connection_tokens(zip(names, (value for _, value in headers)))
-    if status in (204, 304) or method == "HEAD":
-        chunked, length = False, 0
-    elif b"transfer-encoding" in names:
-        chunked, length = True, None
-    elif b"content-length" in names:
-        chunked, length = False, int(headers[names.index(b"content-length")][1])
-    else:
-        chunked, length = False, None
-    lines = [b"HTTP/1.1 %d %s\r\n" % (status, head.reason)]
-    lines += [b"%s: %s\r\n" % item for item, low in zip(headers, names) if low == b"host"]
-    lines += [b"%s: %s\r\n" % item for item, low in zip(headers, names) if low != b"host"]
-    lines.append(b"\r\n")
-    return b"".join(lines), chunked, length, close
-
+# ---- from the client: request heads, parsed by h11 -------------------------------------------
 
 class RequestReader:
     """A client's bytes on their way to h11, which parses every request head: one fresh h11
@@ -297,21 +140,44 @@ def _declares_body(headers: Sequence[tuple[bytes, bytes]]) -> bool:
                for name, value in headers)
 
 
-def relayed_head(event: h11.Response) -> h11.Response:
-    """The daemon's response head as porthole relays it; ValueError says why it is refused
-    (smuggling shapes, control bytes)."""
-    raw_headers = event.headers.raw_items()
-    if has_both_framings(raw_headers):
-        raise ValueError("the daemon's response has both Content-Length and Transfer-Encoding")
-    if CONTROL_BYTES.search(b" ".join([event.reason, *(v for _, v in raw_headers)])):  # one search, not one a header
-        raise ValueError("the daemon's response head holds control characters")
-    headers = relayed_response_headers(raw_headers)
-    if event.status_code in (204, 304):  # never a body, so never framing headers (RFC 9110 8.6)
-        headers = [(n, v) for n, v in headers if n.lower() not in (b"content-length", b"transfer-encoding")]
-    return h11.Response(status_code=event.status_code, reason=event.reason, http_version=b"1.1",
-                        headers=headers, _parsed=True)  # values as h11 parsed and we checked them
+def connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> set[bytes]:
+    """The tokens of every Connection header, lowercase (`headers`' names already lowercase)."""
+    return {token.strip() for name, value in headers if name == b"connection"
+            for token in value.lower().split(b",") if token.strip()}
 
 
+def client_keeps_alive(version: bytes, headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """Whether the client's request lets its connection stay open after the answer (h11:
+    HTTP/1.1 and no "close" token in Connection)."""
+    return version >= b"1.1" and b"close" not in connection_tokens(headers)
+
+
+# ---- to the daemon: the request porthole writes --------------------------------------------
+
+END_OF_MESSAGE = h11.EndOfMessage()  # events are immutable: one for every message (no per-request validation)
+
+
+def request_bytes(request: h11.Request) -> bytes:
+    """`request` as h11's writer puts it on the wire (Host first, names as given), written by
+    porthole so that no h11 connection is needed to send it; tests/test_framing.py checks the
+    two agree byte for byte. Everything in it was validated when the h11.Request was made. The
+    forwarded requests of cached decisions are the same objects each time: written once."""
+    return kept_for(_WRITTEN_REQUESTS, request, (), lambda: _request_bytes(request))
+
+
+_WRITTEN_REQUESTS: dict[tuple, tuple[Any, Any]] = {}
+
+
+def _request_bytes(request: h11.Request) -> bytes:
+    items = request.headers.raw_items()
+    lines = [b"%s %s HTTP/1.1\r\n" % (request.method, request.target)]
+    lines += [b"%s: %s\r\n" % item for item in items if item[0].lower() == b"host"]
+    lines += [b"%s: %s\r\n" % item for item in items if item[0].lower() != b"host"]
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+# ---- from the daemon: the answer's head (h11) and body (BodyFraming) ------------------------
 
 UPSTREAM_MAX_HEAD = 64 * 1024  # a Docker response head is a few hundred bytes
 MAX_INFORMATIONAL = 8  # 1xx responses tolerated before the real one
@@ -368,6 +234,43 @@ class AnswerParser:
                 # ConnectionClosed, or PAUSED, before the answer ended
                 raise DaemonAnswerError("the daemon closed the connection mid-response", "closed")
             return event
+
+
+_HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                         b"transfer-encoding", b"upgrade"})
+
+
+def has_both_framings(headers: Iterable[tuple[bytes, bytes]]) -> bool:
+    """A response with Content-Length and Transfer-Encoding is a smuggling shape: refuse it."""
+    names = {name.lower() for name, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
+def relayed_response_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Upstream response headers minus hop-by-hop ones (porthole frames the body itself)."""
+    headers = list(headers)
+    listed = connection_tokens((name.lower(), value) for name, value in headers)
+    kept = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower not in _HOP_BY_HOP and lower not in listed and not lower.startswith(b"proxy-"):
+            kept.append((name, value))
+    return kept
+
+
+def relayed_head(event: h11.Response) -> h11.Response:
+    """The daemon's response head as porthole relays it; ValueError says why it is refused
+    (smuggling shapes, control bytes)."""
+    raw_headers = event.headers.raw_items()
+    if has_both_framings(raw_headers):
+        raise ValueError("the daemon's response has both Content-Length and Transfer-Encoding")
+    if CONTROL_BYTES.search(b" ".join([event.reason, *(v for _, v in raw_headers)])):  # one search, not one a header
+        raise ValueError("the daemon's response head holds control characters")
+    headers = relayed_response_headers(raw_headers)
+    if event.status_code in (204, 304):  # never a body, so never framing headers (RFC 9110 8.6)
+        headers = [(n, v) for n, v in headers if n.lower() not in (b"content-length", b"transfer-encoding")]
+    return h11.Response(status_code=event.status_code, reason=event.reason, http_version=b"1.1",
+                        headers=headers, _parsed=True)  # values as h11 parsed and we checked them
 
 
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
@@ -469,3 +372,98 @@ class ParsedHead:
 
     def framing(self) -> BodyFraming:
         return BodyFraming(self.length)
+
+
+# ---- to the client: answers porthole writes (not h11: writing through it re-validated what it
+# had validated already, half of its time) --------------------------------------------------
+
+def error_body(message: str, as_daemon: bool = False) -> bytes:
+    """A Docker-style error; `as_daemon`: worded exactly as dockerd would (no "porthole:")."""
+    return json.dumps({"message": message if as_daemon else f"porthole: {message}"}).encode() + b"\n"
+
+
+class FramingError(Exception):
+    """A body that does not match its head's framing: never sent as if it did."""
+
+
+class BodyWriter:
+    """Frames one answer's body for the client: exactly Content-Length bytes, chunked, or (an
+    HTTP/1.0 client) as it comes, ended by closing the connection."""
+
+    __slots__ = ("chunked", "remaining")
+
+    def __init__(self, chunked: bool, length: int | None) -> None:
+        self.chunked = chunked
+        self.remaining = length  # None: chunked, or until the connection closes
+
+    def data(self, data: bytes) -> bytes:
+        if self.chunked:
+            return b"%x\r\n%s\r\n" % (len(data), data) if data else b""
+        if self.remaining is not None:
+            self.remaining -= len(data)
+            if self.remaining < 0:
+                raise FramingError("more body than the Content-Length announced")
+        return data
+
+    def end(self) -> bytes:
+        if self.chunked:
+            return b"0\r\n\r\n"
+        if self.remaining:
+            raise FramingError("less body than the Content-Length announced")
+        return b""
+
+
+def response_head(head: h11.Response, method: str, version: bytes | None,
+                  keep_alive: bool) -> tuple[bytes, BodyWriter, bool]:
+    """response_head_parts, with a fresh BodyWriter. A head relayed again and again (the same
+    h11.Response object: UpstreamPool.heads) is written once per kind of client, then reused."""
+    data, chunked, length, close = kept_for(_WRITTEN_HEADS, head, (method, version, keep_alive),
+                                            lambda: response_head_parts(head, method, version, keep_alive))
+    return data, BodyWriter(chunked, length), close
+
+
+_WRITTEN_HEADS: dict[tuple, tuple[Any, Any]] = {}
+
+
+def response_head_parts(head: h11.Response, method: str, version: bytes | None,
+                        keep_alive: bool) -> tuple[bytes, bool, int | None, bool]:
+    """`head`'s bytes for a client that asked with `method` over HTTP `version` (None: its
+    request never parsed), how its body is framed (chunked, Content-Length or None: neither)
+    and whether the connection closes after it, as h11's server side decides them: a body of
+    unknown length goes chunked to HTTP/1.1 and unframed to HTTP/1.0 (which then closes);
+    Connection: close is added whenever the connection will close."""
+    headers = head.headers.raw_items()
+    names = [name.lower() for name, _ in headers]
+    status = head.status_code
+    unknown_length = status not in (204, 304) and (b"transfer-encoding" in names or b"content-length" not in names)
+    close = not keep_alive
+    if unknown_length:
+        kept = [(n, v) for (n, v), low in zip(headers, names) if low not in (b"content-length", b"transfer-encoding")]
+        if version is None or version < b"1.1":
+            close = close or method != "HEAD"
+        else:
+            kept.append((b"Transfer-Encoding", b"chunked"))
+        headers = kept
+        names = [name.lower() for name, _ in headers]
+    if close:
+        tokens = connection_tokens(zip(names, (value for _, value in headers)))
+        tokens.discard(b"keep-alive")
+        tokens.add(b"close")
+        headers = [(n, v) for (n, v), low in zip(headers, names) if low != b"connection"]
+        headers += [(b"Connection", token) for token in sorted(tokens)]
+        names = [name.lower() for name, _ in headers]
+    elif b"connection" in names:  # the head's own "close" ends the connection too
+        close = b"close" in connection_tokens(zip(names, (value for _, value in headers)))
+    if status in (204, 304) or method == "HEAD":
+        chunked, length = False, 0
+    elif b"transfer-encoding" in names:
+        chunked, length = True, None
+    elif b"content-length" in names:
+        chunked, length = False, int(headers[names.index(b"content-length")][1])
+    else:
+        chunked, length = False, None
+    lines = [b"HTTP/1.1 %d %s\r\n" % (status, head.reason)]
+    lines += [b"%s: %s\r\n" % item for item, low in zip(headers, names) if low == b"host"]
+    lines += [b"%s: %s\r\n" % item for item, low in zip(headers, names) if low != b"host"]
+    lines.append(b"\r\n")
+    return b"".join(lines), chunked, length, close

@@ -17,12 +17,12 @@ from typing import Any, Callable, Sequence
 
 from porthole.connections.client import ClientConnection
 from porthole.core.clients import ClientFacts, ClientRule, shadowing_entries
-from porthole.core.guards import Template, TemplateIndex, dangerous_overlaps, dangerous_reason, parse_template, template_matches
+from porthole.core.guards import (Template, TemplateIndex, dangerous_overlaps, dangerous_reason,
+                                  parse_template, template_matches)
 from porthole.core.policy import Policy, PolicyError, load_policy
 from porthole.core.target import Target
 from porthole.runtime.log import Log
 from porthole.runtime.loop import Loop
-
 
 
 # The GET and HEAD paths of the Docker Engine API (docs.docker.com/reference/api/engine), as the
