@@ -47,7 +47,8 @@ from porthole.core.clients import (  # noqa: F401  (re-exported while the tests 
 )
 from porthole.core.decide import (  # noqa: F401  (re-exported while the tests move to the package)
     FORWARDED_REQUEST_HEADERS, RequestFacts, Decision, _IPV4, _HOST_SYNTAX, host_is_acceptable,
-    is_truthy, is_shareable, is_streaming, decide, decide_with_mode, forwarded_request,
+    is_truthy, is_shareable, is_streaming, decide, decide_with_mode, NotReadOnly,
+    forwarded_request,
 )
 from porthole.core.filters import (  # noqa: F401  (re-exported while the tests move to the package)
     REDACTIONS, DEFAULT_REDACTIONS, Label, Filtering, parse_label_filter, labels_match,
@@ -63,7 +64,7 @@ from porthole.core.guards import (  # noqa: F401  (re-exported while the tests m
 )
 from porthole.core.policy import (  # noqa: F401  (re-exported while the tests move to the package)
     Rule, Policy, PolicyError, ALLOWED_METHODS, PROFILE_MODES, _PROFILE_NAME,
-    load_policy, _load_filtering, _load_rule, describe_policy,
+    load_policy, _first_null, _load_filtering, _load_rule, describe_policy,
 )
 from porthole.core.rewrite import (  # noqa: F401  (re-exported while the tests move to the package)
     TransformError, ResponseTransform, event_bytes, ResponseRewriter,
@@ -73,12 +74,12 @@ from porthole.core.target import (  # noqa: F401  (re-exported while the tests m
     _percent_decode, Target, canonicalize_target, CONTROL_BYTES,
 )
 from porthole.core.wire import (  # noqa: F401  (re-exported while the tests move to the package)
-    READ_CHUNK, MAX_REMEMBERED_HEADS, MAX_REMEMBERED_REQUEST_HEAD, _HOP_BY_HOP, kept_for, request_bytes,
-    _WRITTEN_REQUESTS, _request_bytes, has_both_framings, connection_tokens, relayed_response_headers, error_body,
-    END_OF_MESSAGE, FramingError, BodyWriter, client_keeps_alive, response_head, _WRITTEN_HEADS,
-    response_head_parts, RequestReader, _declares_body, relayed_head, UPSTREAM_MAX_HEAD, MAX_INFORMATIONAL,
-    DaemonAnswerError, AnswerParser, _CHUNK_SIZE, MAX_CHUNK_LINE, BodyFraming, body_framing,
-    ParsedHead,
+    READ_CHUNK, MAX_REMEMBERED_HEADS, MAX_REMEMBERED_REQUEST_HEAD, kept_for, RequestReader, _declares_body,
+    connection_tokens, client_keeps_alive, END_OF_MESSAGE, request_bytes, _WRITTEN_REQUESTS, _request_bytes,
+    UPSTREAM_MAX_HEAD, MAX_INFORMATIONAL, DaemonAnswerError, AnswerParser, _HOP_BY_HOP, has_both_framings,
+    relayed_response_headers, relayed_head, _CHUNK_SIZE, MAX_CHUNK_LINE, BodyFraming, body_framing,
+    ParsedHead, error_body, FramingError, BodyWriter, response_head, _WRITTEN_HEADS,
+    response_head_parts,
 )
 from porthole.ops.doctor import (  # noqa: F401  (re-exported while the tests move to the package)
     SEVERITIES, DEFAULT_DOCKER_SOCKETS, Finding, DoctorPaths, SocketFacts, DaemonFacts,
@@ -104,8 +105,8 @@ from porthole.ops.reload import (  # noqa: F401  (re-exported while the tests mo
 )
 from porthole.ops.tecnativa import (  # noqa: F401  (re-exported while the tests move to the package)
     SectionRead, TECNATIVA_SECTIONS, TECNATIVA_DEFAULTS_ON, TECNATIVA_GATES, TECNATIVA_WRITES, TECNATIVA_SETTINGS,
-    TECNATIVA_VARIABLES, _HAPROXY_LOG_LEVELS, tecnativa_flag, tecnativa_log_level, tecnativa_upstream, DropIn,
-    tecnativa_policy,
+    TECNATIVA_VARIABLES, _HAPROXY_LOG_LEVELS, dropin_variables, tecnativa_flag, tecnativa_log_level, tecnativa_upstream,
+    DropIn, tecnativa_policy,
 )
 from porthole.runtime.config import (  # noqa: F401  (re-exported while the tests move to the package)
     DEFAULT_LISTEN, DEFAULT_UPSTREAM, UsageError, Endpoint, parse_endpoint, TLS_OPTIONS,

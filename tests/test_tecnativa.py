@@ -164,15 +164,17 @@ def test_settings_pick_up_the_variables_only_without_a_rules_file():
 
 
 def test_log_level_and_socket_path():
-    settings = parse_settings([], {"LOG_LEVEL": "err", "SOCKET_PATH": "/run/docker.sock"})
+    """Read with the drop-in only (a policy variable set to a number): alone they are some other
+    program's (tests/unit/ops/test_dropin_choice.py)."""
+    settings = parse_settings([], {"PING": "1", "LOG_LEVEL": "err", "SOCKET_PATH": "/run/docker.sock"})
     assert settings.log_level == "error" and settings.upstream.url == "unix:///run/docker.sock"
-    settings = parse_settings(["--upstream", "unix:///a.sock"], {"SOCKET_PATH": "/b.sock",
+    settings = parse_settings(["--upstream", "unix:///a.sock"], {"PING": "1", "SOCKET_PATH": "/b.sock",
                                                                   "LOG_LEVEL": "notice", "PORTHOLE_LOG_LEVEL": "warning"})
     assert settings.upstream.url == "unix:///a.sock" and settings.log_level == "warning"
     with pytest.raises(UsageError, match="LOG_LEVEL='verbose'"):
-        parse_settings([], {"LOG_LEVEL": "verbose"})
+        parse_settings([], {"PING": "1", "LOG_LEVEL": "verbose"})
     with pytest.raises(UsageError, match="SOCKET_PATH='docker.sock'"):
-        parse_settings([], {"SOCKET_PATH": "docker.sock"})
+        parse_settings([], {"PING": "1", "SOCKET_PATH": "docker.sock"})
 
 
 # --------------------------------------------------------------------------

@@ -58,6 +58,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
               "--groups <socket gid>. Pass --allow-root to override.", file=sys.stderr)
         return 2
     log = Log(settings.log_format, settings.log_level)
+    log("info", "policy_source", rules=policy.source, why=settings.policy_reason)
     for note in notes:
         log("warning", "dropin_left_out", note=note)
     proxy = Proxy(settings, policy, log)

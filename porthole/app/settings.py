@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from porthole.ops.tecnativa import TECNATIVA_VARIABLES, tecnativa_log_level, tecnativa_upstream
+from porthole.ops.tecnativa import dropin_variables, tecnativa_log_level, tecnativa_upstream
 from porthole.runtime.config import (DEFAULT_LISTEN, DEFAULT_UPSTREAM, Settings, UsageError,
                                      default_rules_path, parse_endpoint, parse_metrics_endpoint)
 from porthole.runtime.log import LOG_LEVELS
@@ -91,14 +92,16 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
             except ValueError:
                 raise UsageError(f"PORTHOLE_{name.upper().replace('-', '_')}: not a number") from None
         value = default if value is None else value
-        if value <= 0:
-            raise UsageError(f"--{name} must be positive")
+        if not 0 < value < math.inf:  # NaN fails both: a NaN deadline would break the loop's heap
+            raise UsageError(f"--{name} must be a positive, finite number, not {value!r}")
         numbers[name.replace("-", "_")] = value
     allow_root = args.allow_root if args.allow_root is not None else (env("allow-root") or "").lower() in _TRUE
     coalesce = args.coalesce if args.coalesce is not None else (env("coalesce") or "on").lower() in _TRUE
     rules_given = bool(args.rules or env("rules"))
-    dropin = () if rules_given else tuple(
-        (name, environ[name]) for name in sorted(TECNATIVA_VARIABLES) if name in environ)
+    if rules_given:
+        dropin, policy_reason = (), "--rules" if args.rules else "PORTHOLE_RULES"
+    else:
+        dropin, policy_reason = dropin_variables(environ)
     dropin_values = dict(dropin)
     log_format = args.log_format or env("log-format") or "json"
     log_level = args.log_level or env("log-level") or tecnativa_log_level(dropin_values.get("LOG_LEVEL")) or "info"
@@ -125,7 +128,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
     return Settings(
         listeners=listeners, upstream=upstream,
         rules_path=Path(args.rules or env("rules") or default_rules_path(environ)), rules_given=rules_given,
-        dropin=dropin,
+        dropin=dropin, policy_reason=policy_reason,
         log_format=log_format, log_level=log_level, allow_root=allow_root, allow_hosts=hosts, coalesce=coalesce,
         state_file=Path(state_file) if state_file else None, listeners_given=bool(given_urls),
         watch_rules=watch_rules,

@@ -110,6 +110,9 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
         raise fail("$", "nested too deeply") from None
     except ValueError as exc:  # JSONDecodeError, or an integer too long to convert
         raise fail("$", f"not valid JSON: {exc}") from None
+    null = _first_null(document, "$")
+    if null is not None:  # no field takes null: read as "absent", it would loosen a rule or a filter
+        raise fail(null, "must not be null: leave the key out, or give it a value of its type")
     check_keys(document, "$", {"version", "profiles"}, {"$schema", "description", "clients"})
     for key in ("$schema", "description"):
         if not isinstance(document.get(key, ""), str):
@@ -180,6 +183,21 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
     clients = load_client_rules(document.get("clients", []), profiles.keys(), fail)
     return Policy(source, profiles, descriptions, clients, filtering, modes=modes, document=document,
                   uncoalesced=frozenset(uncoalesced))
+
+
+def _first_null(document: Any, root: str) -> str | None:
+    """The JSON path of the first null in a parsed document, or None (no recursion: a document
+    json.loads accepted may be nested as deep as its own limit)."""
+    stack = [(root, document)]
+    while stack:
+        where, value = stack.pop()
+        if value is None:
+            return where
+        if isinstance(value, dict):
+            stack += reversed([(f"{where}.{key}", item) for key, item in value.items()])
+        elif isinstance(value, list):
+            stack += reversed([(f"{where}[{i}]", item) for i, item in enumerate(value)])
+    return None
 
 
 def _load_filtering(body: dict, where: str, fail: Any) -> tuple[frozenset[str], tuple[Label, ...] | None]:

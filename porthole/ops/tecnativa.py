@@ -79,6 +79,24 @@ _HAPROXY_LOG_LEVELS = {"emerg": "error", "alert": "error", "crit": "error", "err
                        "warning": "warning", "notice": "info", "info": "info", "debug": "debug"}
 
 
+def dropin_variables(environ: Mapping[str, str]) -> tuple[tuple[tuple[str, str], ...], str]:
+    """The Tecnativa-style variables that make the policy when no rules file is given, and why.
+
+    The drop-in is honoured only when a variable that opens part of the API (or closes one of
+    the default sections) is set to a number, as Tecnativa's images read them. LOG_LEVEL,
+    SOCKET_PATH and DISABLE_IPV6 alone are common in hosts' and systemd units' environments for
+    other programs: they never switch the policy. Neither does a section's name set to a word
+    (INFO=yes belongs to some other program): it is ignored, and the reason says so."""
+    present = sorted(name for name in TECNATIVA_VARIABLES if name in environ)
+    signals = [name for name in present
+               if name not in TECNATIVA_SETTINGS and re.fullmatch(r"[0-9]+", environ[name])]
+    if signals:
+        return (tuple((name, environ[name]) for name in present),
+                f"Tecnativa-style variables set to numbers: {', '.join(signals)}")
+    ignored = f"; ignored {', '.join(present)}: no Tecnativa-style policy variable set to a number" if present else ""
+    return (), "no --rules and no Tecnativa-style policy variables: the rules file" + ignored
+
+
 def tecnativa_flag(name: str, value: str) -> bool:
     """On or off, as HAProxy's `env(NAME) -m bool` reads it: a number, non-zero is on; empty is
     off. HAProxy reads 'true' as 0 (no digits), so words are refused rather than guessed."""

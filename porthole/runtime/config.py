@@ -129,9 +129,10 @@ class Settings:
     state_file: Path | None = None  # where the running proxy records its listeners
     listeners_given: bool = False  # --listen or PORTHOLE_LISTEN was set (else the default)
     rules_given: bool = False  # --rules or PORTHOLE_RULES was set (else the shipped rules)
-    # Tecnativa-style variables found in the environment (name, value), when no rules were given:
-    # they then make the policy (see tecnativa_policy).
+    # Tecnativa-style variables (name, value) when they make the policy: no rules were given and
+    # one of them opens or closes part of the API (ops.tecnativa.dropin_variables).
     dropin: tuple[tuple[str, str], ...] = ()
+    policy_reason: str = ""  # why the policy comes from where it does (logged at start)
     mode: str = "run"  # run, check, healthcheck, version, doctor
     metrics: Endpoint | None = None  # --metrics: where GET /metrics is served
     log_format_given: bool = False  # --log-format or PORTHOLE_LOG_FORMAT was set (--doctor: JSON only then)
