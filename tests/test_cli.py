@@ -154,3 +154,16 @@ def test_default_socket_mode_is_0660(tmp_path):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
     finally:
         sock.close()
+
+
+def test_unix_listener_under_an_unreadable_directory_is_one_line_exit_2(tmp_path):
+    """Issue "(2 of 5)", item 12: it was a Python traceback and exit 1. Porthole runs as uid 65532
+    here; the directory is root's, mode 0700."""
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    os.chmod(tmp_path, 0o755)
+    result = support.ProxyProcess(listen=[f"unix://{private}/p.sock"], upstream="unix:///nonexistent.sock").run(20)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    [line] = [line for line in result.stderr.splitlines() if not line.startswith("{")]  # (JSON: the log)
+    assert line.startswith(f"porthole: unix://{private}/p.sock: cannot listen: Permission denied")

@@ -67,4 +67,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
     except UsageError as exc:
         print(f"porthole: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # whatever else start-up meets: one line, never a traceback
+        print(f"porthole: cannot start: {exc.strerror or exc}"
+              + (f" ({exc.filename})" if exc.filename else ""), file=sys.stderr)
+        return 2
     return proxy.run()

@@ -28,7 +28,7 @@ from porthole import VERSION
 from porthole.app.dispatch import Dispatch, decrement
 from porthole.connections.client import ClientConnection
 from porthole.connections.exchange import Exchange
-from porthole.connections.listeners import Listener, bind_tcp, bind_unix
+from porthole.connections.listeners import Listener, bind
 from porthole.connections.pool import UpstreamPool
 from porthole.core.clients import ClientFacts, choose_profile, peer_address
 from porthole.core.policy import Policy, PolicyError, load_policy
@@ -96,12 +96,13 @@ class Proxy:
                     self.tls_contexts[endpoint.url] = tls_server_context(endpoint)
                 except TlsConfigError as exc:
                     raise UsageError(f"{endpoint.url}: {exc}") from None
-            sock = bind_unix(endpoint) if endpoint.kind == "unix" else bind_tcp(endpoint)
-            self.listeners.append(Listener(sock, endpoint, self.loop, self.accept))
+            sock, identity = bind(endpoint)
+            self.listeners.append(Listener(sock, endpoint, self.loop, self.accept, identity))
         metrics = self.settings.metrics
         if metrics is not None:
-            sock = bind_unix(metrics) if metrics.kind == "unix" else bind_tcp(metrics)
-            self.metrics_server = MetricsServer(sock, metrics, self.loop, self.settings, self.log, self.metrics_text)
+            sock, identity = bind(metrics)
+            self.metrics_server = MetricsServer(sock, metrics, self.loop, self.settings, self.log, self.metrics_text,
+                                                identity)
         if self.learning is not None and not os.access(self.learning.path.parent, os.W_OK | os.X_OK):
             raise UsageError(f"--learn {self.learning.path}: porthole (uid {os.geteuid()}) cannot write to "
                              f"{self.learning.path.parent}")
@@ -159,9 +160,11 @@ class Proxy:
 
     def on_signal(self, signum: int) -> None:
         if signum == signal.SIGHUP:
-            self.reload()
-            if self.learning is not None:
-                self.learning.write("SIGHUP")
+            try:
+                self.reload()
+            finally:  # what was learned is written even if the reload failed
+                if self.learning is not None:
+                    self.learning.write("SIGHUP")
         elif signum in (signal.SIGTERM, signal.SIGINT) and not self.stopping:
             self.begin_shutdown(signal.Signals(signum).name)
 
@@ -180,9 +183,12 @@ class Proxy:
         self.reload_rules()
 
     def reload_certificates(self) -> None:
-        """New connections get the new context; open ones keep theirs."""
-        for url in self.tls_contexts:
-            endpoint = next(l.endpoint for l in self.listeners if l.endpoint.url == url)
+        """New connections get the new context; open ones keep theirs. (From the settings, not the
+        listeners: those are gone once shutdown began, and a SIGHUP may still come then.)"""
+        for endpoint in self.settings.listeners:
+            url = endpoint.url
+            if url not in self.tls_contexts:
+                continue
             try:
                 self.tls_contexts[url] = tls_server_context(endpoint)
             except TlsConfigError as exc:

@@ -19,15 +19,22 @@ ACCEPTS_PER_TURN = 64
 ACCEPT_BACKOFF_SECONDS = 0.1
 
 
+FileIdentity = tuple[int, int]  # (st_dev, st_ino): which file a path names
+
+
 class Listener:
     """A listening socket. Accepts at most ACCEPTS_PER_TURN connections a pass, so one busy
     listener cannot starve the others; out of descriptors, it pauses briefly instead of spinning.
-    A socket that fails between accept() and its hand-over is closed, never leaked."""
+    A socket that fails between accept() and its hand-over is closed, never leaked. A unix
+    listener's path is unlinked at close only while it still names the socket bound here
+    (`identity`): another process may have replaced it since."""
 
     def __init__(self, sock: socket.socket, endpoint: Endpoint, loop: Loop,
-                 on_accept: Callable[[socket.socket, Endpoint, Any], None]) -> None:
+                 on_accept: Callable[[socket.socket, Endpoint, Any], None],
+                 identity: FileIdentity | None = None) -> None:
         self.sock = sock
         self.endpoint = endpoint
+        self.identity = identity
         self.loop = loop
         self.on_accept = on_accept
         self.paused = False
@@ -73,9 +80,25 @@ class Listener:
         self.loop.forget(self.sock)
         self.loop.cancel(self)
         self.sock.close()
-        if self.endpoint.kind == "unix":
+        if self.endpoint.kind == "unix" and self.identity is not None:
             with contextlib.suppress(OSError):
-                os.unlink(self.endpoint.path)
+                info = os.lstat(self.endpoint.path)
+                if (info.st_dev, info.st_ino) == self.identity:
+                    os.unlink(self.endpoint.path)
+
+
+def bind(endpoint: Endpoint) -> tuple[socket.socket, FileIdentity | None]:
+    """A listening socket for `endpoint`, and for a unix socket the identity of the file it made,
+    taken at once (Listener unlinks only that file)."""
+    if endpoint.kind != "unix":
+        return bind_tcp(endpoint), None
+    sock = bind_unix(endpoint)
+    try:
+        info = os.lstat(endpoint.path)
+    except OSError as exc:
+        sock.close()
+        raise UsageError(f"{endpoint.url}: the socket file vanished after the bind: {exc.strerror}") from None
+    return sock, (info.st_dev, info.st_ino)
 
 
 def bind_tcp(endpoint: Endpoint) -> socket.socket:
@@ -93,25 +116,20 @@ def bind_tcp(endpoint: Endpoint) -> socket.socket:
 
 
 def bind_unix(endpoint: Endpoint) -> socket.socket:
-    """Bind a unix socket. A stale socket file (nobody accepting) is replaced; a live one is not."""
+    """Bind a unix socket. A stale socket file is replaced; any other is not. Stale means the
+    kernel refused a connection (nobody listens) or the file is gone: a full backlog, a
+    time-out or EACCES may be a live listener, never taken for stale."""
     path = endpoint.path
     try:
         info = os.lstat(path)
     except FileNotFoundError:
         info = None
+    except OSError as exc:  # EACCES on the directory, ENOTDIR, ELOOP, ENAMETOOLONG
+        raise UsageError(f"{endpoint.url}: cannot listen: {exc.strerror}") from None
     if info is not None:
         if not stat.S_ISSOCK(info.st_mode):
             raise UsageError(f"{endpoint.url}: {path} exists and is not a socket; not replacing it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        probe.settimeout(1)
-        try:
-            probe.connect(path)
-        except OSError:
-            os.unlink(path)  # stale: the process that made it is gone
-        else:
-            raise UsageError(f"{endpoint.url}: {path} is served by a live process; not replacing it")
-        finally:
-            probe.close()
+        _replace_if_stale(endpoint)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o177)  # never world-accessible, not even for an instant
     try:
@@ -131,3 +149,27 @@ def bind_unix(endpoint: Endpoint) -> socket.socket:
         raise UsageError(f"{endpoint.url}: cannot set owner or mode: {exc.strerror}") from None
     sock.listen(512)
     return sock
+
+
+def _replace_if_stale(endpoint: Endpoint) -> None:
+    """Unlink the socket file at endpoint.path if nobody listens on it; UsageError otherwise."""
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)  # a full backlog answers EAGAIN at once instead of blocking
+    try:
+        probe.connect(endpoint.path)
+    except ConnectionRefusedError:
+        try:
+            os.unlink(endpoint.path)  # stale: the process that made it is gone
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise UsageError(f"{endpoint.url}: cannot replace the stale socket: {exc.strerror}") from None
+        return
+    except FileNotFoundError:
+        return  # gone since we looked: nothing to replace
+    except OSError as exc:
+        raise UsageError(f"{endpoint.url}: {endpoint.path} may be served by a live process "
+                         f"({exc.strerror}); not replacing it") from None
+    finally:
+        probe.close()
+    raise UsageError(f"{endpoint.url}: {endpoint.path} is served by a live process; not replacing it")

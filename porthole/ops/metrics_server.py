@@ -9,7 +9,7 @@ import h11
 
 from porthole.connections.client import ClientConnection
 from porthole.connections.exchange import Exchange
-from porthole.connections.listeners import Listener
+from porthole.connections.listeners import FileIdentity, Listener
 from porthole.core.policy import ALLOWED_METHODS
 from porthole.core.wire import error_body
 from porthole.runtime.config import Endpoint, Settings
@@ -34,14 +34,14 @@ class MetricsServer:
     """
 
     def __init__(self, sock: socket.socket, endpoint: Endpoint, loop: Loop, settings: Settings, log: Log,
-                 render: Callable[[], str]) -> None:
+                 render: Callable[[], str], identity: FileIdentity | None = None) -> None:
         self.loop = loop
         self.settings = settings
         self.log = log
         self.render = render
         self.clients: set[ClientConnection] = set()
         self.stopping = False
-        self.listener = Listener(sock, endpoint, loop, self.accept)
+        self.listener = Listener(sock, endpoint, loop, self.accept, identity)
 
     def accept(self, sock: socket.socket, endpoint: Endpoint, address: Any) -> None:
         if endpoint.kind == "unix":

@@ -165,7 +165,7 @@ class SignalPipe:
     def on_io(self, mask: int) -> None:
         with contextlib.suppress(BlockingIOError):
             for signum in self.reader.recv(4096):
-                self.on_signal(signum)
+                self.loop.guard(self, self.on_signal, signum)  # a failing one never drops the rest
 
     def close(self) -> None:
         """After this a late signal is ignored: the onefile bootloaders forward a signal sent
