@@ -30,7 +30,8 @@ from porthole.connections.exchange import (  # noqa: F401  (re-exported while th
     MAX_REFUSALS_IN_A_ROW, Exchange, OutputQueue,
 )
 from porthole.connections.listeners import (  # noqa: F401  (re-exported while the tests move to the package)
-    ACCEPTS_PER_TURN, ACCEPT_BACKOFF_SECONDS, Listener, bind_tcp, bind_unix,
+    ACCEPTS_PER_TURN, ACCEPT_BACKOFF_SECONDS, FileIdentity, Listener, bind, bind_tcp,
+    bind_unix, _replace_if_stale,
 )
 from porthole.connections.pool import (  # noqa: F401  (re-exported while the tests move to the package)
     MAX_IDLE_UPSTREAMS, UpstreamPool, _is_ip_literal,
@@ -46,9 +47,9 @@ from porthole.core.clients import (  # noqa: F401  (re-exported while the tests 
     peer_address, ClientRule, choose_profile, shadowing_entries, load_client_rules,
 )
 from porthole.core.decide import (  # noqa: F401  (re-exported while the tests move to the package)
-    FORWARDED_REQUEST_HEADERS, RequestFacts, Decision, _IPV4, _HOST_SYNTAX, host_is_acceptable,
-    is_truthy, is_shareable, is_streaming, decide, decide_with_mode, NotReadOnly,
-    forwarded_request,
+    WOULD_DENY_PATH, FORWARDED_REQUEST_HEADERS, RequestFacts, Decision, _IPV4, _HOST_SYNTAX,
+    host_is_acceptable, is_truthy, is_shareable, is_streaming, decide, decide_with_mode,
+    NotReadOnly, forwarded_request,
 )
 from porthole.core.filters import (  # noqa: F401  (re-exported while the tests move to the package)
     REDACTIONS, DEFAULT_REDACTIONS, Label, Filtering, parse_label_filter, labels_match,
@@ -101,7 +102,7 @@ from porthole.ops.probe import (  # noqa: F401  (re-exported while the tests mov
     blocking_get,
 )
 from porthole.ops.reload import (  # noqa: F401  (re-exported while the tests move to the package)
-    FileIdentity, RulesWatcher,
+    RulesWatcher,
 )
 from porthole.ops.tecnativa import (  # noqa: F401  (re-exported while the tests move to the package)
     SectionRead, TECNATIVA_SECTIONS, TECNATIVA_DEFAULTS_ON, TECNATIVA_GATES, TECNATIVA_WRITES, TECNATIVA_SETTINGS,

@@ -62,7 +62,9 @@ def test_mode_is_enforce_by_default_and_warn_when_asked():
 def test_other_modes_are_refused(mode):
     document = json.loads(json.dumps(RULES))
     document["profiles"]["watcher"]["mode"] = mode
-    with pytest.raises(PolicyError, match=r"\$\.profiles\.watcher\.mode: must be \"enforce\""):
+    # (null is refused as null, as everywhere in the file: tests/unit/core/test_rules_types.py)
+    expected = "must not be null" if mode is None else "must be \"enforce\""
+    with pytest.raises(PolicyError, match=r"\$\.profiles\.watcher\.mode: " + expected):
         policy_of(document)
 
 

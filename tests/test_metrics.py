@@ -194,8 +194,9 @@ def test_metrics_server_answers_get_head_404_405_and_caps_its_connections(tmp_pa
         settings = proxy.parse_settings(["--metrics", "unix://" + path], {})
         log = proxy.Log("json", "debug", open(os.devnull, "w"))
         loop = proxy.Loop(log)
-        server = proxy.MetricsServer(proxy.bind_unix(settings.metrics), settings.metrics, loop, settings, log,
-                                     lambda: "porthole_open_connections 7\n")
+        sock, identity = proxy.bind(settings.metrics)
+        server = proxy.MetricsServer(sock, settings.metrics, loop, settings, log,
+                                     lambda: "porthole_open_connections 7\n", identity)
         conn = socket.socket(socket.AF_UNIX)
         conn.connect(path)
         conn.setblocking(False)
@@ -427,3 +428,24 @@ def test_real_prometheus_scrapes_porthole(proxy_factory, tmp_path):
     finally:
         support.kill_group(prom)
         print("---- prometheus log tail ----\n" + (work / "log").read_text()[-3000:])
+
+
+WARN_RULES = {"version": 1, "profiles": {"default": {"mode": "warn", "rules": [
+    {"method": ["GET", "HEAD"], "path": "/_ping"}]}}}
+
+
+def test_would_deny_paths_never_become_series(start_proxy, upstream):
+    """Issue "(2 of 5)", item 5: in warn mode a stand-in rule carried the concrete path, and 200
+    made-up paths gave 200 series. Now a would_deny is labelled with the template learn mode
+    would learn it as, or (none)."""
+    port = support.free_port()
+    p = start_proxy("--metrics", "tcp://127.0.0.1:%d" % port, rules=support.write_rules(WARN_RULES))
+    for i in range(60):
+        fu.get(p.addr, "/containers/made-up-%d/json" % i)
+        fu.get(p.addr, "/no-such-endpoint-%d" % i)
+    samples = scrape(("127.0.0.1", port))
+    endpoints = {labels["endpoint"] for (name, labels) in
+                 ((name, dict(labels)) for name, labels in samples) if name == "porthole_requests_total"}
+    assert endpoints == {"/containers/{id}/json", "(none)"}
+    assert sample(samples, "porthole_requests_total", profile="default", decision="would_deny",
+                  endpoint="/containers/{id}/json") == 60

@@ -22,7 +22,7 @@ from porthole.core.filters import (DEFAULT_FILTERING, FilterPlan, Filtering, Obj
 from porthole.core.policy import Policy
 from porthole.core.rewrite import TransformError
 from porthole.core.target import Refusal, Target, canonicalize_target
-from porthole.ops.learn import LearnFile
+from porthole.ops.learn import LearnFile, learn_template
 from porthole.runtime.config import Settings
 from porthole.runtime.log import Log
 from porthole.runtime.loop import Loop
@@ -170,7 +170,7 @@ class Dispatch:
         client, facts, decision = exchange.client, exchange.facts, exchange.decision
         if exchange.streaming:
             decrement(self.streams_per_client, client.identity)
-        self.metrics.request_done(facts.profile, exchange.outcome, decision.rule.path if decision else None,
+        self.metrics.request_done(facts.profile, exchange.outcome, self.endpoint_label(decision),
                                   None if exchange.streaming else self.loop.clock() - exchange.started)
         if self.log.enabled("info"):
             filtered = {} if exchange.filter is None else {
@@ -184,6 +184,16 @@ class Dispatch:
                      reason=exchange.reason, status=exchange.status, bytes=exchange.delivered,
                      duration_ms=int((self.loop.clock() - exchange.started) * 1e6) / 1000,  # (round() formats a string)
                      **filtered)
+
+    def endpoint_label(self, decision: Decision | None) -> str | None:
+        """The metrics' endpoint label: the rule's path template; for a would_deny, the template
+        learn mode would learn it as. Never a path a client chose (the series stay bounded by the
+        rules and the API's own templates); None: no rule."""
+        if decision is None:
+            return None
+        if decision.would_deny is None:
+            return decision.rule.path
+        return learn_template(self.policy, decision.target.segments)
 
 
 def decrement(counts: dict[str, int], key: str) -> None:

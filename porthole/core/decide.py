@@ -28,6 +28,7 @@ from porthole.core.policy import ALLOWED_METHODS, Policy, Rule
 from porthole.core.target import CONTROL_BYTES, Refusal, Target, canonicalize_target
 
 
+WOULD_DENY_PATH = "(none)"  # the stand-in rule's path: no rule allowed it
 FORWARDED_REQUEST_HEADERS = (b"user-agent", b"accept")
 
 
@@ -46,7 +47,7 @@ class RequestFacts:
 @dataclass(frozen=True)
 class Decision:
     target: Target
-    rule: Rule  # for a would_deny, a stand-in for the rule that does not exist (index -1)
+    rule: Rule  # for a would_deny, a stand-in for the rule that does not exist (index -1, WOULD_DENY_PATH)
     streaming: bool
     would_deny: str | None = None  # learn or warn mode: why the profile's rules refuse it
 
@@ -165,7 +166,9 @@ def decide_with_mode(policy: Policy, facts: RequestFacts, allow_hosts: frozenset
         if refusal.kind != "rule" or not (learning or policy.modes.get(facts.profile) == "warn"):
             raise
         target = canonicalize_target(facts.target)  # decide got this far, so it canonicalizes
-        rule = Rule(facts.profile, -1, frozenset({facts.method}), target.path, tuple(target.segments), None,
+        # The stand-in names no path: a client's path never becomes a label or any other state
+        # that outlives the request (the metrics label a would_deny by its learned template).
+        rule = Rule(facts.profile, -1, frozenset({facts.method}), WOULD_DENY_PATH, (), None,
                     dangerous_reason(target.segments) is not None)
         return Decision(target, rule, is_streaming(target), would_deny=refusal.reason)
 
