@@ -46,7 +46,7 @@ def event_bytes(event: Callable[[Any], Any], line: bytes) -> bytes:
     try:
         value = event(parsed)
     except Exception as exc:  # the filter could not be applied: fail closed
-        raise TransformError(f"{type(exc).__name__}: {exc}") from None
+        raise TransformError(f"the filter could not be applied ({type(exc).__name__})") from None  # no daemon data
     return b"" if value is None else json.dumps(value, separators=(",", ":")).encode() + b"\n"
 
 
@@ -106,7 +106,7 @@ class ResponseRewriter:
             except TransformError:
                 raise
             except Exception as exc:  # the filter could not be applied: fail closed
-                raise TransformError(f"{type(exc).__name__}: {exc}") from None
+                raise TransformError(f"the filter could not be applied ({type(exc).__name__})") from None  # no daemon data
             return self._head(len(body)), b"" if self.method == "HEAD" else body
         if self.buffer.strip():
             if self.transform.event_line is None:

@@ -183,6 +183,14 @@ UPSTREAM_MAX_HEAD = 64 * 1024  # a Docker response head is a few hundred bytes
 MAX_INFORMATIONAL = 8  # 1xx responses tolerated before the real one
 
 
+def h11_summary(exc: Exception) -> str:
+    """What h11 found wrong, in h11's own words up to where it quotes the bytes it read ("illegal
+    status line: b'...'" says "illegal status line"): an error porthole writes never echoes
+    what the daemon sent."""
+    words = re.split(r"[:(\[{]|\s+b?['\"]", str(exc), maxsplit=1)[0].strip()
+    return words if re.fullmatch(r"[A-Za-z][A-Za-z -]{0,60}", words) else "not valid HTTP/1.1"
+
+
 class DaemonAnswerError(Exception):
     """The daemon's answer cannot be relayed: a 502 that says why in porthole's words (never
     the daemon's bytes), counted under `reason` ("closed" or "protocol_error")."""
@@ -218,7 +226,7 @@ class AnswerParser:
             except h11.RemoteProtocolError as exc:
                 closed = self.h11.their_state is h11.ERROR and self.h11.trailing_data[1]
                 raise DaemonAnswerError("the daemon closed the connection before the response was complete"
-                                        if closed else f"malformed response from the daemon: {exc}",
+                                        if closed else f"malformed response from the daemon: {h11_summary(exc)}",
                                         "closed" if closed else "protocol_error") from None
             if isinstance(event, h11.InformationalResponse):
                 self.informational += 1
@@ -321,11 +329,11 @@ class BodyFraming:
                 end = data.find(b"\r\n", at, at + MAX_CHUNK_LINE)
                 if end < 0:
                     if size - at >= MAX_CHUNK_LINE:
-                        raise ValueError(f"chunk header too long or malformed: {data[at:at + 24]!r}")
+                        raise ValueError("chunk header too long or malformed")  # (never the daemon's bytes)
                     self.partial = data[at:]
                     break
                 if not _CHUNK_SIZE.fullmatch(data, at, end):
-                    raise ValueError(f"malformed chunk header {data[at:end][:24]!r}")
+                    raise ValueError("malformed chunk header")
                 self.remaining = int(data[at:end], 16)
                 self.state = "data" if self.remaining else "last"
                 at = end + 2
