@@ -8,7 +8,7 @@ metrics, written to the log.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Iterable
 
 import h11
 
@@ -41,6 +41,9 @@ class Dispatch:
             (exchange_done), and no client holds more than --max-streams-per-client.
     Rule 3: every exchange is logged and counted exactly once (exchange_done, which the
             client connection calls once per exchange: ClientConnection Rule 4).
+    Rule 4: after a reload no stream goes on under rules that no longer hold: one whose client's
+            profile, decision or filtering the new policy changes is ended (rules_changed); its
+            client asks again and is decided under the new policy.
     """
 
     def __init__(self, settings: Settings, policy: Policy, loop: Loop, pool: UpstreamPool, log: Log,
@@ -185,6 +188,31 @@ class Dispatch:
                      duration_ms=int((self.loop.clock() - exchange.started) * 1e6) / 1000,  # (round() formats a string)
                      **filtered)
 
+    def rules_changed(self, clients: Iterable[ClientConnection], old: Policy) -> int:
+        """`policy` was replaced (a reload): end each open stream the new policy would not
+        decide and filter as the old one did (Rule 4). Returns how many were ended."""
+        ended = 0
+        for client in list(clients):
+            exchange = client.exchange
+            if exchange is None or not exchange.streaming or self.decided_alike(exchange, client.profile, old):
+                continue
+            exchange.end_stream("stream ended: the rules changed at reload",
+                                "the rules changed at reload: ask again")
+            ended += 1
+        return ended
+
+    def decided_alike(self, exchange: Exchange, profile: str, old: Policy) -> bool:
+        facts, before = exchange.facts, exchange.decision
+        if before is None or profile != facts.profile:
+            return False
+        if self.policy.filtering.get(profile, DEFAULT_FILTERING) != old.filtering.get(profile, DEFAULT_FILTERING):
+            return False
+        try:
+            after = decide_with_mode(self.policy, facts, self.settings.allow_hosts, self.learning is not None)
+        except Refusal:
+            return False
+        return rule_terms(after) == rule_terms(before)
+
     def endpoint_label(self, decision: Decision | None) -> str | None:
         """The metrics' endpoint label: the rule's path template; for a would_deny, the template
         learn mode would learn it as. Never a path a client chose (the series stay bounded by the
@@ -194,6 +222,14 @@ class Dispatch:
         if decision.would_deny is None:
             return decision.rule.path
         return learn_template(self.policy, decision.target.segments)
+
+
+def rule_terms(decision: Decision) -> tuple:
+    """What a decision grants, whatever the rule's place in its profile: its template, methods,
+    query, dangerous acknowledgement, and whether it is a would_deny."""
+    rule = decision.rule
+    query = None if rule.query is None else sorted(rule.query.items())
+    return rule.path, rule.methods, query, rule.dangerous, decision.would_deny is None
 
 
 def decrement(counts: dict[str, int], key: str) -> None:

@@ -213,12 +213,13 @@ class Proxy:
             self.metrics.reloaded(ok=False)
             self.log("error", "reload_failed", error=str(exc), kept=self.policy.source)
             return
-        self.dispatch.policy = policy
+        old, self.dispatch.policy = self.policy, policy
         self.metrics.reloaded(ok=True)
         for client in self.clients:
             self.assign_profile(client)
+        ended = self.dispatch.rules_changed(self.clients, old)
         self.log("info", "reload", rules=policy.source, profiles=sorted(policy.profiles),
-                 clients=len(policy.clients))
+                 clients=len(policy.clients), streams_ended=ended)
 
     def begin_shutdown(self, why: str) -> None:
         self.stopping = True

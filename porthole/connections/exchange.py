@@ -173,15 +173,20 @@ class Exchange:
         """The proxy is stopping: a stream ends now (cleanly, if its head was sent); a finite
         answer is delivered, then the connection closes."""
         self.close_after = True
-        if not self.streaming:
-            return
+        if self.streaming:
+            self.end_stream("stream ended: proxy shutting down", "porthole is shutting down")
+
+    def end_stream(self, reason: str, unanswered: str) -> None:
+        """End a stream now: cleanly if its head was sent (the client sees the end and may ask
+        again), else a 503 saying `unanswered`; either way its connection then closes."""
+        self.close_after = True
         if self.source is not None:
             self.source.cancel(self)
             self.source = None
         if not self.response_started:
-            self.answer(503, "porthole is shutting down", close=True)
+            self.answer(503, unanswered, close=True)
             return
-        self.reason = "stream ended: proxy shutting down"
+        self.reason = reason
         try:
             self.write_end()
         except FramingError:
