@@ -166,8 +166,8 @@ def test_the_template_table_is_loadable_and_never_guesses_danger():
 
 # ---- the Learner (pure) -----------------------------------------------------------------------
 
-def record(learner, policy, client, target, method="GET", forwarded=True):
-    return learner.record(policy, client, method, canonicalize_target(target.encode()), forwarded)
+def record(learner, policy, client, target, method="GET", forwarded=True, profile="default"):
+    return learner.record(policy, client, method, canonicalize_target(target.encode()), forwarded, profile=profile)
 
 
 def test_one_minimal_profile_per_client_with_its_clients_entry():
@@ -298,7 +298,8 @@ def test_the_learned_document_allows_exactly_what_was_recorded(recorded, others)
     base = policy_of(dict(RULES, profiles=profiles, clients=[{"match": {"uid": 2}, "profile": "watcher"}]))
     learner = Learner()
     for client, method, target, forwarded in recorded:
-        outcome, template = learner.record(base, client, method, canonicalize_target(target.encode()), forwarded)
+        outcome, template = learner.record(base, client, method, canonicalize_target(target.encode()), forwarded,
+                                           profile="default")
         assert outcome in ("new", "seen") and template is not None
     document, _ = learner.document(base)
     learned = load_policy(json.dumps(document), "learned.json")  # never raises

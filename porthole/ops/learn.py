@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 from porthole.connections.client import ClientConnection
 from porthole.core.clients import ClientFacts, ClientRule, shadowing_entries
+from porthole.core.filters import DEFAULT_FILTERING
 from porthole.core.guards import (Template, TemplateIndex, dangerous_overlaps, dangerous_reason,
                                   parse_template, template_matches)
 from porthole.core.policy import Policy, PolicyError, load_policy
@@ -155,14 +156,20 @@ class Learner:
             so a learned file never acknowledges a dangerous read on its own.
     Rule 2: what is recorded is bounded (LEARN_MAX_CLIENTS, LEARN_MAX_KEYS, LEARN_MAX_VALUES;
             templates come from a fixed table and the rules loaded).
+    Rule 3: adopting the learned file never widens what a client sees: its learned profile keeps
+            every restriction of the profiles it was served under (their redactions, all of
+            them; their visible scopes, all of them; enforce unless every one was warn).
+    Rule 4: a client whose profile or `clients` entry would not load is left out, with a note;
+            it never stops the document from being written for the others.
     """
 
     def __init__(self) -> None:
         self.used: dict[LearnedClient, dict[str, LearnedUse]] = {}
         self.refused: dict[LearnedClient, dict[tuple[str, str], str]] = {}  # (method, template) -> why
+        self.profiles: dict[LearnedClient, set[str]] = {}  # the profiles each was served under
 
     def record(self, policy: Policy, facts: ClientFacts, method: str, target: Target,
-               forwarded: bool = True) -> tuple[str, str | None]:
+               forwarded: bool = True, *, profile: str) -> tuple[str, str | None]:
         """One request: forwarded, or refused as an unacknowledged dangerous read. Returns
         (outcome, template): outcome "new" (something was learned), "seen", "no_template",
         "no_identity" or "too_many_clients"."""
@@ -175,6 +182,7 @@ class Learner:
         if client not in self.used and len(self.used) >= LEARN_MAX_CLIENTS:
             return "too_many_clients", template
         uses = self.used.setdefault(client, {})
+        self.profiles.setdefault(client, set()).add(profile)  # (a few: one a listener, at most)
         if forwarded:
             use = uses.setdefault(template, LearnedUse())
             return ("new" if use.add(method, target) else "seen"), template
@@ -212,10 +220,16 @@ class Learner:
             if left_out:
                 description += ("; left out, dangerous reads that need a deliberate \"dangerous\": true: "
                                 + "; ".join(left_out))
-            profiles[name] = {"description": description,
-                              "rules": [uses[template].rule(template) for template in sorted(uses)]}
+            profile = {"description": description, **kept_restrictions(policy, self.profiles.get(client, set())),
+                       "rules": [uses[template].rule(template) for template in sorted(uses)]}
+            entry = {"match": client.match(), "profile": name, "comment": "learned by porthole --learn"}
+            problem = loading_problem(name, profile, entry)
+            if problem is not None:  # Rule 4
+                notes.append(f"{client.label}: left out: its learned rules would not load ({problem})")
+                continue
+            profiles[name] = profile
             kept.append(client.client_rule(len(entries), name))
-            entries.append({"match": client.match(), "profile": name, "comment": "learned by porthole --learn"})
+            entries.append(entry)
         originals = document.get("clients", [])
         for original in policy.clients:
             if shadowing_entries(kept, original):
@@ -227,6 +241,34 @@ class Learner:
         if entries:
             document["clients"] = entries
         return document, notes
+
+
+def kept_restrictions(policy: Policy, served_under: set[str]) -> dict[str, Any]:
+    """What a learned profile keeps of the profiles its client was served under (Learner Rule 3):
+    every redaction of any of them, every label of their scopes (all must match), and warn
+    mode only if all of them were in warn mode. With none known, the policy's own profiles'
+    restrictions all together: never less than any of them."""
+    names = sorted(served_under) or sorted(policy.profiles)
+    filterings = [policy.filtering.get(name, DEFAULT_FILTERING) for name in names]
+    kept: dict[str, Any] = {"redact": sorted(set().union(*(f.redact for f in filterings)))}
+    labels = list(dict.fromkeys(label for f in filterings for label in f.label_filters()))
+    if labels:
+        kept["visible"] = {"labels": labels}
+    if all(policy.modes.get(name) == "warn" for name in names):
+        kept["mode"] = "warn"
+    if any(name in policy.uncoalesced for name in names):
+        kept["coalesce"] = False
+    return kept
+
+
+def loading_problem(name: str, profile: dict[str, Any], entry: dict[str, Any]) -> str | None:
+    """Why a learned profile and its `clients` entry would not load on their own, or None."""
+    try:
+        document = {"version": 1, "profiles": {"default": profile, name: profile}, "clients": [entry]}
+        load_policy(json.dumps(document), "learned")  # (a rules document always has a default profile)
+    except PolicyError as exc:
+        return str(exc).removeprefix("learned: ")
+    return None
 
 
 LEARN_WRITE_SECONDS = 2.0  # how soon after something new was learned the --learn file is written
@@ -251,7 +293,8 @@ class LearnFile:
         self.noted: set[str] = set()  # notes already logged
 
     def record(self, client: ClientConnection, method: str, target: Target, forwarded: bool) -> None:
-        outcome, template = self.learner.record(self.policy(), client.facts, method, target, forwarded)
+        outcome, template = self.learner.record(self.policy(), client.facts, method, target, forwarded,
+                                                profile=client.profile)
         if outcome == "new":
             self.log("info", "learned", client=client.peer, method=method, template=template,
                      forwarded=forwarded)
