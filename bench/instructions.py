@@ -4,6 +4,8 @@ or CPU time is repeatable on a shared, noisy machine.
 
     .venv/bin/python bench/instructions.py [--requests 300,900] [--proxy proxy.py]
 
+A proxy.py runs where it is, with the porthole/ package beside it (older ones are one file).
+
 For each workload, the proxy runs under callgrind twice, serving N1 and then N2 keep-alive
 requests from one client, in front of the test suite's fake daemon (tests/fake_upstream.py);
 (I(N2) - I(N1)) / (N2 - N1) is the cost of one request, start-up and shutdown cancelled out.

@@ -27,7 +27,8 @@ pytestmark = pytest.mark.timeout(240)
 REPO = support.REPO
 BINARY = REPO / "dist" / "porthole"
 BUILD_INPUTS = ("proxy.py", "rules.json", "build.sh", "requirements-build.txt",
-                "patches/staticx-forward-signals.patch")
+                "patches/staticx-forward-signals.patch",
+                *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "porthole").rglob("*.py")))
 SOCK_GID = support.DEFAULT_SOCK_GID
 
 
@@ -57,11 +58,11 @@ def porthole_binary() -> Path:
 
 
 def proxy_version() -> str:
-    tree = ast.parse((REPO / "proxy.py").read_text())
+    tree = ast.parse((REPO / "porthole" / "__init__.py").read_text())
     for node in tree.body:
         if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "VERSION":
             return node.value.value
-    raise AssertionError("no VERSION in proxy.py")
+    raise AssertionError("no VERSION in porthole/__init__.py")
 
 
 def child_pids(pid: int) -> list:
