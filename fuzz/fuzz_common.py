@@ -12,7 +12,7 @@ agreeing with itself.
 proxy.Proxy(...)): the names they use, taken from the porthole/ modules that define them. A test
 may replace one there for every target (monkeypatch.setattr(fuzz_common.proxy, "decide", ...));
 that does not reach into the package, whose modules call what they imported themselves (patch
-porthole.core.decide.dangerous_reason, porthole.app.wiring.forwarded_request, ... for those).
+porthole.core.decide.dangerous_reason, porthole.app.dispatch.forwarded_request, ... for those).
 """
 from __future__ import annotations
 
