@@ -1,4 +1,5 @@
-"""Where porthole does what h11 would otherwise do, checked against h11 on generated inputs.
+"""porthole/core/wire.py: where porthole does what h11 would otherwise do, checked against h11 on
+generated inputs.
 
 - BodyFraming, porthole's own parser of the daemon's Content-Length and chunked bodies, on the
   same bytes split the same way: wherever porthole accepts, h11 accepts the same body and leaves
@@ -7,21 +8,22 @@
 - response_head and BodyWriter write the bytes h11's server side writes, and close where it
   would; request_bytes writes a request as h11's client side does.
 - RequestReader gives, for any split of repeated and pipelined heads, what h11 gives for each
-  head on its own, whether the head was parsed or remembered."""
+  head on its own, whether the head was parsed or remembered.
+- relayed_head and relayed_response_headers keep what may be relayed of the daemon's head, and
+  refuse the shapes of response smuggling.
+
+(An answer whose remembered head keeps h11's verdict on reusing the connection, through a real
+UpstreamPool: tests/unit/connections/test_pool.py.)"""
 
 from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 import h11
 import pytest
 from hypothesis import given, settings as hsettings, strategies as st
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-import proxy  # noqa: E402
-from test_parts import drive, parse_responses, read_available, relay_handler  # noqa: E402
+from porthole.core.wire import (MAX_REMEMBERED_HEADS, BodyFraming, BodyWriter, FramingError, RequestReader,
+                                 _declares_body, body_framing, client_keeps_alive, kept_for, relayed_head,
+                                 relayed_response_headers, request_bytes, response_head)
 
 
 def split(data: bytes, cuts: list[int]) -> list[bytes]:
@@ -31,7 +33,7 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
 
 def ours(length: int | None, pieces: list[bytes]):
     """(body, done, extra) or ("error", message)."""
-    framing = proxy.BodyFraming(length)
+    framing = BodyFraming(length)
     body = bytearray()
     try:
         for piece in pieces:
@@ -164,7 +166,40 @@ def head(*headers, version=b"1.1", status=200):
     (b"GET", head((b"Content-Length", b"5"), (b"Connection", b"close")), True),  # (not pooled: see below)
 ])
 def test_which_bodies_porthole_frames(method, response, framed):
-    assert (proxy.body_framing(method, response) is not None) == framed
+    assert (body_framing(method, response) is not None) == framed
+
+
+# ---- what porthole relays of the daemon's head -------------------------------------------------
+
+@pytest.mark.parametrize("status", [204, 304])
+def test_relayed_head_drops_framing_of_bodyless_answers(status):
+    for framing in ([(b"Content-Length", b"10")], [(b"Transfer-Encoding", b"chunked")]):
+        event = h11.Response(status_code=status, headers=[(b"ETag", b'"x"'), *framing], _parsed=True)
+        head = relayed_head(event)
+        names = [n.lower() for n, _ in head.headers.raw_items()]
+        assert b"content-length" not in names and b"transfer-encoding" not in names
+        assert b"etag" in names
+    kept = relayed_head(h11.Response(status_code=200, headers=[(b"Content-Length", b"10")], _parsed=True))
+    assert (b"content-length", b"10") in [(n.lower(), v) for n, v in kept.headers.raw_items()]
+
+
+@pytest.mark.parametrize("headers,reason", [
+    ([(b"Content-Length", b"5"), (b"Transfer-Encoding", b"chunked")], b"OK"),
+    ([(b"X-Thing", b"a\x01b")], b"OK"),
+    ([(b"X-Thing", b"a\nSet-Cookie: x")], b"OK"),
+    ([], b"O\x07K"),
+])
+def test_relayed_head_refuses_smuggling_shapes(headers, reason):
+    with pytest.raises(ValueError):
+        relayed_head(h11.Response(status_code=200, headers=headers, reason=reason, _parsed=True))
+
+
+def test_relayed_response_headers_drop_hop_by_hop():
+    kept = relayed_response_headers([(b"Api-Version", b"1.41"), (b"Connection", b"close, X-Secret"),
+                                     (b"X-Secret", b"1"), (b"Transfer-Encoding", b"chunked"),
+                                     (b"Upgrade", b"tcp"), (b"Content-Type", b"application/json"),
+                                     (b"Proxy-Thing", b"1"), (b"Keep-Alive", b"timeout=5")])
+    assert kept == [(b"Api-Version", b"1.41"), (b"Content-Type", b"application/json")]
 
 
 # ---- what porthole writes: the same bytes h11's writers write -------------------------------------
@@ -193,11 +228,11 @@ def h11_answer(method: bytes, version: bytes, closing: bool, response: h11.Respo
 
 def porthole_answer(method: bytes, version: bytes, closing: bool, response: h11.Response, body: list[bytes]):
     request_headers = [(b"host", b"x")] + ([(b"connection", b"close")] if closing else [])
-    head, writer, close = proxy.response_head(response, method.decode(), version,
-                                              proxy.client_keeps_alive(version, request_headers))
+    head, writer, close = response_head(response, method.decode(), version,
+                                              client_keeps_alive(version, request_headers))
     try:
         out = head + b"".join(writer.data(piece) for piece in body) + writer.end()
-    except proxy.FramingError:
+    except FramingError:
         return "error", None
     return out, close
 
@@ -223,11 +258,11 @@ def test_answers_are_written_as_h11_writes_them(method, version, closing, status
 
 
 def test_a_body_longer_or_shorter_than_its_content_length_is_an_error():
-    writer = proxy.BodyWriter(False, 3)
+    writer = BodyWriter(False, 3)
     assert writer.data(b"ab") == b"ab"
-    with pytest.raises(proxy.FramingError):
+    with pytest.raises(FramingError):
         writer.end()
-    with pytest.raises(proxy.FramingError):
+    with pytest.raises(FramingError):
         writer.data(b"cd")
 
 
@@ -241,7 +276,7 @@ def test_forwarded_requests_are_written_as_h11_writes_them(method, path, extra, 
     if sum(name.lower() == b"host" for name, _ in headers) > 1:
         headers = [h for h in headers if h[0] != b"HOST"]
     request = h11.Request(method=method, target=path, headers=headers)
-    assert proxy.request_bytes(request) == h11.Connection(h11.CLIENT).send(request)
+    assert request_bytes(request) == h11.Connection(h11.CLIENT).send(request)
 
 
 # ---- what porthole reads: every head parsed by h11, a repeated one remembered -----------------------
@@ -264,7 +299,7 @@ SHARED_HEADS: dict = {}  # one table for every example, as a profile's is for al
 def read_all(chunks: list[bytes]) -> list:
     """Every event RequestReader gives for `chunks`, as (method, target, headers, version,
     head size, declares body), "error" or "closed"."""
-    reader, events = proxy.RequestReader(16384, SHARED_HEADS), []
+    reader, events = RequestReader(16384, SHARED_HEADS), []
     for chunk in [*chunks, b""]:
         reader.add(chunk)
         while True:
@@ -293,7 +328,7 @@ def read_by_h11(heads: list[bytes]) -> list:
             event = conn.next_event()
         except h11.RemoteProtocolError:
             return [*events, "error"]
-        declares = proxy._declares_body(event.headers)
+        declares = _declares_body(event.headers)
         events.append((event.method, event.target, list(event.headers), event.http_version,
                        len(raw) - len(conn.trailing_data[0]), declares))
         if declares:
@@ -315,52 +350,18 @@ def test_a_repeated_head_is_not_given_to_h11_again(monkeypatch):
     made = []
     real = h11.Connection
     monkeypatch.setattr(h11, "Connection", lambda *a, **kw: made.append(1) or real(*a, **kw))
-    reader = proxy.RequestReader(16384, table)
+    reader = RequestReader(16384, table)
     reader.add(REQUEST_POOL[0] * 3 + REQUEST_POOL[1] + REQUEST_POOL[0])
     events = [reader.next_event() for _ in range(5)]
     assert all(isinstance(e, h11.Request) for e in events) and reader.next_event() is h11.NEED_DATA
     assert len(made) == 2 and len(table) == 2  # each distinct head once
-    other = proxy.RequestReader(16384, table)  # another client of the same profile
+    other = RequestReader(16384, table)  # another client of the same profile
     other.add(REQUEST_POOL[1])
     assert other.next_event() is events[3] and len(made) == 2
     for head in (REQUEST_POOL[7], b"GET /x HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 3000 + b"\r\n\r\n"):
-        lonely = proxy.RequestReader(16384, table)  # a body, or a long head: never kept
+        lonely = RequestReader(16384, table)  # a body, or a long head: never kept
         lonely.add(head)
         assert isinstance(lonely.next_event(), h11.Request) and len(table) == 2
-
-
-@pytest.mark.parametrize("closing", [False, True])
-def test_a_framed_answer_pools_its_connection_as_h11_says_also_when_its_head_is_remembered(closing, monkeypatch, env, daemon):
-    """Through a real UpstreamPool and Relay: a chunked answer porthole framed itself returns
-    its connection to the pool unless the daemon said `Connection: close` (h11 saw that in the
-    head). The second, identical answer's head is remembered (UpstreamPool.heads, ParsedHead):
-    it needs no h11 client connection, reaches the client byte for byte as the first did, and
-    keeps h11's verdict on reuse."""
-    parsers = []
-    real = h11.Connection
-    monkeypatch.setattr(h11, "Connection",
-                        lambda role, **kw: (parsers.append(role), real(role, **kw))[1])
-    pool, relays = proxy.UpstreamPool(env.loop, env.settings, env.log), []
-    env.owner.handler = relay_handler(pool, relays)
-    client, peer = env.client()
-    close = b"Connection: close\r\n" if closing else b""
-    answer = (b"HTTP/1.1 200 OK\r\nDate: Sun, 29 Nov 2026 13:00:00 GMT\r\n" + close
-              + b"Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n")
-    seen, srv = [], None
-    for _ in range(2):
-        peer.sendall(b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n")
-        env.run()
-        if srv is None or closing:
-            srv = daemon.accept()
-        assert read_available(srv)[0].startswith(b"GET /info HTTP/1.1\r\nHost: docker\r\n")
-        srv.sendall(answer)
-        data, _ = drive(env, peer, passes=5)
-        seen.append(data)
-        assert len(pool.idle) == (0 if closing else 1)
-    assert parsers.count(h11.CLIENT) == 1 and len(pool.heads) == 1  # (before parse_responses makes its own)
-    (response,) = parse_responses(seen[0])
-    assert seen[0] == seen[1] and response["complete"] and bytes(response["body"]) == b"abcde"
-    assert len(daemon.conns) == (2 if closing else 1)
 
 
 def test_kept_for_computes_once_per_object_and_key():
@@ -371,9 +372,9 @@ def test_kept_for_computes_once_per_object_and_key():
         return len(calls)
 
     first, twin = h11.Request(method="GET", target="/", headers=[("Host", "d")]), None
-    assert proxy.kept_for(table, first, (), compute) == 1 == proxy.kept_for(table, first, (), compute)
+    assert kept_for(table, first, (), compute) == 1 == kept_for(table, first, (), compute)
     twin = h11.Request(method="GET", target="/", headers=[("Host", "d")])  # equal, not the same object
-    assert proxy.kept_for(table, twin, (), compute) == 2 and proxy.kept_for(table, first, ("HEAD",), compute) == 3
-    for _ in range(proxy.MAX_REMEMBERED_HEADS + 1):  # bounded: then everything is dropped
-        proxy.kept_for(table, object(), (), compute)
-    assert len(table) <= proxy.MAX_REMEMBERED_HEADS
+    assert kept_for(table, twin, (), compute) == 2 and kept_for(table, first, ("HEAD",), compute) == 3
+    for _ in range(MAX_REMEMBERED_HEADS + 1):  # bounded: then everything is dropped
+        kept_for(table, object(), (), compute)
+    assert len(table) <= MAX_REMEMBERED_HEADS

@@ -61,7 +61,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
 import fake_upstream as fu  # noqa: E402  (the one raw HTTP client)
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]  # tests/lib/support.py
 
 PROXY_UID = 65532
 PROXY_GID = 65532
