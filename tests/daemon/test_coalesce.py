@@ -1,9 +1,9 @@
 """Identical concurrent reads share one daemon request (CoalescedRead): black-box, through
-a running proxy, in front of the recording fake daemon and of the real one."""
+a running proxy, in front of the recording fake daemon and of the real one. (CoalescedRead
+alone: tests/unit/connections/test_sources.py; the "coalesce" key: tests/unit/core/test_policy.py.)"""
 
 import json
 import signal
-import sys
 import threading
 
 import pytest
@@ -11,24 +11,12 @@ import pytest
 import support
 import fake_upstream as fu
 from fake_upstream import HttpClient
+from policies import COALESCE_RULES as RULES
 from support import wait_until
-
-sys.path.insert(0, str(support.REPO))
-import proxy as porthole  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
 LIST = "/v1.41/containers/json?all=1"
-RULES = {
-    "version": 1,
-    "profiles": {
-        "default": {"rules": [{"method": "GET", "path": "/_ping"},
-                              {"method": "GET", "path": "/containers/json"},
-                              {"method": "GET", "path": "/containers/{id}/json"}]},
-        "open": {"extends": "default", "rules": [], "redact": []},
-        "solo": {"extends": "default", "rules": [], "coalesce": False},
-    },
-}
 
 
 def concurrently(address, target, n, headers=()):
@@ -99,16 +87,6 @@ def test_coalescing_off_sends_every_read(start_proxy, proxy_factory, upstream, h
     responses = concurrently(p.addr, LIST, 8)
     assert all(r.status == 200 for r in responses)
     assert len(daemon_requests(upstream, "/containers/json")) == 8
-
-
-def test_coalesce_must_be_a_boolean():
-    bad = json.loads(json.dumps(RULES))
-    bad["profiles"]["solo"]["coalesce"] = "no"
-    with pytest.raises(porthole.PolicyError, match=r"\$\.profiles\.solo\.coalesce: must be true or false"):
-        porthole.load_policy(json.dumps(bad))
-    policy = porthole.load_policy(json.dumps({**RULES, "profiles": {
-        **RULES["profiles"], "child": {"extends": "solo", "rules": []}}}))
-    assert policy.uncoalesced == {"solo", "child"}  # inherited through extends
 
 
 def test_each_profile_filters_its_own_copy_of_a_shared_answer(start_proxy, upstream):

@@ -1,10 +1,10 @@
-"""Canonicalisation of request targets: examples and properties (no sockets)."""
+"""porthole/core/target.py: canonicalisation of request targets, examples and properties."""
 import string
 
 import pytest
 from hypothesis import assume, given, settings, strategies as st
 
-from proxy import Refusal, Target, canonicalize_target
+from porthole.core.target import Refusal, Target, canonicalize_target
 
 
 def canon(raw: str) -> Target:
@@ -135,3 +135,14 @@ def test_version_like_first_segments_are_versions_or_refused(raw):
     """The daemon routes /v{version:[0-9.]+}/...: such a segment is never an ordinary path segment."""
     with pytest.raises(Refusal):
         canon(raw)
+
+
+# ---- Podman's three-part API versions ---------------------------------------------------------
+
+def test_three_part_versions_only_before_libpod():
+    target = canonicalize_target(b"/v4.3.1/libpod/_ping")
+    assert (target.version, target.path, target.forward_form()) == ("4.3.1", "/libpod/_ping", "/v4.3.1/libpod/_ping")
+    for raw in (b"/v4.3.1/containers/json", b"/v4.3.1", b"/v4.03.1/libpod/_ping", b"/v4.3.1.0/libpod/_ping",
+                b"/v4.3./libpod/_ping"):
+        with pytest.raises(Refusal):
+            canonicalize_target(raw)

@@ -1,38 +1,23 @@
-"""Per-client profiles: the `clients` list of rules.json maps a client (unix peer uid/gid, TCP
-peer address, verified certificate CN) to a profile. Pure functions first (matching, validation,
-shadowed entries, with property tests), then the proxy in front of the fake daemon with clients
-connecting as other uids and from other loopback addresses. Certificate CNs are tested with the
-TLS listener (test_tls.py)."""
+"""porthole/core/clients.py: per-client profiles. The `clients` list of rules.json maps a client
+(unix peer uid/gid, TCP peer address, verified certificate CN) to a profile: matching, validation,
+shadowed entries, with property tests. (Through the proxy, with clients connecting as other uids
+and from other loopback addresses: tests/daemon/test_clients.py; certificate CNs with the TLS
+listener: tests/daemon/test_tls.py.)"""
 
 import ipaddress
 import itertools
 import json
-import signal
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-import support
-import fake_upstream as fu
-from proxy import (ClientFacts, ClientRule, PolicyError, Refusal, RequestFacts, choose_profile,
-                   decide, describe_policy, load_policy, peer_address)
+from policies import CLIENT_PROFILES as PROFILES, CLIENTS, CLIENTS_RULES as RULES, REPO
+from porthole.core.clients import ClientFacts, ClientRule, choose_profile, peer_address
+from porthole.core.decide import RequestFacts, decide
+from porthole.core.policy import PolicyError, describe_policy, load_policy
+from porthole.core.target import Refusal
 
 pytestmark = pytest.mark.timeout(60)
-
-PROFILES = {
-    "default": {"rules": [{"method": ["GET", "HEAD"], "path": "/_ping"}]},
-    "traefik": {"extends": "default", "rules": [{"method": "GET", "path": "/containers/json"}]},
-    "homepage": {"extends": "default", "rules": [{"method": "GET", "path": "/version"}]},
-    "prometheus": {"extends": "default", "rules": [{"method": "GET", "path": "/info"}]},
-    "dozzle": {"extends": "default", "rules": [{"method": "GET", "path": "/events"}]},
-}
-CLIENTS = [
-    {"match": {"uid": 1000}, "profile": "traefik"},
-    {"match": {"gid": 2001}, "profile": "homepage"},
-    {"match": {"address": "127.0.0.2/32"}, "profile": "prometheus"},
-    {"match": {"cert_cn": "dozzle"}, "profile": "dozzle"},
-]
-RULES = {"version": 1, "profiles": PROFILES, "clients": CLIENTS}
 
 
 def document(clients, profiles=PROFILES):
@@ -191,7 +176,7 @@ def test_valid_mappings_load(clients):
 
 
 def test_schema_describes_clients():
-    schema = json.loads((support.REPO / "rules.schema.json").read_text())
+    schema = json.loads((REPO / "rules.schema.json").read_text())
     assert "clients" in schema["properties"]
     entry = schema["$defs"]["client"]
     assert set(entry["properties"]) == {"match", "profile", "comment"}
@@ -258,95 +243,10 @@ def test_property_first_match_wins(clients, facts, listener_profile):
         assert not any(r.matches(facts) for r in rules[:rule.index])
 
 
-# ---- through the proxy ----------------------------------------------------------------------------
-
-def status(sock_or_address, target):
-    with fu.HttpClient(sock_or_address) as c:
-        c.request("GET", target)
-        return c.read_response().status
-
-
-def request_line(p, client_prefix, target):
-    """The log line of the (one) request to `target` from a client whose log name starts so."""
-    line = p.wait_for_log(lambda l: l.get("event") == "request" and l["target"] == target
-                          and l["client"].startswith(client_prefix))
-    assert line is not None, p.stderr_text()
-    return line
-
-
-def test_uid_and_gid_choose_the_profile_on_a_unix_listener(start_proxy, upstream):
-    unix_url, path = support.unix_listen_url("c.sock", "mode=0666")
-    p = start_proxy(listen=[unix_url])
-    cases = [  # (uid, gid, the one probe its profile allows, profile, entry)
-        (1000, 1000, "/v1.41/containers/json", "traefik", "clients[0]"),
-        (1500, 2001, "/v1.41/version", "homepage", "clients[1]"),
-        (1000, 2001, "/v1.41/containers/json", "traefik", "clients[0]"),  # first match wins
-        (1500, 1500, None, "default", None),
-    ]
-    for uid, gid, allowed, profile, entry in cases:
-        for probe in ("/v1.41/containers/json", "/v1.41/version", "/v1.41/info"):
-            expected = 200 if probe == allowed else 403
-            assert status(support.connect_as(path, uid, gid), probe) == expected, (uid, gid, probe)
-            line = request_line(p, f"uid={uid} gid={gid} ", probe)
-            assert (line["profile"], line["client_rule"]) == (profile, entry), line
-    assert sorted(r.path for r in upstream.requests) == ["/containers/json", "/containers/json", "/version"]
-
-
-def test_address_chooses_the_profile_on_a_tcp_listener(start_proxy, upstream):
-    p = start_proxy()
-    for source, profile, entry in (("127.0.0.2", "prometheus", "clients[2]"), ("127.0.0.1", "default", None)):
-        expected = 200 if profile == "prometheus" else 403
-        assert status(support.connect_from(source, p.addr), "/v1.41/info") == expected
-        line = request_line(p, source + ":", "/v1.41/info")
-        assert (line["profile"], line["client_rule"]) == (profile, entry), line
-        assert line["decision"] == ("allow" if expected == 200 else "deny")
-    assert [r.path for r in upstream.requests] == ["/info"]
-
-
-def test_reload_applies_the_new_mapping_to_open_connections(start_proxy, upstream):
-    """Decided: the mapping is re-applied to every open connection on SIGHUP, so the next request
-    on a kept-alive connection is decided under the new mapping (revoking takes effect at once);
-    a request already forwarded is not cut."""
-    unix_url, path = support.unix_listen_url("c.sock", "mode=0666")
-    p = start_proxy(listen=[unix_url])
-    with fu.HttpClient(support.connect_as(path, 1000, 1000)) as kept:
-        kept.request("GET", "/v1.41/containers/json")
-        assert kept.read_response().status == 200
-        moved = dict(RULES, clients=[{"match": {"uid": 1000}, "profile": "homepage"}])
-        before = len([l for l in p.logs() if l.get("event") == "reload"])
-        p.rules_path.write_text(json.dumps(moved))
-        p.send_signal(signal.SIGHUP)
-        assert support.wait_until(lambda: len([l for l in p.logs() if l.get("event") == "reload"]) > before, 5)
-        kept.request("GET", "/v1.41/containers/json")
-        assert kept.read_response().status == 403
-        kept.request("GET", "/v1.41/version")
-        assert kept.read_response().status == 200
-    assert support.wait_until(lambda: len(p.requests_logged()) >= 3, 5)
-    lines = p.requests_logged()
-    assert [(l["profile"], l["client_rule"], l["status"]) for l in lines[-3:]] == [
-        ("traefik", "clients[0]", 200), ("homepage", "clients[0]", 403), ("homepage", "clients[0]", 200)]
-    # a mapping naming a profile that is gone is refused whole: the last one stays in force
-    p.rules_path.write_text(json.dumps(dict(RULES, clients=[{"match": {"uid": 1000}, "profile": "gone"}])))
-    p.send_signal(signal.SIGHUP)
-    failed = p.wait_for_log(lambda l: l.get("event") == "reload_failed")
-    assert failed and "$.clients[0].profile: no profile named 'gone'" in failed["error"]
-    assert status(support.connect_as(path, 1000, 1000), "/v1.41/version") == 200
-
-
-def test_check_exits_2_on_a_bad_mapping_and_prints_a_good_one():
-    good = support.ProxyProcess(rules=support.write_rules(RULES), args=["--check"]).run()
-    assert good.returncode == 0, good.stderr
-    assert "clients[3]   cert_cn='dozzle' -> profile dozzle" in good.stdout
-    bad = dict(RULES, clients=CLIENTS + [{"match": {"address": "127.0.0.2"}, "profile": "traefik"}])
-    result = support.ProxyProcess(rules=support.write_rules(bad), args=["--check"]).run()
-    assert result.returncode == 2
-    assert "$.clients[4]: can never match: every client it matches is matched first by $.clients[2]" in result.stderr
-
-
 def test_schema_accepts_the_issue_example_and_refuses_mixed_kinds():
     import jsonschema
 
-    schema = json.loads((support.REPO / "rules.schema.json").read_text())
+    schema = json.loads((REPO / "rules.schema.json").read_text())
     jsonschema.validate(RULES, schema)
     for bad in ({"match": {"uid": 1, "address": "10.0.0.1"}, "profile": "traefik"},
                 {"match": {}, "profile": "traefik"}, {"match": {"uid": -1}, "profile": "traefik"},
