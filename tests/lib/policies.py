@@ -101,3 +101,12 @@ COALESCE_RULES = {
         "solo": {"extends": "default", "rules": [], "coalesce": False},
     },
 }
+
+# A profile in "mode": "warn" beside an enforcing default (unit/ops/test_learn.py, daemon/test_learn.py).
+_PING = {"method": ["GET", "HEAD"], "path": "/_ping"}
+WARN_RULES = {"version": 1, "profiles": {
+    "default": {"rules": [_PING, {"method": "GET", "path": "/version", "query": {}}]},
+    "watcher": {"mode": "warn", "rules": [_PING, {"method": "GET", "path": "/containers/json", "query": {"all": "*"}},
+                                          {"method": "GET", "path": "/containers/{id}/logs", "dangerous": True,
+                                           "query": {"stdout": "*"}}]},
+}}

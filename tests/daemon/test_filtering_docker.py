@@ -1,4 +1,5 @@
-"""Response filtering against the real daemon, through the docker CLI and the Python SDK.
+"""Response filtering against the real daemon, through the docker CLI and the Python SDK (the fake
+daemon: test_filtering.py; the pure filters: tests/unit/core/test_filters.py).
 
 Containers the test starts (--network none) carry a secret in their environment and log
 options, and labels; a volume carries a secret in its driver options. Two listeners: `reader`
@@ -9,6 +10,7 @@ import json
 import secrets
 import signal
 import time
+from types import SimpleNamespace
 
 import docker
 import pytest
@@ -40,13 +42,9 @@ RULES = {"version": 1, "profiles": {
 }}
 
 
-class World:
-    pass
-
-
 @pytest.fixture(scope="module")
 def world(docker_direct, busybox_image, dockerd):
-    w = World()
+    w = SimpleNamespace()
     w.token = secrets.token_hex(8)
     w.secret = "S3CRET-" + w.token
     made = []
