@@ -28,6 +28,9 @@ class ProxyProcess                      the one way to start the proxy (proxy.py
                                         binary or a wrapper command; non-root by default):
                                         `with p.running()`, start()/wait_ready()/stop_problems()/
                                         cleanup(), or run() for one-shot modes
+run_proxy(*args, env=None, timeout=20) -> CompletedProcess   proxy.py as root, one-shot (--check, ...)
+assert_served(p)                        a GET /_ping through the proxy `p` (its .addr) answers 200 OK
+assert_porthole_error(resp, status)     `resp` is porthole's own JSON error with that status
 write_rules(document) -> Path           a rules file the proxy's uid can read
 docker_cli(host_url, *args, check=False, timeout=60, input=None) -> CompletedProcess
 docker_cli_popen(host_url, *args) -> Popen  (long running commands such as `docker events`)
@@ -1022,6 +1025,28 @@ class ProxyProcess:
                 raise ProxyError("unix listener %s never accepted connections.\nstderr:\n%s"
                                  % (path, self.stderr_text()[-4000:]))
         return self
+
+
+def run_proxy(*args, env: Optional[dict] = None, timeout: float = 20.0) -> subprocess.CompletedProcess:
+    """proxy.py as root in a one-shot mode (--version, --check, a usage error), without a --rules
+    option (so its default rules.json, or none with Tecnativa-style variables in `env`):
+    CompletedProcess with text output."""
+    return ProxyProcess(args=args, as_root=True, env=env, rules=False).run(timeout)
+
+
+def assert_served(p, timeout: float = 5.0) -> None:
+    """The proxy `p` (its `.addr`: fake_upstream.connect's address) answers GET /_ping with 200 OK."""
+    r = fu.get(p.addr, "/_ping", timeout=timeout)
+    assert (r.status, r.body) == (200, b"OK"), r
+
+
+def assert_porthole_error(resp, status: int) -> None:
+    """`resp` (a fake_upstream.Response) is an answer porthole made itself: `status`, a JSON body
+    whose message starts with "porthole: "."""
+    assert resp.status == status, (resp, resp.body)
+    assert "json" in (resp.header("content-type") or ""), resp.headers
+    message = resp.json()["message"]
+    assert message.startswith("porthole: "), message
 
 
 def write_rules(document: dict) -> Path:
