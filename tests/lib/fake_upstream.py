@@ -48,6 +48,7 @@ import socket
 import tempfile
 import threading
 import time
+import typing
 from urllib.parse import urlsplit
 
 API_VERSION = "1.41"
@@ -970,11 +971,60 @@ def build_request(method, target, headers=(), body=b"", version="HTTP/1.1", eol=
     return out + eol + as_bytes(body)
 
 
-def get(address, target, method="GET", headers=(), timeout=5.0, body=b""):
-    """One request on a fresh connection; returns the Response."""
+def get(address, target, method="GET", headers=(), timeout=5.0, body=b"", head_only=False):
+    """One request on a fresh connection; returns the Response (with head_only, its head alone:
+    for a stream that never ends)."""
     with HttpClient(address, timeout) as c:
         c.request(method, target, headers, body)
+        if head_only:
+            return c.read_head()
         return c.read_response(method)
+
+
+class Exchanged(typing.NamedTuple):
+    """What exchange() saw: the statuses read (an int per response; "hang" when the first one did
+    not come in time, "quiet" when a later one did not), those responses, every byte received,
+    and the bytes left over after the responses read."""
+    statuses: list
+    responses: list
+    received: bytes
+    leftover: bytes
+
+    @property
+    def response(self):
+        """The first response, or None when the connection closed without one; a first response
+        that never came is an error (TimeoutError), never taken for a close."""
+        if self.statuses[:1] == ["hang"]:
+            raise TimeoutError("no response within the timeout")
+        return self.responses[0] if self.responses else None
+
+
+def exchange(address, raw, method="GET", timeout=5.0, responses=1, linger=0.1):
+    """Send the raw bytes `raw` (requests, or anything else) on a fresh connection and read up to
+    `responses` responses to `method` (fewer if the connection closes), then collect for `linger`
+    seconds whatever else arrives. A send the peer cut short is not an error: what it answered is
+    read all the same."""
+    c = HttpClient(address, timeout=timeout)
+    statuses, got = [], []
+    try:
+        try:
+            c.send(raw)
+        except OSError:
+            pass
+        for i in range(responses):
+            try:
+                r = c.read_response(method, timeout=timeout if i == 0 else 1.0)
+            except ConnectionClosed:
+                break
+            except TimeoutError:
+                statuses.append("hang" if i == 0 else "quiet")
+                break
+            statuses.append(r.status)
+            got.append(r)
+        c.wait_closed(linger)
+        return Exchanged(statuses, got, bytes(c.all_received), bytes(c.buf))
+    finally:
+        c.close()
 
 
 def parse_response(data, method="GET"):

@@ -14,6 +14,7 @@ allowed(<the arguments of facts>, policy=SHIPPED) -> bool
 CLIENT_PROFILES, CLIENTS, CLIENTS_RULES  the per-client profiles example (rules.json's `clients`)
 COALESCE_RULES                           coalescing on, and off in profile "solo"
 WARN_RULES                               a profile in "mode": "warn" beside an enforcing default
+DOCTOR_RULES                             two small profiles, one acknowledging logs
 """
 
 from __future__ import annotations
@@ -110,3 +111,9 @@ WARN_RULES = {"version": 1, "profiles": {
                                           {"method": "GET", "path": "/containers/{id}/logs", "dangerous": True,
                                            "query": {"stdout": "*"}}]},
 }}
+
+# Two small profiles, one acknowledging logs (unit/ops/test_doctor.py, daemon/test_doctor.py).
+DOCTOR_RULES = {"version": 1, "profiles": {
+    "default": {"rules": [{"method": ["GET", "HEAD"], "path": "/_ping"}, {"method": "GET", "path": "/info"}]},
+    "logs": {"extends": "default", "rules": [
+        {"method": "GET", "path": "/containers/{id}/logs", "dangerous": True}]}}}

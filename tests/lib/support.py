@@ -18,6 +18,7 @@ connect_as(path, uid, gid) -> socket    a unix connection made by a child runnin
 connect_from(source_ip, (host, port)) -> socket   a TCP connection from a chosen loopback address
 kill_group(popen)                       SIGKILL a start_new_session child's process group
 rss_bytes(pid) -> int                   VmRSS of a process
+fake_proc(root, {pid: argv}) -> str     a fake /proc (cmdline files) under root, for --doctor
 require_docker_env()                    skip (or fail when CI=true) if no private dockerd can run
 class Dockerd                           start(tmpdir, socket_group_gid, socket_path=None) / stop() / restart()
 build_busybox_image(docker_url) -> str  image tag
@@ -1055,6 +1056,15 @@ def write_rules(document: dict) -> Path:
     path.write_text(json.dumps(document, indent=1))
     path.chmod(0o644)
     return path
+
+
+def fake_proc(root: Path, processes: dict) -> str:
+    """A /proc with one directory per pid holding `cmdline` (NUL-separated, as the kernel writes it)."""
+    for pid, argv in processes.items():
+        (root / str(pid)).mkdir(parents=True)
+        (root / str(pid) / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
+    (root / "self").mkdir(exist_ok=True)
+    return str(root)
 
 
 def rss_bytes(pid: int) -> int:

@@ -10,27 +10,23 @@ Everything runs on 127.0.0.x or unix sockets; every wait is bounded.
 """
 
 import json
-import os
 import re
 import select
 import signal
 import socket
 import struct
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 import fake_upstream as fu
 import support
 from fake_upstream import ConnectionClosed, HttpClient, build_request
+from support import assert_porthole_error, assert_served
 
 pytestmark = pytest.mark.timeout(60)
 
-REPO = Path(__file__).resolve().parent.parent
 MB = 1024 * 1024
 KB = 1024
 
@@ -56,18 +52,6 @@ RULES = {
 
 REFUSED = build_request("GET", "/v1.41/secrets", [("Host", "localhost")])  # 403, keep-alive
 PING = build_request("GET", "/_ping", [("Host", "localhost")])
-
-
-def assert_porthole_error(resp, status):
-    assert resp.status == status, (resp, resp.body)
-    assert "json" in (resp.header("content-type") or ""), resp.headers
-    message = resp.json()["message"]
-    assert message.startswith("porthole: "), message
-
-
-def assert_served(p, timeout=5.0):
-    r = fu.get(p.addr, "/_ping", timeout=timeout)
-    assert (r.status, r.body) == (200, b"OK"), r
 
 
 def request_log(p, target, timeout=5.0):
@@ -346,9 +330,7 @@ def test_check_reports_bad_rules_in_one_line(tmp_path, case):
     text, problem = BAD_RULES[case]
     path = tmp_path / "rules.json"
     path.write_text(text)
-    proxy_py = os.environ.get("PH_TEST_PROXY_PY") or str(REPO / "proxy.py")
-    result = subprocess.run([sys.executable, proxy_py, "--check", "--rules", str(path)],
-                            capture_output=True, text=True, timeout=30)
+    result = support.run_proxy("--check", "--rules", str(path), timeout=30)
     err = result.stderr.strip()
     assert "Traceback" not in result.stderr, result.stderr[-2000:]
     assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
@@ -550,6 +532,8 @@ def test_response_head_timeout_gives_504(start_proxy, upstream):
 
 @pytest.mark.parametrize("target", ["/v1.41/events", "/v1.41/events?since=1700000000"],
                          ids=["shared", "unshared"])
+
+
 def test_response_timeout_does_not_cut_a_quiet_stream(start_proxy, upstream, target):
     """A stream whose head arrived is never cut by --response-timeout.  Fails today only
     because the option does not exist: it guards against a timeout that also hits streams."""

@@ -12,15 +12,20 @@ from pathlib import Path
 import h11
 import pytest
 
-FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
+FUZZ = Path(__file__).resolve().parents[2] / "fuzz"
 sys.path.insert(0, str(FUZZ))
 
 import fuzz_canonical  # noqa: E402
 import fuzz_common  # noqa: E402
 import fuzz_request  # noqa: E402
-from fuzz_common import InvariantViolation, proxy  # noqa: E402
+from fuzz_common import InvariantViolation  # noqa: E402
 import porthole.app.wiring  # noqa: E402
 import porthole.core.decide  # noqa: E402
+from porthole.connections.client import ClientConnection  # noqa: E402
+from porthole.core.decide import FORWARDED_REQUEST_HEADERS, RequestFacts, decide, forwarded_request  # noqa: E402
+from porthole.core.guards import parse_template  # noqa: E402
+from porthole.core.policy import Policy, Rule  # noqa: E402
+from porthole.core.target import Target  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -66,22 +71,22 @@ PING = b"GET /v1.41/_ping HTTP/1.1\r\nHost: localhost\r\nUser-Agent: t\r\nX-Secr
 
 
 def test_checks_catch_a_post_being_forwarded(monkeypatch):
-    real = proxy.decide
+    real = decide
 
     def lax(policy, facts, allow_hosts=frozenset()):
         if facts.method == "POST":
-            facts = proxy.RequestFacts("GET", facts.target, facts.headers, facts.listener_kind, facts.profile)
+            facts = RequestFacts("GET", facts.target, facts.headers, facts.listener_kind, facts.profile)
             decision = real(policy, facts, allow_hosts)
             return decision
         return real(policy, facts, allow_hosts)
 
-    monkeypatch.setattr(proxy, "decide", lax)
+    monkeypatch.setattr(fuzz_common.proxy, "decide", lax)  # where fuzz_canonical looks it up
     with pytest.raises(InvariantViolation, match="other than GET/HEAD"):
         fuzz_canonical.check(b"/_ping")
 
 
 def test_checks_catch_a_non_round_tripping_forward_form(monkeypatch):
-    monkeypatch.setattr(proxy.Target, "forward_form", lambda self: "/" + "/".join(self.segments) + "/")
+    monkeypatch.setattr(Target, "forward_form", lambda self: "/" + "/".join(self.segments) + "/")
     with pytest.raises(InvariantViolation, match="unexpected characters|refused|round-trip"):
         fuzz_canonical.check(b"/v1.41/containers/json")
 
@@ -89,16 +94,16 @@ def test_checks_catch_a_non_round_tripping_forward_form(monkeypatch):
 def test_checks_catch_a_dangerous_read_without_acknowledgement(monkeypatch):
     monkeypatch.setattr(porthole.core.decide, "dangerous_reason", lambda segments: None)  # where decide looks it up
     rules = [r for r in fuzz_common.POLICY.profiles["default"]]
-    wide = proxy.Rule("default", 99, frozenset({"GET"}), "/containers/{id}/{what}",
-                      proxy.parse_template("/containers/{id}/{what}"), None, False)
-    policy = proxy.Policy("test", {**fuzz_common.POLICY.profiles, "default": (*rules, wide)})
+    wide = Rule("default", 99, frozenset({"GET"}), "/containers/{id}/{what}",
+                      parse_template("/containers/{id}/{what}"), None, False)
+    policy = Policy("test", {**fuzz_common.POLICY.profiles, "default": (*rules, wide)})
     monkeypatch.setattr(fuzz_common, "POLICY", policy)
     with pytest.raises(InvariantViolation, match="dangerous read"):
         fuzz_canonical.check(b"/containers/web/export")
 
 
 def test_checks_catch_a_header_leaking_upstream(monkeypatch):
-    names = proxy.FORWARDED_REQUEST_HEADERS
+    names = FORWARDED_REQUEST_HEADERS
     secret = b"x-secret" if isinstance(names[0], bytes) else "x-secret"
     monkeypatch.setattr(porthole.core.decide, "FORWARDED_REQUEST_HEADERS", (*names, secret))
     with pytest.raises(InvariantViolation, match="outside Host/User-Agent/Accept"):
@@ -106,7 +111,7 @@ def test_checks_catch_a_header_leaking_upstream(monkeypatch):
 
 
 def test_checks_catch_a_raw_target_forwarded(monkeypatch):
-    real = proxy.forwarded_request
+    real = forwarded_request
 
     def raw_target(method, target, headers):
         request = real(method, target, headers)
@@ -118,13 +123,13 @@ def test_checks_catch_a_raw_target_forwarded(monkeypatch):
 
 
 def test_checks_catch_dropped_pipelined_requests(monkeypatch):
-    real = proxy.ClientConnection.finish_exchange
+    real = ClientConnection.finish_exchange
 
     def hangs_up(self):
         self.exchange.close_after = True  # drops what the client pipelined
         real(self)
 
-    monkeypatch.setattr(proxy.ClientConnection, "finish_exchange", hangs_up)
+    monkeypatch.setattr(ClientConnection, "finish_exchange", hangs_up)
     data = (FUZZ / "corpus" / "request" / "seed-pipelined-mixed").read_bytes()
     with pytest.raises(InvariantViolation, match="differ from the reference"):
         fuzz_request.check(data)

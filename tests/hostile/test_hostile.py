@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import select
 import socket
-import sys
 import time
 
 import pytest
@@ -28,14 +27,14 @@ import fake_upstream as fu
 from fake_upstream import ConnectionClosed, FakeUpstream, HttpClient
 import hostile_cases as hc
 from hostile_cases import CASES, Case
-
-sys.path.insert(0, str(support.REPO))
-import proxy as porthole  # the pure policy functions, for the property test's oracle
+from policies import SHIPPED
+# the pure policy functions, for the property test's oracle
+from porthole.core.decide import RequestFacts, decide
+from porthole.core.target import Refusal, canonicalize_target
 
 pytestmark = pytest.mark.timeout(120)
 
 LOCAL_STATUSES = {400, 403, 408, 413, 429, 431, 501, 505}  # what porthole itself answers
-SHIPPED = porthole.load_policy((support.REPO / "rules.json").read_text(), "rules.json")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -578,14 +577,14 @@ def oracle(raw: bytes, listener: str):
     assert isinstance(event, h11.Request), (event, raw)
     headers = list(event.headers)
     kind = "unix" if listener.startswith("unix") else "tcp"
-    facts = porthole.RequestFacts(event.method.decode("latin-1"), event.target, headers, kind, "default", event.http_version)
+    facts = RequestFacts(event.method.decode("latin-1"), event.target, headers, kind, "default", event.http_version)
     try:
-        decision = porthole.decide(SHIPPED, facts)
-    except porthole.Refusal as refusal:
+        decision = decide(SHIPPED, facts)
+    except Refusal as refusal:
         return refusal.status, None
     kept = [(n, v) for n, v in headers if n in (b"user-agent", b"accept")]
     # the canonical target is a fixpoint: canonicalising it again changes nothing
-    again = porthole.canonicalize_target(decision.target.forward_form().encode())
+    again = canonicalize_target(decision.target.forward_form().encode())
     assert again == decision.target, (again, decision.target)
     return None, hc.canonical(facts.method, decision.target.forward_form(), *kept)
 

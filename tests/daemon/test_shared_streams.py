@@ -5,14 +5,29 @@ import pytest
 
 import fake_upstream as fu
 from fake_upstream import ConnectionClosed, HttpClient
-from test_limits import MB, assert_served, write_rules  # noqa: F401  (shared helpers)
+from support import assert_served
+
+RULES = {
+    "version": 1,
+    "profiles": {
+        "default": {
+            "rules": [
+                {"method": "GET", "path": "/_ping"},
+                {"method": "GET", "path": "/version"},
+                {"method": "GET", "path": "/events"},
+                {"method": "GET", "path": "/containers/json"},
+            ],
+            # fan-out, not filtering (tests/daemon/test_filtering*.py): the fake daemon's filler
+            # events are not JSON, so they pass only unfiltered
+            "redact": [],
+        }
+    },
+}
 
 
 @pytest.fixture
-def proxy(proxy_factory, upstream):
-    p = proxy_factory(upstream=upstream.url, rules=write_rules(), args=["--max-streams-per-client", "100"])
-    p.addr = p.first_listener_address()
-    return p
+def proxy(start_proxy):
+    return start_proxy("--max-streams-per-client", "100")
 
 
 def watch(addr, target="/v1.41/events"):

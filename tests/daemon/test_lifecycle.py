@@ -11,7 +11,7 @@ import pytest
 
 import support
 import fake_upstream as fu
-from fake_upstream import HttpClient, ConnectionClosed, build_request
+from fake_upstream import HttpClient, build_request, exchange
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,17 +47,6 @@ def wait_request_lines(p, n, timeout=5.0):
     return request_lines(p)
 
 
-def exchange(addr, data, method="GET", timeout=5.0):
-    """Send raw request bytes on a fresh connection, read one response (or
-    None if the proxy closed without one)."""
-    with HttpClient(addr, timeout) as c:
-        c.send(data)
-        try:
-            return c.read_response(method)
-        except ConnectionClosed:
-            return None
-
-
 def req(method, target, headers=(("Host", "localhost"),), body=b""):
     return build_request(method, target, list(headers), body)
 
@@ -80,10 +69,10 @@ def test_one_json_log_line_per_request(start_proxy, upstream):
     ]
     for data, status, _ in sent:
         method = data.split(b" ", 1)[0].decode()
-        r = exchange(p.addr, data, method)
+        r = exchange(p.addr, data, method).response
         assert r is not None and r.status == status, (data, r)
     # one malformed request (no parseable request line)
-    r = exchange(p.addr, b"THIS IS NOT HTTP\r\n\r\n")
+    r = exchange(p.addr, b"THIS IS NOT HTTP\r\n\r\n").response
     assert r is None or r.status == 400
     # three pipelined requests on one connection
     with HttpClient(p.addr) as c:
@@ -137,7 +126,7 @@ def test_hostile_targets_cannot_break_log_lines(start_proxy, upstream):
     p = start_proxy()
     for target in HOSTILE_TARGETS:
         r = exchange(p.addr, b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n"
-                     b"User-Agent: ua\"\\\x1b\xc3\xa9\r\n\r\n")
+                     b"User-Agent: ua\"\\\x1b\xc3\xa9\r\n\r\n").response
         assert r is None or r.status in (200, 400, 403), (target, r)
     lines = wait_request_lines(p, len(HOSTILE_TARGETS))
     assert len(lines) == len(HOSTILE_TARGETS), json.dumps(lines, indent=1)
@@ -158,7 +147,7 @@ def test_text_log_format_one_line_per_request(start_proxy, upstream):
     targets = [b"/_ping?m=TXTMARK1", b"/v1.41/containers/abc/export?m=TXTMARK2",
                b'/v1.41/containers/json?m=TXTMARK3%0a%0dforged=1', b'/v1.41/version?m=TXTMARK4"\\']
     for target in targets:
-        exchange(p.addr, b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        exchange(p.addr, b"GET " + target + b" HTTP/1.1\r\nHost: localhost\r\n\r\n").response
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:
         if all(any("TXTMARK%d" % i in l for l in p.stderr_lines()) for i in range(1, 5)):

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import os
 import queue
-import sys
 import stat
 import threading
 import time
@@ -19,8 +18,7 @@ import pytest
 
 import support
 
-sys.path.insert(0, str(support.REPO))
-import proxy as porthole  # noqa: E402  (the filter the proxy applies, as the model)
+from porthole.core.filters import Filtering, ResponseFilter  # the filter the proxy applies, as the model
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(90)]
 
@@ -93,7 +91,7 @@ def test_ping_version_info(client, docker_direct):
 
 def redacted(kind, attrs):
     """What the default profile's redaction makes of the daemon's answer (env values go)."""
-    return porthole.ResponseFilter(porthole.Filtering(), kind, "x").document(copy.deepcopy(attrs))
+    return ResponseFilter(Filtering(), kind, "x").document(copy.deepcopy(attrs))
 
 
 def test_containers_list_and_get(client, docker_direct, busybox_image, containers):

@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import json
 import secrets
-import sys
 import time
 from urllib.parse import quote
 
 import docker
 import pytest
 
-import support
-from fake_upstream import ConnectionClosed, HttpClient
 import hostile_cases as hc
-
-sys.path.insert(0, str(support.REPO))
-import proxy as porthole  # the canonical form of a target, for the differential
+import support
+from fake_upstream import exchange
+from policies import SHIPPED
+from porthole.core.filters import plan_response_filter  # the redaction, for the differential
+from porthole.core.target import Refusal, canonicalize_target  # the canonical form of a target
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(150)]
 
@@ -80,33 +79,6 @@ def proxy(proxy_factory):
     p = proxy_factory()
     p.addr = p.first_listener_address()
     return p
-
-
-def exchange(address, raw, timeout=5.0, method="GET", responses=1):
-    """Send raw bytes and read up to `responses` responses (fewer if the connection closes),
-    then collect for a moment whatever else arrives. Returns (statuses, responses, everything
-    received, bytes left over after the responses read)."""
-    c = HttpClient(address, timeout=timeout)
-    statuses, got = [], []
-    try:
-        try:
-            c.send(raw)
-        except OSError:
-            pass
-        for i in range(responses):
-            try:
-                r = c.read_response(method, timeout=timeout if i == 0 else 1.0)
-            except ConnectionClosed:
-                break
-            except TimeoutError:
-                statuses.append("hang" if i == 0 else "quiet")
-                break
-            statuses.append(r.status)
-            got.append(r)
-        c.wait_closed(0.1)
-        return statuses, got, bytes(c.all_received), bytes(c.buf)
-    finally:
-        c.close()
 
 
 def direct_events(docker_direct, since, container_id):
@@ -422,18 +394,10 @@ def variants(base: Base):
 
 
 def fetch(address, method, raw_target, timeout=20.0):
-    """One request on a fresh connection: (status, body, headers) or ("closed", b"", [])."""
-    c = HttpClient(address, timeout=timeout)
-    try:
-        c.send(hc.req(method, raw_target, H + (("Connection", "close"),)))
-        try:
-            r = c.read_response(method, timeout=timeout)
-        except ConnectionClosed:
-            return ("closed", bytes(c.all_received), [])
-        return (r.status, r.body, r.headers)
-    finally:
-        c.close()
-
+    """One request on a fresh connection: (status, body, headers) or ("closed", what came, [])."""
+    seen = exchange(address, hc.req(method, raw_target, H + (("Connection", "close"),)), method, timeout, linger=0)
+    r = seen.response
+    return ("closed", seen.received, []) if r is None else (r.status, r.body, r.headers)
 
 def normal_form(kind, answer):
     """What must agree between two answers: the status, and for a 200 the body (minus what
@@ -451,14 +415,11 @@ def normal_form(kind, answer):
     return status, body
 
 
-SHIPPED = porthole.load_policy((support.REPO / "rules.json").read_text(), "rules.json")
-
-
 def filtered(profile, method, target, answer):
     """The daemon's answer as the profile's response filter leaves it (redaction): porthole must
     relay exactly that."""
     status, body, headers = answer
-    plan = porthole.plan_response_filter(SHIPPED.filtering[profile], method, porthole.canonicalize_target(target))
+    plan = plan_response_filter(SHIPPED.filtering[profile], method, canonicalize_target(target))
     if plan.filter is None or not 200 <= status < 300 or method == "HEAD":
         return answer
     if plan.filter.kind == "events":  # line by line; dropped events leave no line
@@ -543,8 +504,8 @@ def _run_differential(dockerd, victim, exited, image, listeners, p):
                 # porthole forwarded it: only for an allowed endpoint, and only if the daemon
                 # treats the raw variant exactly like the canonical form porthole forwarded
                 try:
-                    canon = porthole.canonicalize_target(raw).forward_form().encode()
-                except porthole.Refusal as refusal:
+                    canon = canonicalize_target(raw).forward_form().encode()
+                except Refusal as refusal:
                     problems.append("%s: forwarded although canonicalize_target refuses it (%s); "
                                     "proxy answered %r" % (where, refusal.reason, pr[:2]))
                     continue

@@ -8,7 +8,7 @@ import time
 import pytest
 
 import support
-from support import wait_until
+from support import assert_served, wait_until
 import fake_upstream as fu
 from fake_upstream import HttpClient, ConnectionClosed, build_request
 
@@ -36,11 +36,6 @@ MB = 1024 * 1024
 
 def write_rules(rules=RULES):
     return support.write_rules(rules)
-
-
-def assert_served(p, timeout=5.0):
-    r = fu.get(p.addr, "/_ping", timeout=timeout)
-    assert (r.status, r.body) == (200, b"OK")
 
 
 # ---------------------------------------------------------------------------

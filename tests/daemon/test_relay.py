@@ -12,6 +12,7 @@ import pytest
 import support
 import fake_upstream as fu
 from fake_upstream import HttpClient, ConnectionClosed, build_request
+from support import assert_porthole_error
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -80,13 +81,6 @@ def ping_barrier(proxy, up, snap):
     assert len(new) == 1, new
     assert_canonical(new[0], "GET", "/_ping")
     assert len(up.all_bytes()) - snap[1] == len(new[0].raw), up.all_bytes()[snap[1]:]
-
-
-def assert_porthole_error(resp, status):
-    assert resp.status == status, (resp, resp.body)
-    assert "json" in (resp.header("content-type") or ""), resp.headers
-    msg = resp.json()["message"]
-    assert msg.startswith("porthole: "), msg
 
 
 def client_on(proxy):
