@@ -181,6 +181,13 @@ def containers(docker_direct):
             pass
 
 
+@pytest.fixture(scope="module")
+def pki():
+    """Certificates for the TLS tests (tests/lib/tls_certs.py), made once per test module."""
+    import tls_certs
+    return tls_certs.make_pki(support.short_tmpdir("ph-pki-"))
+
+
 @pytest.fixture
 def upstream():
     """A recording fake daemon on a unix socket (tests/lib/fake_upstream.py)."""

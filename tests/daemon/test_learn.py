@@ -14,6 +14,7 @@ import fake_upstream as fu
 import support
 from policies import WARN_RULES as RULES  # noqa: F401  (the rules start_proxy runs the proxy with)
 from porthole.core.policy import load_policy
+from tls_certs import client_context
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -90,19 +91,11 @@ def test_an_unwritable_learn_path_stops_the_start_or_is_logged_later(start_proxy
     assert not list(directory.iterdir())
 
 
-def test_a_verified_certificate_is_learned_by_its_cn(start_proxy, upstream):
-    import ssl
-
-    import tls_certs
-
-    pki = tls_certs.make_pki(support.short_tmpdir("ph-pki-"))
+def test_a_verified_certificate_is_learned_by_its_cn(start_proxy, upstream, pki):
     path = learn_dir() / "learned.json"
     port = support.free_port()
     p = start_proxy("--learn", path, listen=[pki.listen_url(port)])
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(str(pki.ca))
-    context.load_cert_chain(str(pki.clients["dozzle"].cert), str(pki.clients["dozzle"].key))
-    sock = context.wrap_socket(fu.connect(("127.0.0.1", port)), server_hostname="localhost")
+    sock = client_context(pki, "dozzle").wrap_socket(fu.connect(("127.0.0.1", port)), server_hostname="localhost")
     with fu.HttpClient(sock) as http:
         http.request("GET", "/v1.47/info")
         assert http.read_response().status == 200

@@ -2,11 +2,16 @@
 a CA, a server certificate for 127.0.0.1/localhost, client certificates (CN=dozzle, CN=other),
 a client certificate that expired in 2020, and a second, unrelated CA with a client certificate
 of its own (CN=dozzle too: only the signature differs). EC P-256 keys, made in well under a
-second. Every file is world-readable: the proxy runs as uid 65532 (test keys only)."""
+second. Every file is world-readable: the proxy runs as uid 65532 (test keys only).
+
+make_pki(directory) -> Pki is what conftest's `pki` fixture (one per test module) returns;
+client_context(pki, name=None, ca=None) is a client's ssl context trusting the CA (or `ca`),
+with the client certificate `name` if given."""
 
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,3 +111,13 @@ def make_pki(directory: Path) -> Pki:
     for path in directory.iterdir():
         os.chmod(path, 0o644)
     return Pki(directory, ca[0], other_ca[0], server, clients)
+
+
+def client_context(pki: Pki, name: str | None = None, ca: Path | None = None) -> ssl.SSLContext:
+    """A client's context: trusts pki.ca (or `ca`), presents pki.clients[name] if `name` is given."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.load_verify_locations(str(ca or pki.ca))
+    if name is not None:
+        pair = pki.clients[name]
+        context.load_cert_chain(str(pair.cert), str(pair.key))
+    return context
