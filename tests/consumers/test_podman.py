@@ -1,6 +1,7 @@
 """Porthole in front of Podman's service socket (a private `podman system service`, Debian's
 podman 4): the docker CLI's read commands through the shipped default profile, and `podman
---remote` through a `podman` profile for Podman's own API (libpod), proposed for rules.json.
+--remote` through the shipped `podman` profile for Podman's own API (libpod). (The podman
+profile's decisions alone: tests/unit/core/test_presets.py.)
 
 Containers run with no network (the private podman's default, and --network none)."""
 from __future__ import annotations
@@ -12,81 +13,9 @@ import time
 import pytest
 
 import support
-from proxy import Refusal, RequestFacts, canonicalize_target, decide, load_policy
+from policies import shipped_document
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
-
-# The requests podman 4.3.1 made for those commands (porthole's request log).
-PODMAN_REQUESTS = [
-    "/v4.3.1/libpod/_ping",
-    "/v4.3.1/libpod/version",
-    "/v4.3.1/libpod/info",
-    "/v4.3.1/libpod/containers/json?all=false&external=false&filters=%7B%7D&last=-1&namespace=false&size=false&sync=false",
-    "/v4.3.1/libpod/containers/json?all=true&external=false&filters=%7B%22name%22%3A%5B%22pm1%22%5D%7D&last=-1&namespace=false&size=true&sync=false",
-    "/v4.3.1/libpod/containers/pm1/json?size=false",
-    "/v4.3.1/libpod/containers/pm1/exists?external=false",
-    "/v4.3.1/libpod/images/json?all=false&filters=%7B%7D",
-    "/v4.3.1/libpod/images/json?all=false&filters=%7B%22reference%22%3A%5B%22localhost%2Fpm-busybox%22%5D%7D",
-    "/v4.3.1/libpod/images/b2dcab63df4f/json?size=false",
-    "/v4.3.1/libpod/images/b2dcab63df4f/exists",
-    "/v4.3.1/libpod/events?filters=%7B%7D&since=1m&stream=true&until=",
-]
-
-
-def podman_policy():
-    """The shipped rules.json, whose `podman` profile is what these requests need."""
-    return json.loads((support.REPO / "rules.json").read_text())
-
-
-def decision(policy, target, profile="podman"):
-    try:
-        decide(policy, RequestFacts("GET", target.encode(), (), "unix", profile))
-    except Refusal as refusal:
-        return refusal.reason
-    return "allowed"
-
-
-# --------------------------------------------------------------------------
-# decisions (no podman needed)
-
-
-def test_profile_allows_what_podman_remote_sends():
-    policy = load_policy(json.dumps(podman_policy()))
-    for target in PODMAN_REQUESTS:
-        assert decision(policy, target) == "allowed", target
-        assert decision(policy, target, "default") != "allowed", target
-
-
-@pytest.mark.parametrize("target, why", [
-    ("/v4.3.1/libpod/containers/pm1/logs?follow=false&stdout=true", "dangerous read"),
-    ("/v4.3.1/libpod/containers/pm1/top?ps_args=", "dangerous read"),
-    ("/v4.3.1/libpod/containers/pm1/export", "dangerous read"),
-    ("/v4.3.1/libpod/containers/pm1/archive?path=/etc", "dangerous read"),
-    ("/v4.3.1/libpod/images/export?references=busybox", "dangerous read"),
-    ("/v4.3.1/libpod/secrets/s1/json?showsecret=true", "dangerous read"),
-    ("/v4.3.1/libpod/containers/stats?stream=false", "no rule"),
-    ("/v4.3.1/libpod/containers/json?all=true&bogus=1", "query parameter 'bogus'"),
-])
-def test_profile_refuses_the_rest(target, why):
-    policy = load_policy(json.dumps(podman_policy()))
-    assert why in str(decision(policy, target)), target
-
-
-def test_three_part_versions_only_before_libpod():
-    target = canonicalize_target(b"/v4.3.1/libpod/_ping")
-    assert (target.version, target.path, target.forward_form()) == ("4.3.1", "/libpod/_ping", "/v4.3.1/libpod/_ping")
-    for raw in (b"/v4.3.1/containers/json", b"/v4.3.1", b"/v4.03.1/libpod/_ping", b"/v4.3.1.0/libpod/_ping",
-                b"/v4.3./libpod/_ping"):
-        with pytest.raises(Refusal):
-            canonicalize_target(raw)
-
-
-def test_a_rules_file_cannot_open_libpod_dangerous_reads_unacknowledged():
-    document = podman_policy()
-    document["profiles"]["podman"]["rules"].append({"method": "GET", "path": "/libpod/containers/{name}/logs"})
-    with pytest.raises(Exception, match="dangerous read"):
-        load_policy(json.dumps(document))
-
 
 # --------------------------------------------------------------------------
 # through porthole, in front of the real podman service
@@ -105,7 +34,7 @@ def porthole_for_podman(podman, proxy_factory):
     url, path = support.unix_listen_url()
     podman_url, podman_path = support.unix_listen_url("podman.sock", "mode=0660&profile=podman")
     proxy = proxy_factory(listen=[url, podman_url], upstream=podman.url, groups=[support.DEFAULT_SOCK_GID],
-                          rules=support.write_rules(podman_policy()))
+                          rules=support.write_rules(shipped_document()))
     proxy.docker_host = "unix://" + path
     proxy.podman_host = "unix://" + podman_path
     return proxy
