@@ -8,7 +8,6 @@ minutes. `./build.sh --arch arm64 test` runs this file."""
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -20,13 +19,11 @@ import pytest
 
 import fake_upstream as fu
 import support
-from test_binary import BUILD_INPUTS, check_cli_through, proxy_version
-from test_image import layer_entries, listener_dir, run_proxy_container, wait_health, wait_socket  # noqa: F401
+from artifacts import (BUILD_INPUTS, REPO, build_env, build_sh, check_cli_through, ensure_binary, layer_entries,
+                       listener_dir, proxy_version, run_check, tail, wait_health, wait_socket)
 
 pytestmark = [pytest.mark.arm64, pytest.mark.timeout(3600)]
 
-REPO = support.REPO
-BINARY = REPO / "dist" / "porthole-arm64"
 IMAGE = "porthole-test/porthole:latest-arm64"
 SOCK_GID = support.DEFAULT_SOCK_GID
 BINFMT_ENTRY = Path("/proc/sys/fs/binfmt_misc/qemu-aarch64")
@@ -34,51 +31,18 @@ BUILD_TIMEOUT = 3000  # a cold build (debootstrap of the root, pip, freezing) is
 READY_TIMEOUT = 90  # start under emulation: unpacking and importing run through qemu
 
 
-def _tail(text, n=4000):
-    return text[-n:] if text else ""
-
-
-def build_sh(*args, env=None, cwd=REPO, timeout=600):
-    return subprocess.run(["./build.sh", "--arch", "arm64", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-@functools.lru_cache(maxsize=None)
-def ensure_arm64_binary() -> Path:
-    """dist/porthole-arm64, (re)built when older than any of its inputs (build.sh's rule)."""
-    def fresh():
-        if not (BINARY.is_file() and os.access(BINARY, os.X_OK)):
-            return False
-        return all(BINARY.stat().st_mtime > (REPO / name).stat().st_mtime for name in BUILD_INPUTS)
-
-    if not fresh():
-        r = build_sh(timeout=BUILD_TIMEOUT)
-        assert r.returncode == 0, "./build.sh --arch arm64 failed (%s):\n%s\n%s" % (
-            r.returncode, _tail(r.stdout), _tail(r.stderr))
-        assert fresh(), "./build.sh --arch arm64 succeeded but dist/porthole-arm64 is missing or stale"
-    return BINARY
-
-
 @pytest.fixture(scope="session")
 def arm64_binary() -> Path:
-    return ensure_arm64_binary()
+    """dist/porthole-arm64, (re)built when older than any of its inputs (build.sh's rule)."""
+    return ensure_binary("arm64", timeout=BUILD_TIMEOUT)
 
 
 @pytest.fixture(scope="session")
 def arm64_image(dockerd, arm64_binary):
-    r = build_sh("image", env=support.docker_env(dockerd.url, {"PORTHOLE_IMAGE": IMAGE}))
+    r = build_sh("--arch", "arm64", "image", env=build_env(dockerd, IMAGE), timeout=600)
     assert r.returncode == 0, "./build.sh --arch arm64 image failed (%s):\n%s\n%s" % (
-        r.returncode, _tail(r.stdout), _tail(r.stderr))
+        r.returncode, tail(r.stdout), tail(r.stderr))
     return IMAGE
-
-
-def run_check(dockerd, *arch_args):
-    r = subprocess.run(["./build.sh", *arch_args, "check"], cwd=REPO, capture_output=True, text=True, timeout=300,
-                       env=support.docker_env(dockerd.url, {"PORTHOLE_IMAGE": IMAGE}))
-    try:
-        return r.returncode, json.loads(r.stdout)
-    except ValueError:
-        raise AssertionError("./build.sh check printed no JSON (exit %s):\n%s\n%s" % (r.returncode, r.stdout, r.stderr))
 
 
 # --------------------------------------------------------------------------
@@ -160,12 +124,12 @@ def test_reproducible_build(arm64_binary):
         for p in procs:
             support.kill_group(p)
     for copy, p, out in zip(copies, procs, outputs):
-        assert p.returncode == 0, "build in %s failed (%s):\n%s" % (copy, p.returncode, _tail(out))
+        assert p.returncode == 0, "build in %s failed (%s):\n%s" % (copy, p.returncode, tail(out))
     digests = [hashlib.sha256((c / "dist" / "porthole-arm64").read_bytes()).hexdigest() for c in copies]
     for copy, digest in zip(copies, digests):
         assert (copy / "dist" / "porthole-arm64.sha256").read_text().split()[0] == digest
     assert digests[0] == digests[1], "builds differ: %s\n%s" % (
-        dict(zip(map(str, copies), digests)), "\n".join(_tail(o, 1500) for o in outputs))
+        dict(zip(map(str, copies), digests)), "\n".join(tail(o, 1500) for o in outputs))
 
 
 # --------------------------------------------------------------------------
@@ -185,11 +149,11 @@ def test_image_is_arm64_and_passes_check(dockerd, docker_direct, arm64_image, ar
     described = subprocess.run(["file", "-b", str(program)], capture_output=True, text=True, check=True).stdout
     assert "ARM aarch64" in described, described
 
-    rc, summary = run_check(dockerd, "--arch", "arm64")
+    rc, summary = run_check(dockerd, IMAGE, arch=("--arch", "arm64"))
     assert rc == 0 and summary["ok"], json.dumps(summary, indent=1)
     assert {"check": "platform is linux/arm64", "ok": True, "detail": "linux/arm64"} in summary["checks"]
     # the amd64 check refuses it, on its platform alone
-    rc, summary = run_check(dockerd, "--arch", "amd64")
+    rc, summary = run_check(dockerd, IMAGE, arch=("--arch", "amd64"))
     assert rc == 1, json.dumps(summary, indent=1)
     assert {c["check"] for c in summary["checks"] if not c["ok"]} == {"platform is linux/amd64"}, \
         json.dumps(summary, indent=1)

@@ -1,67 +1,26 @@
 """The frozen executable dist/porthole (./build.sh): fully static, runs as an unprivileged
 user on a bare host and inside an otherwise empty root, and builds reproducibly.
 
-`ensure_binary()` is shared with test_image.py: it runs `./build.sh` once per session unless
-dist/porthole is newer than everything it is built from (the same rule as build.sh's
-binary_is_fresh)."""
+The `porthole_binary` fixture (tests/artifacts/conftest.py, artifacts.ensure_binary) runs
+`./build.sh` once per session unless dist/porthole is newer than everything it is built from (the
+same rule as build.sh's binary_is_fresh)."""
 
 from __future__ import annotations
 
-import ast
-import functools
 import hashlib
 import json
 import os
 import shutil
 import signal
 import subprocess
-from pathlib import Path
 
 import pytest
 
 import fake_upstream as fu
 import support
+from artifacts import BUILD_INPUTS, REPO, SOCK_GID, check_cli_through, proxy_version, tail
 
 pytestmark = pytest.mark.timeout(240)
-
-REPO = support.REPO
-BINARY = REPO / "dist" / "porthole"
-BUILD_INPUTS = ("proxy.py", "rules.json", "build.sh", "requirements-build.txt",
-                "patches/staticx-forward-signals.patch")
-SOCK_GID = support.DEFAULT_SOCK_GID
-
-
-def _tail(text, n=4000):
-    return text[-n:] if text else ""
-
-
-@functools.lru_cache(maxsize=None)
-def ensure_binary() -> Path:
-    """dist/porthole, (re)built with ./build.sh when older than any of its inputs."""
-    def fresh():
-        if not (BINARY.is_file() and os.access(BINARY, os.X_OK)):
-            return False
-        built = BINARY.stat().st_mtime
-        return all(built > (REPO / name).stat().st_mtime for name in BUILD_INPUTS)
-
-    if not fresh():
-        r = subprocess.run(["./build.sh"], cwd=REPO, capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, "./build.sh failed (%s):\n%s\n%s" % (r.returncode, _tail(r.stdout), _tail(r.stderr))
-        assert fresh(), "./build.sh succeeded but dist/porthole is missing or stale"
-    return BINARY
-
-
-@pytest.fixture(scope="session")
-def porthole_binary() -> Path:
-    return ensure_binary()
-
-
-def proxy_version() -> str:
-    tree = ast.parse((REPO / "proxy.py").read_text())
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "VERSION":
-            return node.value.value
-    raise AssertionError("no VERSION in proxy.py")
 
 
 def child_pids(pid: int) -> list:
@@ -75,24 +34,6 @@ def child_pids(pid: int) -> list:
             except (OSError, ValueError, IndexError):
                 pass
     return out
-
-
-def check_cli_through(host: str, direct: str, container_name: str, image: str) -> None:
-    """The docker CLI reads through the proxy at `host`; `docker run` is refused and changes nothing."""
-    ps = support.docker_cli(host, "ps", "-a", "--format", "{{.Names}}", check=True)
-    assert container_name in ps.stdout.split(), ps.stdout
-    server = support.docker_cli(direct, "version", "--format", "{{.Server.Version}}", check=True).stdout.strip()
-    through = support.docker_cli(host, "version", "--format", "{{.Server.Version}}", check=True).stdout.strip()
-    assert server and through == server
-    inspected = json.loads(support.docker_cli(host, "inspect", container_name, check=True).stdout)
-    assert inspected[0]["Name"] == "/" + container_name
-
-    before = support.docker_cli(direct, "ps", "-aq", "--no-trunc", check=True).stdout.split()
-    run = support.docker_cli(host, "run", "--rm", "--network", "none", image, "true", timeout=60)
-    assert run.returncode != 0, "docker run through the proxy succeeded:\n" + run.stdout
-    assert "porthole:" in run.stderr, run.stderr
-    after = support.docker_cli(direct, "ps", "-aq", "--no-trunc", check=True).stdout.split()
-    assert sorted(after) == sorted(before)
 
 
 # --------------------------------------------------------------------------
@@ -181,7 +122,7 @@ def test_empty_root(porthole_binary, dockerd, busybox_image, containers):
         assert len(init) == 1, init
         os.kill(init[0], signal.SIGTERM)
         rc = p.wait(15)
-        assert rc == 0, "exit %s after SIGTERM:\n%s" % (rc, _tail(p.stderr_text()))
+        assert rc == 0, "exit %s after SIGTERM:\n%s" % (rc, tail(p.stderr_text()))
     finally:
         p.cleanup()
     # nothing stayed mounted on the host
@@ -306,21 +247,18 @@ def test_reproducible_build(porthole_binary):
         for p in procs:
             support.kill_group(p)
     for copy, p, out in zip(copies, procs, outputs):
-        assert p.returncode == 0, "build in %s failed (%s):\n%s" % (copy, p.returncode, _tail(out))
+        assert p.returncode == 0, "build in %s failed (%s):\n%s" % (copy, p.returncode, tail(out))
     digests = [hashlib.sha256((c / "dist" / "porthole").read_bytes()).hexdigest() for c in copies]
     for copy, digest in zip(copies, digests):
         assert (copy / "dist" / "porthole.sha256").read_text().split()[0] == digest
     assert digests[0] == digests[1], "builds differ: %s\n%s" % (
-        dict(zip(map(str, copies), digests)), "\n".join(_tail(o, 1500) for o in outputs))
+        dict(zip(map(str, copies), digests)), "\n".join(tail(o, 1500) for o in outputs))
 
 
 @pytest.mark.docker
-def test_mutual_tls_listener(porthole_binary, dockerd, busybox_image, containers):
+def test_mutual_tls_listener(porthole_binary, dockerd, busybox_image, containers, pki):
     """The frozen binary carries ssl: the docker CLI reads through a mutual-TLS listener, and a
     client without a certificate is refused."""
-    import tls_certs
-
-    pki = tls_certs.make_pki(support.short_tmpdir("ph-pki-"))
     name = "ph-bin-tls-%d" % os.getpid()
     containers(busybox_image, name=name, start=False)
     port = support.free_port()

@@ -10,26 +10,19 @@ Containers are started DIRECTLY on the private daemon with `--network none` and 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
-import shutil
-import subprocess
-import tarfile
 import time
 
 import pytest
 
 import fake_upstream as fu
 import support
+from artifacts import (BUNDLE, HARDENED, IMAGE, REPO, SOCK_GID, inspect, layer_entries, listener_dir, run_check,
+                       wait_health, wait_socket)
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(180)]
 
-REPO = support.REPO
-IMAGE = "porthole-test/porthole:latest"
-SOCK_GID = support.DEFAULT_SOCK_GID
-HARDENED = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--network", "none"]
-BUNDLE = REPO / "dist" / "porthole-root"  # the image's root, `./build.sh bundle`
 # path -> (type, mode, uid, gid) of the entries beside the bundle's
 RUN_DIRS = {
     "run": ("dir", 0o755, None, None),
@@ -48,137 +41,8 @@ def expected_files():
     return out
 
 
-def build_sh(*args, env=None, timeout=300):
-    return subprocess.run(["./build.sh", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def build_env(dockerd, image=IMAGE, **extra):
-    return support.docker_env(dockerd.url, {"PORTHOLE_IMAGE": image, **extra})
-
-
-@pytest.fixture(scope="session")
-def porthole_image(dockerd):
-    """porthole-test/porthole:latest built into the session dockerd by `./build.sh image`."""
-    r = build_sh("image", env=build_env(dockerd))
-    assert r.returncode == 0, "./build.sh image failed (%s):\n%s\n%s" % (
-        r.returncode, r.stdout[-3000:], r.stderr[-3000:])
-    return IMAGE
-
-
-def run_check(dockerd, image=IMAGE, **extra):
-    r = build_sh("check", env=build_env(dockerd, image, **extra))
-    try:
-        summary = json.loads(r.stdout)
-    except ValueError:
-        raise AssertionError("./build.sh check printed no JSON (exit %s):\n%s\n%s" % (r.returncode, r.stdout, r.stderr))
-    return r.returncode, summary
-
-
 def failing(summary):
     return {c["check"] for c in summary["checks"] if not c["ok"]}
-
-
-@pytest.fixture
-def derived_image(dockerd, porthole_image):
-    """derived_image(tag, dockerfile_lines, files={name: (bytes, mode)}) -> tag: built offline
-    (legacy builder, --network none) FROM the test image; removed at teardown."""
-    made = []
-
-    def build(tag, lines, files=None):
-        ctx = support.short_tmpdir("ph-derive-")
-        (ctx / "Dockerfile").write_text("FROM %s\n%s\n" % (porthole_image, "\n".join(lines)))
-        for name, (data, mode) in (files or {}).items():
-            (ctx / name).write_bytes(data)
-            os.chmod(ctx / name, mode)
-        made.append(tag)
-        r = support.docker_cli(dockerd.url, "build", "-q", "--network", "none", "-t", tag, str(ctx),
-                               timeout=120, extra_env={"DOCKER_BUILDKIT": "0"})
-        shutil.rmtree(ctx, ignore_errors=True)
-        assert r.returncode == 0, "build of %s failed:\n%s\n%s" % (tag, r.stdout, r.stderr)
-        return tag
-
-    yield build
-    for tag in made:
-        support.docker_cli(dockerd.url, "rmi", "-f", tag, timeout=60)
-    leftover = support.docker_cli(dockerd.url, "images", "-q", *made).stdout.split()
-    assert not leftover, "derived images not removed: %s" % made
-
-
-@pytest.fixture
-def run_proxy_container(dockerd):
-    """run_proxy_container(*docker_run_args) -> container id; `docker rm -f -v` at teardown."""
-    started = []
-
-    def run(*args):
-        r = support.docker_cli(dockerd.url, "run", "-d", *args, timeout=60)
-        assert r.returncode == 0, "docker run %s failed:\n%s\n%s" % (" ".join(args), r.stdout, r.stderr)
-        cid = r.stdout.strip().splitlines()[-1]
-        started.append(cid)
-        return cid
-
-    yield run
-    for cid in started:
-        logs = support.docker_cli(dockerd.url, "logs", "--tail", "30", cid, timeout=30)
-        print("---- container %s logs (tail) ----\n%s%s" % (cid[:12], logs.stdout, logs.stderr))
-        support.docker_cli(dockerd.url, "rm", "-f", "-v", cid, timeout=60)
-
-
-def inspect(docker_direct, cid):
-    return docker_direct.api.inspect_container(cid)
-
-
-def wait_health(docker_direct, cid, want, timeout=45.0):
-    """Wait until the container's health status is `want`; assert with the health log otherwise."""
-    last = {}
-
-    def reached():
-        state = inspect(docker_direct, cid)["State"]
-        last["state"] = state
-        return (state.get("Health") or {}).get("Status") == want or not state["Running"]
-
-    support.wait_until(reached, timeout, 0.25)
-    state = last["state"]
-    health = state.get("Health") or {}
-    assert state["Running"], "container stopped (exit %s): %s" % (state.get("ExitCode"), state.get("Error"))
-    assert health.get("Status") == want, "health %r, not %r, after %ss; log: %s" % (
-        health.get("Status"), want, timeout, json.dumps(health.get("Log", [])[-3:], indent=1))
-
-
-def listener_dir():
-    """A 0777 directory for the container's unix listener (mounted at /run/porthole)."""
-    return support.short_tmpdir("ph-ctr-", 0o777)
-
-
-def wait_socket(path, timeout=20.0):
-    assert support.wait_until(lambda: support.can_connect(path), timeout, 0.1), \
-        "%s never accepted connections" % path
-
-
-def layer_entries(dockerd, image):
-    """{path: (type, mode, uid, gid, sha256 of a file or None)} over all layers of `docker save`
-    (legacy or OCI layout)."""
-    saved = subprocess.run([support.DOCKER_CLI, "save", image], env=support.docker_env(dockerd.url),
-                           capture_output=True, timeout=120, check=True).stdout
-    entries = {}
-    with tarfile.open(fileobj=io.BytesIO(saved)) as outer:
-        for member in outer.getmembers():
-            if not member.isfile() or not (member.name.endswith("layer.tar") or member.name.startswith("blobs/")):
-                continue
-            data = outer.extractfile(member).read()
-            try:
-                layer = tarfile.open(fileobj=io.BytesIO(data))
-            except tarfile.ReadError:
-                continue  # config or manifest blob
-            with layer:
-                for m in layer.getmembers():
-                    name = m.name.rstrip("/").removeprefix("./")
-                    if not name:
-                        continue
-                    kind = "dir" if m.isdir() else "file" if m.isfile() else "other:%s" % m.type
-                    digest = hashlib.sha256(layer.extractfile(m).read()).hexdigest() if m.isfile() else None
-                    entries[name] = (kind, m.mode & 0o7777, m.uid, m.gid, digest)
-    return entries
 
 
 # --------------------------------------------------------------------------
