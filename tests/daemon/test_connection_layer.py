@@ -43,7 +43,7 @@ RULES = {
                 {"method": "GET", "path": "/containers/{id}/json"},
                 {"method": "GET", "path": "/images/json"},
             ],
-            # framing, fan-out and limits, not filtering (tests/test_filtering*.py): the fake
+            # framing, fan-out and limits, not filtering (tests/daemon/test_filtering*.py): the fake
             # daemon's filler events are not JSON, so they pass only unfiltered
             "redact": [],
         }
@@ -632,7 +632,7 @@ def test_refusal_floods_do_not_delay_other_clients(start_proxy, upstream):
             assert (r.status, r.body) == (200, b"OK")
             time.sleep(0.1)
         # A liveness check with a wide margin, not a speed target (those live in bench/; the
-        # per-pass bounds themselves are checked with a fake clock in test_parts.py): the
+        # per-pass bounds themselves are checked with a fake clock in tests/unit/connections/test_client.py): the
         # connection layer before the rebuild kept this ping waiting 6 to 19 s.
         assert max(latencies) < 3.0, "GET /_ping latencies during the flood: %s s" % latencies
     finally:

@@ -24,7 +24,7 @@ RULES = {
                 {"method": "GET", "path": "/events"},
                 {"method": "GET", "path": "/containers/json"},
             ],
-            # framing, fan-out and limits, not filtering (tests/test_filtering*.py): the fake
+            # framing, fan-out and limits, not filtering (tests/daemon/test_filtering*.py): the fake
             # daemon's filler events are not JSON, so they pass only unfiltered
             "redact": [],
         }

@@ -1,4 +1,4 @@
-"""Helpers for the real-consumer tests (tests/test_consumer_*.py).
+"""Helpers for the real-consumer tests (tests/consumers/).
 
 Every consumer test has two halves:
 

@@ -22,7 +22,7 @@ with ``--head-timeout 1`` (see test_hostile.py). The fake upstream (fake_upstrea
 answers /_ping, /version, /info, /containers/json, /containers/{x}/json and /images/json
 with 200, anything else with 404.
 
-``python3 tests/hostile_cases.py`` prints the category table (for SECURITY.md).
+``python3 tests/lib/hostile_cases.py`` prints the category table (for SECURITY.md).
 """
 from __future__ import annotations
 
