@@ -12,6 +12,7 @@ import pytest
 import support
 import fake_upstream as fu
 from fake_upstream import HttpClient, build_request, exchange
+from support import count_events
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -176,10 +177,6 @@ def wait_log_event(p, event, after, timeout=5.0):
             return hits[after]
         time.sleep(0.05)
     return None
-
-
-def count_events(p, event):
-    return sum(1 for l in p.logs() if l.get("event") == event)
 
 
 def status_of(p, target):

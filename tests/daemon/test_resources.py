@@ -16,7 +16,8 @@ import time
 import fake_upstream as fu
 import pytest
 import support
-from fake_upstream import ConnectionClosed, HttpClient, build_request
+from fake_upstream import ConnectionClosed, HttpClient, build_request, events_requests
+from support import count_events
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -194,10 +195,6 @@ def exhaust_descriptors(p, extra=FD_LIMIT + 60):
     return socks
 
 
-def count_events(p, event):
-    return sum(1 for l in p.logs() if l.get("event") == event)
-
-
 def test_descriptor_exhaustion_does_not_spin_or_kill_the_proxy(start_limited_proxy, upstream):
     p = start_limited_proxy()
     timed_ping(p)
@@ -295,10 +292,6 @@ def open_streams(addr, n, distinct=True, batch=50):
     except BaseException:
         close_all(c.sock for c in clients)
         raise
-
-
-def events_requests(upstream):
-    return [q for q in upstream.requests if q.path == "/events"]
 
 
 def assert_streams_flow(streams, timeout=5.0):

@@ -4,7 +4,7 @@ import time
 import pytest
 
 import fake_upstream as fu
-from fake_upstream import ConnectionClosed, HttpClient
+from fake_upstream import ConnectionClosed, HttpClient, events_requests
 from support import assert_served
 
 RULES = {
@@ -36,10 +36,6 @@ def watch(addr, target="/v1.41/events"):
     r = c.read_head()
     assert r.status == 200 and (r.header("transfer-encoding") or "").lower() == "chunked"
     return c, r
-
-
-def events_requests(upstream):
-    return [q for q in upstream.requests if q.path == "/events"]
 
 
 def test_watchers_of_one_target_share_one_subscription(proxy, upstream):

@@ -448,6 +448,11 @@ class FakeUpstream:
 # response building
 
 
+def events_requests(up):
+    """The /events requests the fake daemon `up` received (any API version, any query)."""
+    return [q for q in up.requests if q.path == "/events"]
+
+
 REASONS = {100: "Continue", 101: "Switching Protocols", 200: "OK", 204: "No Content",
            304: "Not Modified", 400: "Bad Request", 404: "Not Found",
            500: "Internal Server Error"}

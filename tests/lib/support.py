@@ -32,6 +32,7 @@ class ProxyProcess                      the one way to start the proxy (proxy.py
 run_proxy(*args, env=None, timeout=20) -> CompletedProcess   proxy.py as root, one-shot (--check, ...)
 assert_served(p)                        a GET /_ping through the proxy `p` (its .addr) answers 200 OK
 assert_porthole_error(resp, status)     `resp` is porthole's own JSON error with that status
+count_events(p, event) -> int           how many of the proxy's log lines are `event`
 write_rules(document) -> Path           a rules file the proxy's uid can read
 docker_cli(host_url, *args, check=False, timeout=60, input=None) -> CompletedProcess
 docker_cli_popen(host_url, *args) -> Popen  (long running commands such as `docker events`)
@@ -1048,6 +1049,11 @@ def assert_porthole_error(resp, status: int) -> None:
     assert "json" in (resp.header("content-type") or ""), resp.headers
     message = resp.json()["message"]
     assert message.startswith("porthole: "), message
+
+
+def count_events(p, event: str) -> int:
+    """How many of the proxy `p`'s log lines are `event`."""
+    return sum(1 for l in p.logs() if l.get("event") == event)
 
 
 def write_rules(document: dict) -> Path:

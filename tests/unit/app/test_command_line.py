@@ -1,5 +1,5 @@
-"""porthole/app/command_line.py: main() refuses to serve as root, with advice, before binding
-anything. (The proxy process's command line: tests/daemon/test_cli.py.)"""
+"""porthole/app/command_line.py: main() refuses to run as root without --allow-root, with advice.
+(The proxy process's command line: tests/daemon/test_cli.py.)"""
 import os
 
 from porthole.app.command_line import main
