@@ -38,8 +38,9 @@ docker_cli(host_url, *args, check=False, timeout=60, input=None) -> CompletedPro
 docker_cli_popen(host_url, *args) -> Popen  (long running commands such as `docker events`)
 docker_env(host_url) -> dict            environment used for the docker CLI
 
-Raw HTTP (to the proxy, to a dockerd, to the fake) goes through fake_upstream.HttpClient /
-fake_upstream.get; fake_upstream.FakeUpstream is the one fake daemon (conftest's `upstream`).
+Raw HTTP (to the proxy, to a dockerd, to the fake) goes through fake_upstream.HttpClient,
+fake_upstream.get (one request) or fake_upstream.exchange (raw bytes sent, responses read);
+fake_upstream.FakeUpstream is the one fake daemon (conftest's `upstream`).
 """
 
 from __future__ import annotations
