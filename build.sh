@@ -603,8 +603,8 @@ cmd_test() {
     if [ "$ARCH" != "$HOST_ARCH" ]; then
         # the emulated build takes minutes: its tests are out of the default run
         emulation_ready
-        log "running the $ARCH tests (tests/test_$ARCH.py)"
-        exec "$VENV/bin/python" -m pytest -m "$ARCH" "tests/test_$ARCH.py" "$@"
+        log "running the $ARCH tests (tests/artifacts/test_$ARCH.py)"
+        exec "$VENV/bin/python" -m pytest -m "$ARCH" "tests/artifacts/test_$ARCH.py" "$@"
     fi
     log "running the test suite"
     exec "$VENV/bin/python" -m pytest "$@"

@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/artifacts.py [--image TAG] [--docker-host URL] [--runs N] [--json PATH]
 
-Run as root. Without --docker-host it starts its own private dockerd (tests/support.Dockerd,
+Run as root. Without --docker-host it starts its own private dockerd (tests/lib/support.Dockerd,
 the test suite's safe flags) and builds the image into it with `./build.sh image`; with
 --docker-host it uses that daemon (unix:// URL) and builds the image only if TAG is missing.
 dist/porthole is rebuilt first if it is older than its inputs.
@@ -46,7 +46,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("porthole_test_support", REPO / "tests" / "support.py")
+_spec = importlib.util.spec_from_file_location("porthole_test_support", REPO / "tests" / "lib" / "support.py")
 support = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(support)
 

@@ -40,14 +40,14 @@ import report  # noqa: E402  (bench/report.py)
 
 
 def _load_support():
-    spec = importlib.util.spec_from_file_location("porthole_tests_support", REPO / "tests" / "support.py")
+    spec = importlib.util.spec_from_file_location("porthole_tests_support", REPO / "tests" / "lib" / "support.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 support = _load_support()
-fu = support.fu  # tests/fake_upstream.py: the test suite's raw HTTP client
+fu = support.fu  # tests/lib/fake_upstream.py: the test suite's raw HTTP client
 
 PROXY_UID = support.PROXY_UID  # 65532
 SOCK_GID = support.DEFAULT_SOCK_GID  # 2375: the private daemon's socket group
@@ -288,7 +288,7 @@ def wait_http_ok(address, path: str, proc: subprocess.Popen | None, what: str, t
 
 
 class BenchDockerd(support.Dockerd):
-    """tests/support.py's private dockerd, with the same safe flags, plus a loopback TCP listener
+    """tests/lib/support.py's private dockerd, with the same safe flags, plus a loopback TCP listener
     for the direct baseline (wrk only speaks TCP)."""
 
     def __init__(self, tcp_port: int) -> None:

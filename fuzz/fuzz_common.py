@@ -1,6 +1,6 @@
 """Shared pieces of Porthole's fuzz targets: the shipped policy and invariant checks.
 
-Nothing here imports atheris, so the pytest suite (tests/test_fuzz_corpus.py) can replay the
+Nothing here imports atheris, so the pytest suite (tests/hostile/test_fuzz_corpus.py) can replay the
 corpus through exactly the same checks with the normal .venv.
 
 The checks deliberately do not reuse porthole.core.guards' template_matches /
