@@ -1,0 +1,1 @@
+"""The program: the command line, the wiring of the parts, --healthcheck."""

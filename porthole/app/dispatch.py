@@ -1,0 +1,194 @@
+"""What happens to each request a client sent: decided, planned, sent on its way, and logged.
+
+A request's life here: decide_with_mode (its Decision cached per distinct request), the
+stream cap, plan_response_filter (its filters), then one of four sources (connections.sources):
+a Lookup first under a visible scope, a SharedStream for /events, a CoalescedRead for an
+identical finite GET, or a Relay of its own. exchange_done closes its life: counted in the
+metrics, written to the log.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import h11
+
+from porthole.connections.client import ClientConnection
+from porthole.connections.exchange import Exchange
+from porthole.connections.pool import UpstreamPool
+from porthole.connections.sources import CoalescedRead, Lookup, Relay, SharedStream
+from porthole.core.decide import Decision, decide_with_mode, forwarded_request, is_shareable
+from porthole.core.filters import (DEFAULT_FILTERING, FilterPlan, Filtering, ObjectHidden, ResponseFilter,
+                                   filter_transform, plan_response_filter, resolved_object)
+from porthole.core.policy import Policy
+from porthole.core.rewrite import TransformError
+from porthole.core.target import Refusal, Target, canonicalize_target
+from porthole.ops.learn import LearnFile
+from porthole.runtime.config import Settings
+from porthole.runtime.log import Log
+from porthole.runtime.loop import Loop
+from porthole.runtime.metrics import Metrics
+
+
+MAX_CACHED_DECISIONS = 256  # distinct requests whose decisions are kept (then all are dropped)
+
+
+class Dispatch:
+    """Each request, from its head to its source; each exchange's end, counted and logged.
+
+    Rule 1: a cached Decision is used only under the policy it was decided under; changing
+            `policy` (a reload) forgets them all.
+    Rule 2: a client's open streams are counted up here (on_request) and down here
+            (exchange_done), and no client holds more than --max-streams-per-client.
+    Rule 3: every exchange is logged and counted exactly once (exchange_done, which the
+            client connection calls once per exchange: ClientConnection Rule 4).
+    """
+
+    def __init__(self, settings: Settings, policy: Policy, loop: Loop, pool: UpstreamPool, log: Log,
+                 metrics: Metrics, learning: LearnFile | None) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.loop = loop
+        self.pool = pool
+        self.log = log
+        self.metrics = metrics
+        self.learning = learning
+        self.streams_per_client: dict[str, int] = {}
+        self.shared_streams: dict[str, SharedStream] = {}
+        self.coalesced: dict[tuple, CoalescedRead] = {}
+        # decide() is a pure function of the policy and the request's facts: an identical
+        # request (keep-alive pollers send the same bytes) reuses its Decision, and its plan and
+        # forwarded request when nothing is filtered. Forgotten when the policy changes.
+        self.decisions: dict[tuple, tuple[Decision, FilterPlan | None, h11.Request | None]] = {}
+        self.decided_under = policy
+
+    def on_request(self, client: ClientConnection, exchange: Exchange) -> None:
+        """A request head was parsed: refuse it, or send it on its way."""
+        facts = exchange.facts
+        try:
+            if client.head_size > self.settings.max_head_bytes:
+                raise Refusal(431, f"request head of {client.head_size} bytes exceeds "
+                                   f"--max-head-bytes {self.settings.max_head_bytes}", close=True)
+            if self.decided_under is not self.policy:  # decided under another policy: forget them
+                self.decisions.clear()
+                self.decided_under = self.policy
+            key = (facts.profile, facts.method, facts.target, tuple(facts.headers), facts.listener_kind,
+                   facts.http_version)
+            cached = self.decisions.get(key)
+            decision = cached[0] if cached else decide_with_mode(self.policy, facts, self.settings.allow_hosts,
+                                                              self.learning is not None)
+            if decision.streaming:
+                active = self.streams_per_client.get(client.identity, 0)
+                if active >= self.settings.max_streams_per_client:
+                    raise Refusal(429, f"this client already has {active} streams open "
+                                       f"(--max-streams-per-client {self.settings.max_streams_per_client})")
+        except Refusal as refusal:
+            if self.learning is not None and refusal.kind == "dangerous":
+                self.learning.record(client, facts.method, canonicalize_target(facts.target), forwarded=False)
+            client.refuse(refusal)
+            return
+        filtering = self.policy.filtering.get(facts.profile, DEFAULT_FILTERING)
+        if cached and cached[1] is not None:
+            plan, request = cached[1], cached[2]
+        else:
+            try:
+                plan = plan_response_filter(filtering, facts.method, decision.target)
+            except Refusal as refusal:
+                client.refuse(refusal)
+                return
+            request = forwarded_request(plan.method, plan.target, facts.headers)
+            if len(self.decisions) >= MAX_CACHED_DECISIONS:
+                self.decisions.clear()
+            # a plan with a filter holds per-exchange counts: only its decision is kept
+            self.decisions[key] = (decision, None, None) if plan.filter or plan.lookup else (decision, plan, request)
+        exchange.decision = decision
+        if decision.would_deny is not None:
+            exchange.outcome, exchange.reason = "would_deny", decision.would_deny
+        if self.learning is not None:
+            self.learning.record(client, facts.method, decision.target, forwarded=True)
+        if decision.streaming:
+            self.streams_per_client[client.identity] = self.streams_per_client.get(client.identity, 0) + 1
+        if plan.lookup is not None:
+            self.look_up(exchange, plan.lookup, filtering)
+            return
+        if plan.filter is not None:
+            exchange.filter = plan.filter
+            exchange.transform = filter_transform(plan.filter, self.settings.max_filter_bytes)
+        if is_shareable(facts.method, decision.target):
+            self.join_stream(exchange, request)
+        elif (self.settings.coalesce and plan.method == facts.method == "GET" and not decision.streaming
+              and facts.profile not in self.policy.uncoalesced):
+            self.coalesce(exchange, request)
+        else:
+            Relay(self.pool, exchange, request).start()
+
+    def look_up(self, exchange: Exchange, kind: str, filtering: Filtering) -> None:
+        """A per-object request under a visible scope: resolve the object, then forward by ID."""
+        target, facts = exchange.decision.target, exchange.facts  # type: ignore[union-attr]
+        at = 2 if target.segments[0] == "libpod" else 1  # the object's name, after its collection
+        name = target.segments[at]
+        exchange.filter = ResponseFilter(filtering, kind, name)
+        about = target.segments[:at + 1] + (("json",) if kind == "container" else ())
+        question = forwarded_request("GET", Target(target.version, about, ()), facts.headers)
+
+        def resolved(status: int, document: Any) -> None:
+            try:
+                full_id = resolved_object(kind, name, status, document, filtering)
+            except TransformError as exc:
+                if isinstance(exc, ObjectHidden) and exc.status == 404:
+                    exchange.filter.hidden += 1  # type: ignore[union-attr]
+                exchange.transform_failed(exc)
+                return
+            forward = Target(target.version, target.segments[:at] + (full_id,) + target.segments[at + 1:], target.query)
+            Relay(self.pool, exchange, forwarded_request(facts.method, forward, facts.headers)).start()
+
+        Lookup(self.pool, exchange, question, resolved).start()
+
+    def join_stream(self, exchange: Exchange, request: h11.Request | None = None) -> None:
+        assert exchange.decision is not None
+        if request is None:
+            request = forwarded_request(exchange.facts.method, exchange.decision.target, exchange.facts.headers)
+        key = exchange.decision.target.forward_form_text
+        stream = self.shared_streams.get(key)
+        if stream is not None:
+            stream.join(exchange)
+        else:
+            SharedStream(key, self.pool, self.shared_streams, request, self.join_stream).open(exchange)
+
+    def coalesce(self, exchange: Exchange, request: h11.Request) -> None:
+        """A finite GET: joins an identical one not yet sent, or the one to follow it."""
+        key = (request.target, tuple(request.headers.raw_items()))  # what the daemon is asked
+        read = self.coalesced.get(key)
+        if read is not None:
+            read.join(exchange)
+            return
+        read = CoalescedRead(key, self.pool, self.coalesced, request)
+        read.join(exchange)
+        read.start()
+
+    def exchange_done(self, exchange: Exchange) -> None:
+        """Once per exchange: its answer was delivered, or its connection closed."""
+        client, facts, decision = exchange.client, exchange.facts, exchange.decision
+        if exchange.streaming:
+            decrement(self.streams_per_client, client.identity)
+        self.metrics.request_done(facts.profile, exchange.outcome, decision.rule.path if decision else None,
+                                  None if exchange.streaming else self.loop.clock() - exchange.started)
+        if self.log.enabled("info"):
+            filtered = {} if exchange.filter is None else {
+                "redacted": exchange.filter.redacted, "hidden": exchange.filter.hidden}
+            self.log("info", "request", listener=client.listener.url, client=client.peer,
+                     method=facts.method, target=facts.target.decode("latin-1"),
+                     path=decision.target.forward_form_text if decision else None,
+                     profile=facts.profile, client_rule=exchange.client_rule,
+                     decision=exchange.outcome,
+                     rule=decision.rule.label if decision and decision.would_deny is None else None,
+                     reason=exchange.reason, status=exchange.status, bytes=exchange.delivered,
+                     duration_ms=int((self.loop.clock() - exchange.started) * 1e6) / 1000,  # (round() formats a string)
+                     **filtered)
+
+
+def decrement(counts: dict[str, int], key: str) -> None:
+    count = counts.get(key, 0) - 1
+    if count > 0:
+        counts[key] = count
+    else:
+        counts.pop(key, None)

@@ -1,0 +1,115 @@
+"""A filter applied to an answer's bytes: ResponseRewriter.
+
+Invariants:
+  1. A document is buffered whole (at most max_bytes) and its head held back until it is
+     rewritten: its Content-Length is the rewritten body's, and a failure is still a 502.
+  2. A stream of events is rewritten line by line, each line bounded by max_bytes.
+  3. Any exception from a filter is a TransformError: the client gets a 502 or an abort,
+     never the bytes the filter could not handle.
+"""
+from __future__ import annotations
+
+import functools
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import h11
+
+
+class TransformError(Exception):
+    """A response could not be transformed: the client gets a 502 or an abort, never the
+    untransformed bytes."""
+
+
+@dataclass(frozen=True)
+class ResponseTransform:
+    """How to rewrite one exchange's successful (2xx) response body on its way to the client.
+    `document` rewrites a finite JSON body (a parsed value in, a value out); `event` rewrites
+    each event of a stream of JSON lines (None drops the event). Each buffers at most
+    `max_bytes` (the whole document, or one event)."""
+
+    document: Callable[[Any], Any] | None = None
+    event: Callable[[Any], Any] | None = None
+    event_line: Callable[[bytes], bytes] | None = None  # a line in, its bytes out (made from `event`)
+    max_bytes: int = 32 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.event is not None and self.event_line is None:  # one form for ResponseRewriter
+            object.__setattr__(self, "event_line", functools.partial(event_bytes, self.event))
+
+
+def event_bytes(event: Callable[[Any], Any], line: bytes) -> bytes:
+    """One event line through `event` (parsed value in, value or None out), serialised; b"": not
+    delivered. Raises TransformError where it cannot be applied (fail closed)."""
+    parsed = ResponseRewriter._parse(line)
+    try:
+        value = event(parsed)
+    except Exception as exc:  # the filter could not be applied: fail closed
+        raise TransformError(f"{type(exc).__name__}: {exc}") from None
+    return b"" if value is None else json.dumps(value, separators=(",", ":")).encode() + b"\n"
+
+
+class ResponseRewriter:
+    """Applies a ResponseTransform to one response. A document's head is held back until the
+    whole body is rewritten, so its Content-Length is right and a failure can still be a 502."""
+
+    def __init__(self, transform: ResponseTransform, head: h11.Response, method: str) -> None:
+        self.transform = transform
+        self.original = head
+        self.method = method
+        self.buffer = bytearray()
+
+    def _head(self, length: int | None) -> h11.Response:
+        headers = [(n, v) for n, v in self.original.headers.raw_items()
+                   if n.lower() not in (b"content-length", b"transfer-encoding")]
+        if length is not None:
+            headers.append((b"Content-Length", str(length).encode()))
+        return h11.Response(status_code=self.original.status_code, reason=self.original.reason,
+                            headers=headers, _parsed=True)
+
+    def head(self) -> h11.Response | None:
+        if self.transform.document is not None:
+            return None  # (a HEAD's was forwarded as GET: its length is the rewritten body's)
+        return self._head(None)  # framed anew by BodyWriter (chunked for HTTP/1.1 clients)
+
+    def feed(self, data: bytes) -> bytes:
+        self.buffer += data
+        if self.transform.document is not None:
+            if len(self.buffer) > self.transform.max_bytes:
+                raise TransformError(f"the response is over {self.transform.max_bytes} bytes")
+            return b""
+        if self.transform.event_line is None:
+            out, self.buffer = bytes(self.buffer), bytearray()
+            return out
+        *events, rest = self.buffer.split(b"\n")
+        if max(map(len, events), default=0) > self.transform.max_bytes or len(rest) > self.transform.max_bytes:
+            raise TransformError(f"an event is over {self.transform.max_bytes} bytes")
+        self.buffer = bytearray(rest)
+        return b"".join(self._event(line) for line in events if line.strip())
+
+    def _event(self, line: bytes) -> bytes:
+        return self.transform.event_line(line)  # type: ignore[misc]
+
+    @staticmethod
+    def _parse(data: bytes) -> Any:
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as exc:
+            raise TransformError(f"the daemon's answer is not JSON ({str(exc)[:80]})") from None
+
+    def finish(self) -> tuple[h11.Response | None, bytes]:
+        if self.transform.document is not None:
+            try:
+                value = self.transform.document(self._parse(bytes(self.buffer)))
+                body = json.dumps(value, separators=(",", ":")).encode() + b"\n"
+            except TransformError:
+                raise
+            except Exception as exc:  # the filter could not be applied: fail closed
+                raise TransformError(f"{type(exc).__name__}: {exc}") from None
+            return self._head(len(body)), b"" if self.method == "HEAD" else body
+        if self.buffer.strip():
+            if self.transform.event_line is None:
+                return None, bytes(self.buffer)
+            return None, self._event(bytes(self.buffer))
+        return None, b""

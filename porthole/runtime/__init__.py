@@ -1,0 +1,1 @@
+"""What everything above the core runs on: settings, the loop, TLS, the log, the metrics registry."""
