@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Porthole's one entry point for building, testing and running.
 #
-#   ./build.sh                    freeze proxy.py into dist/porthole: one fully static executable
-#   ./build.sh bundle             freeze proxy.py into dist/porthole-root/: the image's root (one-folder
+#   ./build.sh                    freeze porthole (proxy.py and the porthole/ package) into dist/porthole:
+#                                 one fully static executable
+#   ./build.sh bundle             freeze porthole into dist/porthole-root/: the image's root (one-folder
 #                                 bundle, the dynamic loader and the libraries it needs; no unpacking)
 #   ./build.sh image              build the image (Dockerfile.distroless) from dist/porthole-root
 #   ./build.sh check              check the image: rootless, shell-less, only the expected files,
@@ -52,8 +53,9 @@ BUILD_PACKAGES=(python3 python3-venv python3-dev patchelf binutils
 # PyPI has staticx wheels for x86-64 only: elsewhere pip builds it from its (hash-checked)
 # source, bootloader with musl-gcc as upstream's wheels are, libnssfix with gcc.
 [ "$ARCH" = amd64 ] || BUILD_PACKAGES+=(gcc libc6-dev)
-# Standard-library packages proxy.py never imports. Excluding them keeps the binary small;
-# the smoke test after freezing (and the test suite) prove nothing needed went missing.
+# Standard-library packages porthole never imports (proxy.py and porthole/; list what they do with
+# grep -rhE '^\s*(import|from) ' proxy.py porthole | sort -u). Excluding them keeps the binary
+# small; the smoke test after freezing (and the test suite) prove nothing needed went missing.
 # ssl (TLS listeners) needs _ssl, base64 and, through OpenSSL, hashlib/_hashlib: kept.
 EXCLUDES=(asyncio bz2 _bz2 calendar concurrent csv datetime decimal _decimal _pydecimal
           doctest email fractions getopt gettext gzip http importlib.metadata
@@ -157,15 +159,23 @@ node_install() {
 }
 
 version() { "$PYTHON" -c 'import ast,sys; t=ast.parse(open("porthole/__init__.py").read()); print(next(n.value.value for n in t.body if isinstance(n, ast.Assign) and n.targets[0].id == "VERSION"))'; }
-# The source that is frozen: the entry point and the package it runs (no bytecode caches).
+# The source that is frozen: the entry point and the package it runs. Only their .py files, in
+# a stable order: no bytecode caches or stray files are copied, and they are all is_fresh reads.
 SOURCES=(proxy.py porthole)
-copy_sources() { cp -r "${SOURCES[@]}" "$1/" && find "$1/porthole" -name __pycache__ -prune -exec rm -rf {} +; }
+source_files() { find "${SOURCES[@]}" -name '*.py' -type f | LC_ALL=C sort; }
+# copy_sources DIR: the source files into DIR, at their paths (DIR/proxy.py, DIR/porthole/...).
+copy_sources() {
+    [ -f porthole/__init__.py ] || die "no porthole/ package beside proxy.py"
+    local files; mapfile -t files < <(source_files)
+    cp --parents "${files[@]}" "$1/"
+}
 
 # ---- the static executable ---------------------------------------------------------------------
 
-# freeze WORK MODE: PyInstaller (MODE onefile or onedir) from copies of proxy.py, porthole/ and rules.json
-# in the fresh directory WORK, into WORK/dist/porthole. Reproducible: fixed timestamps and hash
-# seed, and the output does not depend on where the checkout lives.
+# freeze WORK MODE: PyInstaller (MODE onefile or onedir) from copies of proxy.py, porthole/ and
+# rules.json in WORK/src (WORK a fresh directory), into WORK/dist/porthole; then check that its
+# archive holds every module of porthole/. Reproducible: fixed timestamps and hash seed, and the
+# output does not depend on where the checkout lives.
 freeze() {
     local work="$1" mode="$2"
     cmd_build_deps
@@ -173,14 +183,43 @@ freeze() {
     export SOURCE_DATE_EPOCH
     export PYTHONHASHSEED=0
     export PYINSTALLER_CONFIG_DIR="$work/pyinstaller"  # --clean wipes it: keep it per build
-    copy_sources "$work"
-    cp rules.json "$work/"
+    # The sources apart from the outputs (staticx writes WORK/porthole, a name the package has).
+    mkdir "$work/src"
+    copy_sources "$work/src"
+    cp rules.json "$work/src/"
     local excludes=()
     for module in "${EXCLUDES[@]}"; do excludes+=(--exclude-module "$module"); done
-    log "freezing proxy.py with PyInstaller ($mode)"
-    (cd "$work" && "$BUILD_VENV/bin/pyinstaller" "--$mode" --noconfirm --clean --log-level WARN --strip \
-        --name porthole --add-data rules.json:. "${excludes[@]}" \
+    log "freezing proxy.py and porthole/ with PyInstaller ($mode)"
+    (cd "$work/src" && "$BUILD_VENV/bin/pyinstaller" "--$mode" --noconfirm --clean --log-level WARN --strip \
+        --name porthole --add-data "$work/src/rules.json:." "${excludes[@]}" \
         --workpath "$work/build" --distpath "$work/dist" --specpath "$work" proxy.py)
+    local program="$work/dist/porthole"
+    [ "$mode" = onefile ] || program="$work/dist/porthole/porthole"
+    check_archive "$program" "$work/src"
+}
+
+# check_archive EXECUTABLE SRC: the PyInstaller archive appended to EXECUTABLE holds every module
+# of SRC/porthole (compiled, in its PYZ) and the packages as packages. PyInstaller follows imports
+# from proxy.py: a module reached only some other way (importlib) would be missing, and the smoke
+# tests, which start the program but do not run every path, might not notice.
+check_archive() {
+    "$BUILD_VENV/bin/python" - "$1" "$2" <<'PY' || die "the frozen program does not hold porthole/ as it should (see above)"
+import pathlib, sys
+from PyInstaller.archive.readers import CArchiveReader
+program, src = sys.argv[1], pathlib.Path(sys.argv[2])
+pkg = CArchiveReader(program)
+pyz = pkg.open_embedded_archive("PYZ.pyz").toc  # name -> (type, offset, length); type 1: a package
+want = {}
+for path in sorted((src / "porthole").rglob("*.py")):
+    parts = path.relative_to(src).with_suffix("").parts
+    want[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = 1 if parts[-1] == "__init__" else 0
+got = {name: entry[0] for name, entry in pyz.items() if name == "porthole" or name.startswith("porthole.")}
+wrong = sorted(name for name in want.keys() | got.keys() if want.get(name) != got.get(name))
+for name in wrong:
+    print(f"build.sh: porthole's archive: {name}: expected {want.get(name)}, found {got.get(name)}"
+          " (0 module, 1 package, None absent)", file=sys.stderr)
+sys.exit(1 if wrong or "proxy" not in pkg.toc else 0)
+PY
 }
 
 cmd_build_deps() {
@@ -254,12 +293,13 @@ PY
     file "$BINARY" 2>/dev/null | sed 's/^/    /' >&2 || true
 }
 
-# is_fresh OUTPUT: OUTPUT exists and is newer than everything it is built from
+# is_fresh OUTPUT: OUTPUT exists and is newer than everything it is built from (the source files,
+# not porthole/'s directories: their times change when Python writes its __pycache__ there)
 is_fresh() {
     [ -e "$1" ] || return 1
     local input
-    for input in proxy.py rules.json requirements-build.txt build.sh patches/staticx-forward-signals.patch \
-                 porthole $(find porthole -name '*.py'); do
+    for input in rules.json requirements-build.txt build.sh patches/staticx-forward-signals.patch \
+                 $(source_files); do
         [ "$1" -nt "$input" ] || return 1
     done
 }
@@ -563,8 +603,8 @@ cmd_test() {
     if [ "$ARCH" != "$HOST_ARCH" ]; then
         # the emulated build takes minutes: its tests are out of the default run
         emulation_ready
-        log "running the $ARCH tests (tests/test_$ARCH.py)"
-        exec "$VENV/bin/python" -m pytest -m "$ARCH" "tests/test_$ARCH.py" "$@"
+        log "running the $ARCH tests (tests/artifacts/test_$ARCH.py)"
+        exec "$VENV/bin/python" -m pytest -m "$ARCH" "tests/artifacts/test_$ARCH.py" "$@"
     fi
     log "running the test suite"
     exec "$VENV/bin/python" -m pytest "$@"

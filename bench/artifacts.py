@@ -3,7 +3,7 @@
 
     .venv/bin/python bench/artifacts.py [--image TAG] [--docker-host URL] [--runs N] [--json PATH]
 
-Run as root. Without --docker-host it starts its own private dockerd (tests/support.Dockerd,
+Run as root. Without --docker-host it starts its own private dockerd (tests/lib/support.Dockerd,
 the test suite's safe flags) and builds the image into it with `./build.sh image`; with
 --docker-host it uses that daemon (unix:// URL) and builds the image only if TAG is missing.
 dist/porthole is rebuilt first if it is older than its inputs.
@@ -46,15 +46,18 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-_spec = importlib.util.spec_from_file_location("porthole_test_support", REPO / "tests" / "support.py")
+_spec = importlib.util.spec_from_file_location("porthole_test_support", REPO / "tests" / "lib" / "support.py")
 support = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(support)
 
 PYTHON = "/usr/bin/python3"  # Debian's CPython, what the binary is frozen from
 BINARY = REPO / "dist" / "porthole"
 BUNDLE = REPO / "dist" / "porthole-root"
-BUILD_INPUTS = ("proxy.py", "rules.json", "build.sh", "requirements-build.txt",
+# The program's source: proxy.py and the porthole/ package it runs (build.sh's SOURCES).
+SOURCES = ("proxy.py", *sorted(p.relative_to(REPO).as_posix() for p in (REPO / "porthole").rglob("*.py")))
+BUILD_INPUTS = (*SOURCES, "rules.json", "build.sh", "requirements-build.txt",
                 "patches/staticx-forward-signals.patch")
+BUILD_VENV = Path(os.environ.get("PORTHOLE_BUILD_VENV") or REPO / ".venv-build")  # as build.sh
 TARGETS = {"image_bytes": 22_000_000, "ready_s": 0.5, "image_ready_s": 0.15, "idle_mib": 30.0}
 HARDENED = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--network", "none"]
 ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
@@ -81,21 +84,24 @@ def ensure_binary() -> None:
 
 
 def stage_files() -> Path:
-    """A 0755 directory uid 65532 can read: porthole, src/{proxy.py,rules.json,h11/}, tmp/ (1777)."""
+    """A 0755 directory uid 65532 can read: porthole, src/{proxy.py,porthole/,rules.json,h11/}, tmp/ (1777)."""
     stage = support.short_tmpdir("ph-bench-", 0o755)
     shutil.copy2(BINARY, stage / "porthole")
     os.chmod(stage / "porthole", 0o555)
     src = stage / "src"
     src.mkdir(mode=0o755)
-    for name in ("proxy.py", "rules.json"):
+    for name in (*SOURCES, "rules.json"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, src / name)
         os.chmod(src / name, 0o644)
     spec = importlib.util.find_spec("h11")
     if spec is None:
         sys.exit("h11 not importable: run with .venv/bin/python")
     support._copy_tree_readable(Path(spec.origin).parent, src / "h11")
-    # precompile h11 like an installed package; proxy.py, run as a script, is compiled at every start
-    subprocess.run([PYTHON, "-m", "compileall", "-q", str(src / "h11")], check=True)
+    # precompile h11 like an installed package, and porthole/ as a checkout that has run once has
+    # it (its __pycache__); proxy.py, run as a script, is compiled at every start
+    for package in ("h11", "porthole"):
+        subprocess.run([PYTHON, "-m", "compileall", "-q", str(src / package)], check=True)
     for root, dirs, files in os.walk(src):
         os.chmod(root, 0o755)
         for f in files:
@@ -459,19 +465,21 @@ def measure_image(url: str, image: str, runs: int) -> dict:
 
 
 def decompose(runs: int) -> dict:
-    """Freeze proxy.py again like build.sh does (same PyInstaller flags and excludes), then time
-    `--version` of: the PyInstaller onefile alone (dynamic, zlib archive), staticx over it with
-    its default xz-compressed archive (= dist/porthole), and staticx --no-compress."""
+    """Freeze proxy.py and porthole/ again like build.sh does (same PyInstaller flags and
+    excludes), then time `--version` of: the PyInstaller onefile alone (dynamic, zlib archive),
+    staticx over it with its default xz-compressed archive (= dist/porthole), and staticx
+    --no-compress."""
     import re
 
-    venv = REPO / ".venv-build" / "bin"
+    venv = BUILD_VENV / "bin"
     if not (venv / "pyinstaller").exists():
-        return {"skipped": "no .venv-build"}
+        return {"skipped": "no %s" % BUILD_VENV}
     text = (REPO / "build.sh").read_text()
     excludes = re.search(r"^EXCLUDES=\((.*?)\)", text, re.S | re.M).group(1).split()
     work = Path(tempfile.mkdtemp(prefix="ph-bench-sx-"))
     try:
-        for name in ("proxy.py", "rules.json"):
+        for name in (*SOURCES, "rules.json"):
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, work / name)
         env = dict(os.environ, SOURCE_DATE_EPOCH="1700000000", PYTHONHASHSEED="0",
                    PYINSTALLER_CONFIG_DIR=str(work / "pyi-config"))
@@ -519,7 +527,7 @@ def report(r: dict) -> str:
     b, s, img = r["host"]["binary"], r["host"]["source"], r.get("image")
     rows = [
         ("size", "%.2f MB (%d B)" % (r["binary"]["bytes"] / 1e6, r["binary"]["bytes"]),
-         "%d B proxy.py" % r["source_bytes"],
+         "%d B of source (proxy.py, porthole/)" % r["source_bytes"],
          "%.2f MB (%d B)" % (img["bytes"] / 1e6, img["bytes"]) if img else "-", "image <= 22 MB",
          verdict(img and img["bytes"] <= TARGETS["image_bytes"])),
         ("start to first answered /_ping (median)", ms(b["ready_s"]["median"]), ms(s["ready_s"]["median"]),
@@ -696,7 +704,7 @@ def main() -> int:
         results = {
             "binary": {"path": str(BINARY), "bytes": BINARY.stat().st_size,
                        "sha256": hashlib.sha256(BINARY.read_bytes()).hexdigest()},
-            "source_bytes": (REPO / "proxy.py").stat().st_size,
+            "source_bytes": sum((REPO / name).stat().st_size for name in SOURCES),
             "python_floor_s": statistics.median(floor),
             "host": {"binary": measure_host(binary, prefix, url, args.runs, stage),
                      "bundle": measure_host(bundle, prefix, url, args.runs, stage),

@@ -4,7 +4,8 @@
 Contenders, interleaved round by round so drift hits all of them alike:
   direct        wrk straight to the daemon's loopback TCP port (or to nginx for the fake upstream)
   haproxy       HAProxy with an equivalent read-only allowlist (haproxy.cfg.in), on the unix socket
-  porthole-src  python3 proxy.py (Debian's /usr/bin/python3, the venv's h11), uid 65532
+  porthole-src  python3 proxy.py with porthole/ beside it (Debian's /usr/bin/python3, the venv's h11),
+                uid 65532
   porthole-bin  dist/porthole, uid 65532
 
 Everything listens on 127.0.0.1 or on unix sockets in a private directory; every process started
@@ -39,14 +40,14 @@ import report  # noqa: E402  (bench/report.py)
 
 
 def _load_support():
-    spec = importlib.util.spec_from_file_location("porthole_tests_support", REPO / "tests" / "support.py")
+    spec = importlib.util.spec_from_file_location("porthole_tests_support", REPO / "tests" / "lib" / "support.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 support = _load_support()
-fu = support.fu  # tests/fake_upstream.py: the test suite's raw HTTP client
+fu = support.fu  # tests/lib/fake_upstream.py: the test suite's raw HTTP client
 
 PROXY_UID = support.PROXY_UID  # 65532
 SOCK_GID = support.DEFAULT_SOCK_GID  # 2375: the private daemon's socket group
@@ -287,7 +288,7 @@ def wait_http_ok(address, path: str, proc: subprocess.Popen | None, what: str, t
 
 
 class BenchDockerd(support.Dockerd):
-    """tests/support.py's private dockerd, with the same safe flags, plus a loopback TCP listener
+    """tests/lib/support.py's private dockerd, with the same safe flags, plus a loopback TCP listener
     for the direct baseline (wrk only speaks TCP)."""
 
     def __init__(self, tcp_port: int) -> None:
@@ -460,6 +461,8 @@ class Lab:
 
         self.src_dir.mkdir()
         shutil.copy2(REPO / "proxy.py", self.src_dir / "proxy.py")
+        shutil.copytree(REPO / "porthole", self.src_dir / "porthole",  # the code proxy.py runs
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         rules = json.loads((REPO / "rules.json").read_text())
         rules["profiles"].update(BENCH_PROFILES)
         (self.src_dir / "rules.json").write_text(json.dumps(rules, indent=1))
@@ -943,8 +946,8 @@ def machine_info() -> dict:
     if (REPO / "dist" / "porthole.sha256").exists():
         sha = (REPO / "dist" / "porthole.sha256").read_text().split()[0]
     rev = first_line(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "proxy.py", "rules.json"],
-                           capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "proxy.py", "porthole",
+                            "rules.json"], capture_output=True, text=True).stdout.strip()
     return {
         "hostname": socket.gethostname(),
         "nproc": os.cpu_count(),
@@ -959,7 +962,7 @@ def machine_info() -> dict:
         "nginx": first_line(["nginx", "-v"]),
         "dockerd": first_line([support.DOCKERD, "--version"]),
         "porthole": first_line([sys.executable, str(REPO / "proxy.py"), "--version"]) + f" (git {rev}"
-                    + (", proxy.py/rules.json modified" if dirty else "") + ")",
+                    + (", proxy.py/porthole/rules.json modified" if dirty else "") + ")",
         "porthole_bin_sha256": sha,
         "loadavg_start": open("/proc/loadavg").read().split()[:3],
         "neighbours_start": busy_neighbours(),

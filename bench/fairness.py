@@ -5,6 +5,8 @@ requests as fast as they can and never read the answers.
     sudo .venv/bin/python bench/fairness.py                     # proxy.py of this checkout
     sudo .venv/bin/python bench/fairness.py --proxy OLD/proxy.py --proxy proxy.py   # side by side
 
+A proxy.py runs where it is, with the porthole/ package beside it (older ones are one file).
+
 Each proxy runs as uid 65532 (setpriv) in front of a tiny keep-alive daemon stand-in on a unix
 socket in a private directory, on 127.0.0.1; the flooders and the pinging client are threads of
 this process. Prints a Markdown table: ping latency median and maximum during the flood, and the
@@ -87,10 +89,15 @@ def ping(port: int, timeout: float = 60.0) -> float:
         return time.monotonic() - started
 
 
+def source_text(proxy: Path) -> str:
+    """proxy.py and the modules of the porthole/ package beside it (since the package split)."""
+    return "".join(path.read_text() for path in (proxy, *sorted((proxy.parent / "porthole").rglob("*.py"))))
+
+
 def start_proxy(proxy: Path, port: int, upstream: str) -> subprocess.Popen:
     command = [sys.executable, str(proxy), "--listen", f"tcp://127.0.0.1:{port}", "--upstream",
                f"unix://{upstream}", "--log-level", "error", "--rules", str(ROOT / "rules.json")]
-    if "max-connections-per-client" in proxy.read_text():  # older proxies have no such cap
+    if "max-connections-per-client" in source_text(proxy):  # older proxies have no such cap
         command += ["--max-connections-per-client", "4096"]
     if os.geteuid() == 0:
         command = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups", *command]
@@ -144,7 +151,8 @@ def measure(proxy: Path, flooders: int, seconds: float, upstream: str) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--proxy", action="append", type=Path, help="a proxy.py (repeatable)")
+    parser.add_argument("--proxy", action="append", type=Path,
+                        help="a proxy.py, with its porthole/ beside it (repeatable)")
     parser.add_argument("--connections", default="16,100", help="flooding connections, comma-separated")
     parser.add_argument("--seconds", type=float, default=8.0, help="length of each flood")
     args = parser.parse_args()

@@ -4,8 +4,10 @@ or CPU time is repeatable on a shared, noisy machine.
 
     .venv/bin/python bench/instructions.py [--requests 300,900] [--proxy proxy.py]
 
+A proxy.py runs where it is, with the porthole/ package beside it (older ones are one file).
+
 For each workload, the proxy runs under callgrind twice, serving N1 and then N2 keep-alive
-requests from one client, in front of the test suite's fake daemon (tests/fake_upstream.py);
+requests from one client, in front of the test suite's fake daemon (tests/lib/fake_upstream.py);
 (I(N2) - I(N1)) / (N2 - N1) is the cost of one request, start-up and shutdown cancelled out.
 Workloads: GET /_ping, and GET /containers/json?all=1 answered with 17 KB chunked in 4 KiB
 chunks (as dockerd sends it). Needs valgrind; run it as any user.
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(REPO / "tests" / "lib"))
 
 import fake_upstream as fu  # noqa: E402
 

@@ -68,9 +68,11 @@ fi
 log "checking the test dependencies (./build.sh deps)"
 ./build.sh deps
 
+# build.sh's rule (is_fresh): newer than the source (proxy.py, porthole/'s modules) and the build inputs
 fresh=1
 [ -x dist/porthole ] || fresh=0
-for input in proxy.py rules.json requirements-build.txt build.sh; do
+for input in proxy.py $(find porthole -name '*.py') rules.json requirements-build.txt build.sh \
+             patches/staticx-forward-signals.patch; do
     [ "$fresh" -eq 1 ] && [ dist/porthole -nt "$input" ] || fresh=0
 done
 if [ "$fresh" -eq 0 ]; then

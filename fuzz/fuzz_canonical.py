@@ -1,9 +1,9 @@
-"""Fuzz target: proxy.canonicalize_target + proxy.decide with the shipped rules.json.
+"""Fuzz target: canonicalize_target + decide (porthole.core) with the shipped rules.json.
 
 The input is a raw request target (the bytes between the method and ' HTTP/1.1').
 
 Invariants (fuzz_common.InvariantViolation or any other exception is a finding):
-  * canonicalize_target and decide raise nothing but proxy.Refusal; canonicalisation
+  * canonicalize_target and decide raise nothing but Refusal; canonicalisation
     refusals are 400 with close=True;
   * an accepted target round-trips: canonicalize_target(target.forward_form()) == target,
     and the forward form is a fixed point;
@@ -24,7 +24,7 @@ import sys
 if __name__ == "__main__":  # only the fuzzing run needs atheris; pytest imports check() without it
     import atheris
 
-    _instrumented = atheris.instrument_imports(include=["proxy", "fuzz_common"])
+    _instrumented = atheris.instrument_imports(include=["porthole", "fuzz_common"])
 else:
     _instrumented = contextlib.nullcontext()
 

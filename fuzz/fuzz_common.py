@@ -1,16 +1,24 @@
 """Shared pieces of Porthole's fuzz targets: the shipped policy and invariant checks.
 
-Nothing here imports atheris, so the pytest suite (tests/test_fuzz_corpus.py) can replay the
+Nothing here imports atheris, so the pytest suite (tests/hostile/test_fuzz_corpus.py) can replay the
 corpus through exactly the same checks with the normal .venv.
 
-The checks deliberately do not reuse proxy.template_matches / never_forwarded_reason /
-dangerous_reason: templates are translated to regular expressions here, independently, so a
-bug in the proxy's matcher shows up as a disagreement instead of agreeing with itself.
+The checks deliberately do not reuse porthole.core.guards' template_matches /
+never_forwarded_reason / dangerous_reason: templates are translated to regular expressions
+here, independently, so a bug in the proxy's matcher shows up as a disagreement instead of
+agreeing with itself.
+
+`proxy` is the namespace the targets reach the proxy's code through (proxy.decide(...),
+proxy.Proxy(...)): the names they use, taken from the porthole/ modules that define them. A test
+may replace one there for every target (monkeypatch.setattr(fuzz_common.proxy, "decide", ...));
+that does not reach into the package, whose modules call what they imported themselves (patch
+porthole.core.decide.dangerous_reason, porthole.app.dispatch.forwarded_request, ... for those).
 """
 from __future__ import annotations
 
 import re
 import sys
+import types
 from pathlib import Path
 
 FUZZ_DIR = Path(__file__).resolve().parent
@@ -18,7 +26,26 @@ REPO = FUZZ_DIR.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-import proxy  # noqa: E402
+from porthole.app.wiring import Proxy  # noqa: E402
+from porthole.connections.client import ClientConnection, ClientState  # noqa: E402
+from porthole.connections.exchange import MAX_REFUSALS_IN_A_ROW  # noqa: E402
+from porthole.core.decide import (  # noqa: E402
+    Decision, FORWARDED_REQUEST_HEADERS, RequestFacts, decide, forwarded_request,
+)
+from porthole.core.guards import DANGEROUS_READS, NEVER_FORWARDED, parse_template  # noqa: E402
+from porthole.core.policy import Policy, Rule, load_policy  # noqa: E402
+from porthole.core.target import Refusal, Target, canonicalize_target  # noqa: E402
+from porthole.runtime.config import Endpoint, Settings  # noqa: E402
+from porthole.runtime.log import Log  # noqa: E402
+
+proxy = types.SimpleNamespace(
+    ClientConnection=ClientConnection, ClientState=ClientState, DANGEROUS_READS=DANGEROUS_READS,
+    Decision=Decision, Endpoint=Endpoint, FORWARDED_REQUEST_HEADERS=FORWARDED_REQUEST_HEADERS, Log=Log,
+    MAX_REFUSALS_IN_A_ROW=MAX_REFUSALS_IN_A_ROW, NEVER_FORWARDED=NEVER_FORWARDED, Policy=Policy, Proxy=Proxy,
+    Refusal=Refusal, RequestFacts=RequestFacts, Rule=Rule, Settings=Settings, Target=Target,
+    canonicalize_target=canonicalize_target, decide=decide, forwarded_request=forwarded_request,
+    load_policy=load_policy, parse_template=parse_template,
+)
 
 RULES_PATH = REPO / "rules.json"
 POLICY = proxy.load_policy(RULES_PATH.read_text(encoding="utf-8"), str(RULES_PATH))
@@ -36,7 +63,7 @@ _FACTS_HAVE_VERSION = "http_version" in getattr(proxy.RequestFacts, "__dataclass
 
 def request_facts(method: str, target: bytes, headers, listener_kind: str, profile: str,
                   http_version: bytes = b"1.1") -> proxy.RequestFacts:
-    """proxy.RequestFacts, with the request's HTTP version when this proxy.py decides on it."""
+    """proxy.RequestFacts, with the request's HTTP version when this porthole decides on it."""
     extra = {"http_version": http_version} if _FACTS_HAVE_VERSION else {}
     return proxy.RequestFacts(method, target, headers, listener_kind, profile, **extra)
 
@@ -59,7 +86,7 @@ def require(condition: bool, message: str, *context: object) -> None:
 
 def template_regex(template: str) -> re.Pattern[str]:
     """'/containers/{id}/json' -> a regex over '/'-joined decoded segments (independent of
-    proxy.parse_template/template_matches)."""
+    porthole.core.guards.parse_template/template_matches)."""
     parts = []
     for part in template[1:].split("/"):
         if part.startswith("{") and part.endswith("*}"):

@@ -1,11 +1,12 @@
-"""Fuzz target: a client byte stream through a real proxy.Proxy, in-process, no threads.
+"""Fuzz target: a client byte stream through a real porthole Proxy, in-process, no threads.
 
 The input is everything a client sends on one TCP connection (profile "log-reader", so the
 dangerous-but-acknowledged logs rule is reachable; Host/Origin checks apply as on a TCP
-listener). The harness builds a proxy.Proxy without listeners, hands it one end of a
-socketpair as a proxy.Client, and drives the proxy's own handlers (on_client_event,
-on_upstream_event) from its own selector, exactly as Proxy.run dispatches them but without
-run's catch-all, so any exception escapes. The upstream is a unix socket served in the same
+listener). The harness builds a Proxy (porthole.app.wiring) without listeners, hands it one
+end of a socketpair as a client (Proxy.admit), and runs the proxy's own event loop one pass
+at a time (Loop.run_once(0), as Proxy.run does: the connections' on_io and on_turn handlers);
+an exception in a handler is caught by the loop's guard and logged as "internal_error", which
+is a finding here. The upstream is a unix socket served in the same
 thread by an h11 server that records every forwarded request and answers it (a chunked
 body for /events, Content-Length otherwise). Timers are not run: the input is sent (in one
 write, line by line, or in 7-byte pieces, chosen by the input's length, with the loop run
@@ -19,7 +20,7 @@ Invariants (InvariantViolation or any other exception is a finding):
     User-Agent and Accept; re-deciding it on the listener's profile forwards it, and it
     passes fuzz_common.check_decision (never-forwarded, dangerous reads, rule match);
   * differential: the requests forwarded and the statuses answered, in order, equal what a
-    plain h11 server + proxy.decide make of the same bytes (reference() below);
+    plain h11 server + decide make of the same bytes (reference() below);
   * the client receives well-formed HTTP/1.1 responses, one per request handled, and every
     local error body is {"message": "porthole: ..."};
   * one log line per exchange; the loop settles (no busy loop) and, after the client's
@@ -43,7 +44,7 @@ import tempfile
 if __name__ == "__main__":  # only the fuzzing run needs atheris; pytest imports check() without it
     import atheris
 
-    _instrumented = atheris.instrument_imports(include=["proxy", "h11", "fuzz_common"])
+    _instrumented = atheris.instrument_imports(include=["porthole", "h11", "fuzz_common"])
 else:
     _instrumented = contextlib.nullcontext()
 
@@ -206,7 +207,7 @@ def pieces(data: bytes, delivery: str) -> list[bytes]:
     return [data]
 
 
-# ---- the reference: a plain h11 server + proxy.decide ----------------------------------------
+# ---- the reference: a plain h11 server + decide ----------------------------------------------
 
 def reference(data: bytes, delivery: str = "whole") -> list[tuple[str, int, bytes | None]]:
     """What should happen to `data`: one (method, status, forwarded target or None) per request
@@ -296,7 +297,7 @@ def parse_responses(received: bytes, methods: list[str]) -> list[tuple[int, byte
 # ---- driving the proxy ------------------------------------------------------------------------
 
 class Run:
-    """One input through a fresh proxy.Proxy."""
+    """One input through a fresh Proxy."""
 
     def __init__(self) -> None:
         self.up = daemon()

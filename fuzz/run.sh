@@ -5,8 +5,8 @@
 #   fuzz/run.sh TARGET --replay FILE...                               run inputs once (a crash, a seed)
 #   fuzz/run.sh TARGET --minimize FILE                                shrink a crashing input
 #
-# TARGET: canonical (proxy.canonicalize_target + proxy.decide) or request (a client byte stream
-# through a real proxy.Proxy). The run reads fuzz/corpus/TARGET/ and writes the new inputs it
+# TARGET: canonical (canonicalize_target + decide, porthole.core) or request (a client byte stream
+# through a real porthole Proxy). The run reads fuzz/corpus/TARGET/ and writes the new inputs it
 # finds to fuzz/scratch/TARGET/ (not the repository corpus); --merge then adds to
 # fuzz/corpus/TARGET/ a small set of scratch inputs that cover edges the corpus does not. Crashes land in
 # fuzz/crashes/ (scratch/ and crashes/ are ignored by git). The log of the run is

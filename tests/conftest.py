@@ -1,5 +1,15 @@
-"""pytest fixtures: one private dockerd per session, the busybox test image,
-and a factory for proxy subprocesses.
+"""pytest fixtures shared by every directory: one private dockerd per session, the busybox
+test image, a private podman, the recording fake daemon, and factories for proxy subprocesses.
+
+The suite's layout (one directory per kind of test):
+
+    unit/       no daemon, no proxy process: the modules of porthole/ alone, mirrored
+                (unit/core/test_target.py tests porthole/core/target.py, ...)
+    daemon/     the proxy process in front of the private dockerd or the fake daemon
+    consumers/  real consumers through the proxy: docker CLI, SDK, compose, Prometheus, ...
+    artifacts/  the frozen binary, the image, arm64
+    hostile/    hostile clients and daemons, the fuzz corpus
+    lib/        the helpers, one copy of each (on sys.path: `import support`)
 
 Docker-dependent fixtures skip outside CI when the environment cannot run a
 private daemon (not root, dockerd/docker/setpriv missing); with CI=true they
@@ -13,7 +23,10 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+TESTS = Path(__file__).resolve().parent
+for _path in (TESTS.parent, TESTS / "lib"):  # the porthole package; the helpers
+    if str(_path) not in sys.path:
+        sys.path.insert(0, str(_path))
 
 import support  # noqa: E402
 
@@ -168,31 +181,17 @@ def containers(docker_direct):
             pass
 
 
+@pytest.fixture(scope="module")
+def pki():
+    """Certificates for the TLS tests (tests/lib/tls_certs.py), made once per test module."""
+    import tls_certs
+    return tls_certs.make_pki(support.short_tmpdir("ph-pki-"))
+
+
 @pytest.fixture
 def upstream():
-    """A recording fake daemon on a unix socket (tests/fake_upstream.py)."""
+    """A recording fake daemon on a unix socket (tests/lib/fake_upstream.py)."""
     from fake_upstream import FakeUpstream
     up = FakeUpstream().start()
     yield up
     up.stop()
-
-
-# Connection parts alone (tests/test_parts.py's Env and Daemon), for every file that drives them
-
-
-@pytest.fixture
-def env():
-    """A Loop with a fake clock, an owner recording what the parts report, and socketpairs."""
-    from test_parts import Env
-    e = Env()
-    yield e
-    e.close()
-
-
-@pytest.fixture
-def daemon(env):
-    """A listening unix socket at env.sock_path; the test speaks raw HTTP on it."""
-    from test_parts import Daemon
-    d = Daemon(env.sock_path)
-    yield d
-    d.close()

@@ -121,7 +121,7 @@ def shadowing_entries(earlier: Sequence[ClientRule], later: ClientRule) -> list[
 
 
 def load_client_rules(raw: Any, profiles: Iterable[str], fail: Any) -> tuple[ClientRule, ...]:
-    """Validate the `clients` list (see above). Raises PolicyError naming the JSON path."""
+    """Validate the `clients` list (see the module's docstring). Raises PolicyError naming the JSON path."""
     if not isinstance(raw, list):
         raise fail("$.clients", "must be a list of {\"match\": {...}, \"profile\": NAME}")
     known = set(profiles)

@@ -2,7 +2,7 @@
 text exposition format (version 0.0.4) by the --metrics listener (ops.metrics_server).
 
 Every label value comes from a bounded set: a profile name of the rules, a decision (allow,
-deny, error), a rule's path template (never the raw path), one of UPSTREAM_ERROR_REASONS, a
+would_deny, deny, error), a rule's path template (never the raw path), one of UPSTREAM_ERROR_REASONS, a
 reload result. So the number of series is bounded by the rules file, whatever clients send.
 """
 from __future__ import annotations
@@ -12,13 +12,6 @@ from typing import Iterable, Sequence
 from porthole import VERSION
 
 
-# ---- metrics ---------------------------------------------------------------------------------
-#
-# Counters the proxy keeps as it works, rendered on demand in Prometheus' text exposition format
-# (version 0.0.4) by the --metrics listener. Every label value comes from a bounded set: a
-# profile name of the rules, a decision (allow, deny, error), a rule's path template (never the
-# raw path), one of UPSTREAM_ERROR_REASONS, a reload result. So the number of series is bounded
-# by the rules file, whatever clients send.
 UPSTREAM_ERROR_REASONS = ("connect_failed", "timeout", "protocol_error", "closed")
 RELOAD_RESULTS = ("ok", "failed")
 NO_RULE = "(none)"  # the endpoint label of a request that matched no rule (refused before one)
@@ -47,7 +40,7 @@ class Metrics:
     """The proxy's counters and its one histogram: plain dictionaries, no I/O, no sockets.
 
     Rule 1: counting is a dictionary increment: it runs once per request, in the loop.
-    Rule 2: a label value is never taken from a client's bytes (see the section comment).
+    Rule 2: a label value is never taken from a client's bytes (see the module's docstring).
     Rule 3: the fixed label sets (upstream error reasons, reload results) are rendered from the
             start, at 0, so rate() sees the first increment.
     """

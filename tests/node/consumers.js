@@ -1,4 +1,4 @@
-// dockerode used the way two consumers use the Docker API, for tests/test_consumer_dockerode.py.
+// dockerode used the way two consumers use the Docker API, for tests/consumers/test_consumer_dockerode.py.
 //   node consumers.js homepage NAME     Homepage's widgets: list all containers, inspect one by
 //                                       name, one stats sample (stats({stream: false}))
 //   node consumers.js uptime-kuma NAME  Uptime Kuma's docker monitor: the host check lists all

@@ -1,0 +1,173 @@
+"""The artifacts tests/artifacts/ checks: the frozen executable dist/porthole (and dist/porthole-arm64),
+built by ./build.sh when older than what it is built from (build.sh's own rule, is_fresh), the image
+built from it into the private dockerd (`./build.sh image`, `./build.sh check`), and containers of
+it, run hardened and watched.
+
+Public API
+----------
+REPO, BINARY, BUNDLE, IMAGE, SOCK_GID, HARDENED
+BUILD_INPUTS                            the files the build reads (build.sh's is_fresh list)
+tail(text, n=4000) -> str               the end of a long output, for assertion messages
+build_sh(*args, env=None, cwd=REPO, timeout=300) -> CompletedProcess   ./build.sh ARGS, text output
+build_env(dockerd, image=IMAGE, **extra) -> dict   build.sh's environment for the private daemon
+ensure_binary(arch=None, timeout=600) -> Path   dist/porthole (or dist/porthole-ARCH), rebuilt if stale
+proxy_version() -> str                  porthole's VERSION, read as build.sh reads it
+run_check(dockerd, image=IMAGE, arch=(), **extra) -> (exit status, summary)   ./build.sh check
+check_cli_through(host, direct, container_name, image)   the docker CLI reads through `host`
+listener_dir() / wait_socket(path) / wait_health(docker_direct, cid, want) / layer_entries(dockerd, image)
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import support
+
+REPO = support.REPO
+BINARY = REPO / "dist" / "porthole"
+BUNDLE = REPO / "dist" / "porthole-root"  # the image's root, `./build.sh bundle`
+IMAGE = "porthole-test/porthole:latest"
+SOCK_GID = support.DEFAULT_SOCK_GID
+HARDENED = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--network", "none"]
+# what the build reads (build.sh's is_fresh): copied for the reproducibility builds, and a binary
+# older than any of them is rebuilt
+BUILD_INPUTS = ("proxy.py", *sorted(str(p.relative_to(REPO)) for p in (REPO / "porthole").rglob("*.py")),
+                "rules.json", "build.sh", "requirements-build.txt", "patches/staticx-forward-signals.patch")
+
+
+def tail(text, n=4000):
+    return text[-n:] if text else ""
+
+
+def build_sh(*args, env=None, cwd=REPO, timeout=300):
+    return subprocess.run(["./build.sh", *args], cwd=cwd, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def build_env(dockerd, image=IMAGE, **extra):
+    return support.docker_env(dockerd.url, {"PORTHOLE_IMAGE": image, **extra})
+
+
+def _newer_than_inputs(path: Path) -> bool:
+    built = path.stat().st_mtime
+    return all(built > (REPO / name).stat().st_mtime for name in ("porthole", *BUILD_INPUTS))
+
+
+@functools.lru_cache(maxsize=None)
+def ensure_binary(arch: str | None = None, timeout: float = 600) -> Path:
+    """dist/porthole (dist/porthole-ARCH with `arch`), (re)built with ./build.sh when older than
+    any of its inputs; once per session."""
+    binary = BINARY if arch is None else REPO / "dist" / ("porthole-" + arch)
+    arch_args = () if arch is None else ("--arch", arch)
+
+    def fresh():
+        return binary.is_file() and os.access(binary, os.X_OK) and _newer_than_inputs(binary)
+
+    if not fresh():
+        r = build_sh(*arch_args, timeout=timeout)
+        command = " ".join(["./build.sh", *arch_args])
+        assert r.returncode == 0, "%s failed (%s):\n%s\n%s" % (command, r.returncode, tail(r.stdout), tail(r.stderr))
+        assert fresh(), "%s succeeded but %s is missing or stale" % (command, binary.relative_to(REPO))
+    return binary
+
+
+def proxy_version() -> str:
+    """VERSION of porthole/__init__.py, read as build.sh's version() reads it."""
+    tree = ast.parse((REPO / "porthole" / "__init__.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == "VERSION":
+            return node.value.value
+    raise AssertionError("no VERSION in porthole/__init__.py")
+
+
+def run_check(dockerd, image=IMAGE, arch=(), **extra):
+    """`./build.sh [ARCH...] check` of `image` in the private daemon: (exit status, its JSON summary)."""
+    r = build_sh(*arch, "check", env=build_env(dockerd, image, **extra))
+    try:
+        summary = json.loads(r.stdout)
+    except ValueError:
+        raise AssertionError("./build.sh check printed no JSON (exit %s):\n%s\n%s" % (r.returncode, r.stdout, r.stderr))
+    return r.returncode, summary
+
+
+def check_cli_through(host: str, direct: str, container_name: str, image: str) -> None:
+    """The docker CLI reads through the proxy at `host`; `docker run` is refused and changes nothing."""
+    ps = support.docker_cli(host, "ps", "-a", "--format", "{{.Names}}", check=True)
+    assert container_name in ps.stdout.split(), ps.stdout
+    server = support.docker_cli(direct, "version", "--format", "{{.Server.Version}}", check=True).stdout.strip()
+    through = support.docker_cli(host, "version", "--format", "{{.Server.Version}}", check=True).stdout.strip()
+    assert server and through == server
+    inspected = json.loads(support.docker_cli(host, "inspect", container_name, check=True).stdout)
+    assert inspected[0]["Name"] == "/" + container_name
+
+    before = support.docker_cli(direct, "ps", "-aq", "--no-trunc", check=True).stdout.split()
+    run = support.docker_cli(host, "run", "--rm", "--network", "none", image, "true", timeout=60)
+    assert run.returncode != 0, "docker run through the proxy succeeded:\n" + run.stdout
+    assert "porthole:" in run.stderr, run.stderr
+    after = support.docker_cli(direct, "ps", "-aq", "--no-trunc", check=True).stdout.split()
+    assert sorted(after) == sorted(before)
+
+
+def inspect(docker_direct, cid):
+    return docker_direct.api.inspect_container(cid)
+
+
+def wait_health(docker_direct, cid, want, timeout=45.0):
+    """Wait until the container's health status is `want`; assert with the health log otherwise."""
+    last = {}
+
+    def reached():
+        state = inspect(docker_direct, cid)["State"]
+        last["state"] = state
+        return (state.get("Health") or {}).get("Status") == want or not state["Running"]
+
+    support.wait_until(reached, timeout, 0.25)
+    state = last["state"]
+    health = state.get("Health") or {}
+    assert state["Running"], "container stopped (exit %s): %s" % (state.get("ExitCode"), state.get("Error"))
+    assert health.get("Status") == want, "health %r, not %r, after %ss; log: %s" % (
+        health.get("Status"), want, timeout, json.dumps(health.get("Log", [])[-3:], indent=1))
+
+
+def listener_dir():
+    """A 0777 directory for the container's unix listener (mounted at /run/porthole)."""
+    return support.short_tmpdir("ph-ctr-", 0o777)
+
+
+def wait_socket(path, timeout=20.0):
+    assert support.wait_until(lambda: support.can_connect(path), timeout, 0.1), \
+        "%s never accepted connections" % path
+
+
+def layer_entries(dockerd, image):
+    """{path: (type, mode, uid, gid, sha256 of a file or None)} over all layers of `docker save`
+    (legacy or OCI layout)."""
+    saved = subprocess.run([support.DOCKER_CLI, "save", image], env=support.docker_env(dockerd.url),
+                           capture_output=True, timeout=120, check=True).stdout
+    entries = {}
+    with tarfile.open(fileobj=io.BytesIO(saved)) as outer:
+        for member in outer.getmembers():
+            if not member.isfile() or not (member.name.endswith("layer.tar") or member.name.startswith("blobs/")):
+                continue
+            data = outer.extractfile(member).read()
+            try:
+                layer = tarfile.open(fileobj=io.BytesIO(data))
+            except tarfile.ReadError:
+                continue  # config or manifest blob
+            with layer:
+                for m in layer.getmembers():
+                    name = m.name.rstrip("/").removeprefix("./")
+                    if not name:
+                        continue
+                    kind = "dir" if m.isdir() else "file" if m.isfile() else "other:%s" % m.type
+                    digest = hashlib.sha256(layer.extractfile(m).read()).hexdigest() if m.isfile() else None
+                    entries[name] = (kind, m.mode & 0o7777, m.uid, m.gid, digest)
+    return entries

@@ -1,0 +1,91 @@
+"""porthole/connections/listeners.py: a Listener accepts at most ACCEPTS_PER_TURN connections per
+pass; bind_unix replaces a stale socket file, never a live socket or another file, and applies
+the listener's mode and group."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+
+import pytest
+
+from porthole.connections.listeners import ACCEPTS_PER_TURN, Listener, bind_unix
+from porthole.runtime.config import UsageError, parse_endpoint
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def test_listener_accepts_at_most_accepts_per_turn(env):
+    path = f"{env.dir}/l.sock"
+    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    lsock.bind(path)
+    lsock.listen(512)
+    endpoint = parse_endpoint(f"unix://{path}", listener=True)
+    accepted = []
+    listener = Listener(lsock, endpoint, env.loop, lambda sock, ep, addr: accepted.append(sock))
+    clients = []
+    for _ in range(ACCEPTS_PER_TURN + 6):
+        c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        c.connect(path)
+        clients.append(c)
+    try:
+        env.run()
+        assert len(accepted) == ACCEPTS_PER_TURN
+        env.run()
+        assert len(accepted) == ACCEPTS_PER_TURN + 6
+        assert all(not s.getblocking() for s in accepted)
+    finally:
+        for s in clients + accepted:
+            s.close()
+        listener.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# unix listener files (bind_unix)
+
+
+def test_stale_socket_is_replaced_and_mode_applied(tmp_path):
+    path = tmp_path / "p.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # the file stays, nobody accepts: stale
+    sock = bind_unix(parse_endpoint(f"unix://{path}?mode=0640&gid={os.getgid()}", listener=True))
+    try:
+        info = os.stat(path)
+        assert stat.S_ISSOCK(info.st_mode) and stat.S_IMODE(info.st_mode) == 0o640 and info.st_gid == os.getgid()
+        client = socket.socket(socket.AF_UNIX)
+        client.connect(str(path))
+        client.close()
+    finally:
+        sock.close()
+
+
+def test_live_socket_is_not_replaced(tmp_path):
+    path = tmp_path / "p.sock"
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(str(path))
+    live.listen(1)
+    try:
+        with pytest.raises(UsageError, match="live process"):
+            bind_unix(parse_endpoint(f"unix://{path}", listener=True))
+        assert path.exists()
+    finally:
+        live.close()
+
+
+def test_regular_file_is_not_replaced(tmp_path):
+    path = tmp_path / "p.sock"
+    path.write_text("keep me")
+    with pytest.raises(UsageError, match="not a socket"):
+        bind_unix(parse_endpoint(f"unix://{path}", listener=True))
+    assert path.read_text() == "keep me"
+
+
+def test_default_socket_mode_is_0660(tmp_path):
+    path = tmp_path / "p.sock"
+    sock = bind_unix(parse_endpoint(f"unix://{path}", listener=True))
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+    finally:
+        sock.close()

@@ -1,0 +1,395 @@
+"""porthole/core/filters.py: response filtering without the daemon: the profile keys, the pure
+filters (examples, property tests), planning (which answers are filtered, label filters added).
+(A hostile fake daemon whose answers cannot be filtered: tests/daemon/test_filtering.py; the real
+daemon: tests/daemon/test_filtering_docker.py.)"""
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from policies import REPO
+from porthole.core.filters import (_FILTERED_EVENTS, DEFAULT_REDACTIONS, REDACTIONS, Filtering, ObjectHidden,
+                                   ResponseFilter, plan_response_filter, resolved_object)
+from porthole.core.policy import Policy, PolicyError, load_policy
+from porthole.core.rewrite import TransformError, event_bytes
+from porthole.core.target import Refusal, canonicalize_target
+
+SECRET = "hunter2-SECRET"
+
+
+def policy_with(profile: dict, extra: dict | None = None) -> Policy:
+    profiles = {"default": {"rules": [{"method": "GET", "path": "/_ping"}]}, "p": profile, **(extra or {})}
+    return load_policy(json.dumps({"version": 1, "profiles": profiles}))
+
+
+RULE = [{"method": "GET", "path": "/containers/json"}]
+
+
+# ---------------------------------------------------------------------------------------------
+# the profile keys
+
+
+def test_a_profile_without_redact_redacts_the_defaults():
+    policy = policy_with({"rules": RULE})
+    assert policy.filtering["p"].redact == DEFAULT_REDACTIONS
+    assert policy.filtering["default"].redact >= {"env", "log-options", "volume-options", "exec-commands"}
+    assert policy.filtering["p"].visible == ()
+
+
+def test_redact_lists_are_explicit_and_checked():
+    assert policy_with({"rules": RULE, "redact": []}).filtering["p"].redact == frozenset()
+    assert policy_with({"rules": RULE, "redact": ["env", "host-paths"]}).filtering["p"].redact == {"env", "host-paths"}
+    for bad, message in [("env", "must be a list"), (["env", "env"], "twice"), (["secrets"], "unknown redaction"),
+                         ([1], "must be a list")]:
+        with pytest.raises(PolicyError, match=message):
+            policy_with({"rules": RULE, "redact": bad})
+
+
+def test_visible_takes_docker_label_filters():
+    filtering = policy_with({"rules": RULE, "visible": {"labels": ["team", "tier=web", "a=b=c"]}}).filtering["p"]
+    assert filtering.visible == (("team", None), ("tier", "web"), ("a", "b=c"))
+    assert filtering.label_filters() == ["team", "tier=web", "a=b=c"]
+    for bad in [{"labels": []}, {"labels": "team"}, {"label": ["x"]}, {"labels": ["=x"]}, {"labels": [" x"]},
+                ["team"], {"labels": ["x"], "names": ["y"]}, {"labels": ["x\ny"]}]:
+        with pytest.raises(PolicyError, match="visible"):
+            policy_with({"rules": RULE, "visible": bad})
+
+
+def test_visible_is_inherited_and_redact_is_not():
+    """Leaving a key out never widens what a profile sees."""
+    policy = policy_with({"rules": RULE, "redact": [], "visible": {"labels": ["team=a"]}},
+                         {"child": {"extends": "p", "rules": [{"method": "GET", "path": "/info"}]},
+                          "own": {"extends": "p", "rules": [{"method": "GET", "path": "/info"}],
+                                  "visible": {"labels": ["team=b"]}}})
+    assert policy.filtering["child"].visible == (("team", "a"),)
+    assert policy.filtering["child"].redact == DEFAULT_REDACTIONS
+    assert policy.filtering["own"].visible == (("team", "b"),)
+
+
+def test_shipped_rules_load_and_every_preset_redacts_at_least_the_defaults():
+    policy = load_policy((REPO / "rules.json").read_text(), "rules.json")
+    for name, filtering in policy.filtering.items():
+        assert filtering.redact >= DEFAULT_REDACTIONS, name
+
+
+# ---------------------------------------------------------------------------------------------
+# the filters, by example
+
+
+def inspect_doc(secret: str = SECRET) -> dict:
+    """The fields of a container inspect that hold secrets or host paths (dockerd's shape)."""
+    return {
+        "Id": "a" * 64, "Name": "/web", "Path": "sh", "Args": ["-c", f"run --password={secret}"],
+        "ResolvConfPath": f"/var/lib/docker/{secret}/resolv.conf", "LogPath": f"/var/lib/{secret}.log",
+        "HostnamePath": "", "HostsPath": None,
+        "Config": {"Env": [f"DB_PASSWORD={secret}", "PATH=/bin", "EMPTY=", "UNSET"],
+                   "Labels": {"team": "a", "tier": "web"}, "Cmd": ["run", secret], "Entrypoint": None,
+                   "Healthcheck": {"Test": ["CMD-SHELL", f"curl -u admin:{secret} localhost"]}},
+        "HostConfig": {"LogConfig": {"Type": "splunk", "Config": {"splunk-token": secret, "splunk-url": "x"}},
+                       "Binds": [f"/srv/{secret}:/data:ro"],
+                       "Mounts": [{"Type": "volume", "Source": f"{secret}-vol", "Target": "/v",
+                                   "VolumeOptions": {"DriverConfig": {"Name": "local", "Options": {
+                                       "type": "cifs", "o": f"username=u,password={secret}"}}}}]},
+        "Mounts": [{"Type": "bind", "Source": f"/srv/{secret}", "Destination": "/data"}],
+        "GraphDriver": {"Name": "overlay2", "Data": {"UpperDir": f"/var/lib/docker/overlay2/{secret}"}},
+    }
+
+
+def run(filtering: Filtering, kind: str, doc, name="web"):
+    f = ResponseFilter(filtering, kind, name)
+    return f.document(copy.deepcopy(doc)), f
+
+
+def test_container_inspect_keeps_names_and_drops_values():
+    out, f = run(Filtering(), "container", inspect_doc())
+    assert out["Config"]["Env"] == ["DB_PASSWORD=", "PATH=", "EMPTY=", "UNSET"]
+    assert out["HostConfig"]["LogConfig"] == {"Type": "splunk", "Config": {"splunk-token": "", "splunk-url": ""}}
+    assert out["HostConfig"]["Mounts"][0]["VolumeOptions"]["DriverConfig"]["Options"] == {"type": "", "o": ""}
+    assert f.redacted == 2 + 2 + 2
+    # commands and host paths are opt-in: still there by default
+    assert SECRET in json.dumps(out["Args"]) and SECRET in out["Mounts"][0]["Source"]
+
+
+def test_everything_redacted_leaves_no_secret_anywhere():
+    out, f = run(Filtering(frozenset(REDACTIONS)), "container", inspect_doc())
+    assert SECRET not in json.dumps(out)
+    assert out["Config"]["Healthcheck"]["Test"] == ["CMD-SHELL"]
+    assert out["HostConfig"]["Binds"] == [":/data:ro"]
+    assert out["Name"] == "/web" and out["Config"]["Labels"] == {"team": "a", "tier": "web"}
+
+
+def test_nothing_redacted_changes_nothing():
+    out, f = run(Filtering(frozenset()), "container", inspect_doc())
+    assert out == inspect_doc() and f.redacted == 0
+
+
+def test_swarm_volume_plugin_and_config_shapes():
+    spec = {"ContainerSpec": {"Env": [f"TOKEN={SECRET}"], "Labels": {"team": "a"},
+                              "Mounts": [{"VolumeOptions": {"DriverConfig": {"Options": {"password": SECRET}}}}]},
+            "LogDriver": {"Name": "splunk", "Options": {"splunk-token": SECRET}}}
+    service = {"ID": "s1", "Spec": {"Name": "svc", "Labels": {"team": "a"}, "TaskTemplate": copy.deepcopy(spec)},
+               "PreviousSpec": {"TaskTemplate": copy.deepcopy(spec)}}
+    task = {"ID": "t1", "ServiceID": "s1", "Spec": copy.deepcopy(spec)}
+    volume = {"Name": "v", "Driver": "local", "Options": {"o": f"password={SECRET}"}, "Mountpoint": "/x"}
+    plugin = {"Name": "p", "Settings": {"Env": [f"KEY={SECRET}"]},
+              "Config": {"Env": [{"Name": "KEY", "Value": SECRET, "Settable": ["value"]}]}}
+    config = {"ID": "c1", "Spec": {"Name": "cfg", "Data": "aHVudGVyMg=="}}
+    everything = Filtering()
+    for kind, doc in [("service", service), ("service list", [service]), ("task", task), ("task list", [task]),
+                      ("volume", volume), ("volume list", {"Volumes": [volume], "Warnings": None}),
+                      ("plugin", plugin), ("plugin list", [plugin]), ("config", config), ("config list", [config]),
+                      ("disk usage", {"Volumes": [volume], "Containers": [], "Images": []})]:
+        out, f = run(everything, kind, doc)
+        text = json.dumps(out)
+        assert SECRET not in text and "aHVudGVyMg" not in text, kind
+        assert f.redacted > 0, kind
+    out, _ = run(everything, "service", service)
+    assert out["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"] == ["TOKEN="]
+
+
+def test_image_inspect_env():
+    out, f = run(Filtering(), "image", {"Config": {"Env": [f"A={SECRET}"]}, "ContainerConfig": None})
+    assert out["Config"]["Env"] == ["A="] and f.redacted == 1
+
+
+def test_visible_scope_on_lists_and_objects():
+    scoped = Filtering(visible=(("team", "a"),))
+    listed = [{"Id": "1", "Labels": {"team": "a"}}, {"Id": "2", "Labels": {"team": "b"}},
+              {"Id": "3", "Labels": None}, {"Id": "4", "Labels": {"team": "a", "x": "y"}}]
+    out, f = run(scoped, "container list", listed)
+    assert [c["Id"] for c in out] == ["1", "4"] and f.hidden == 2
+    doc = inspect_doc()
+    doc["Config"]["Labels"] = {"team": "b"}
+    with pytest.raises(ObjectHidden) as hidden:
+        run(scoped, "container", doc, name="abc")
+    assert (hidden.value.status, hidden.value.message) == (404, "No such container: abc")
+    with pytest.raises(ObjectHidden, match="service svc not found"):
+        run(scoped, "service", {"Spec": {"Labels": {}}}, name="svc")
+    key_only = Filtering(visible=(("team", None),))
+    assert [c["Id"] for c in run(key_only, "container list", listed)[0]] == ["1", "2", "4"]
+    network = {"Name": "n", "Containers": {"1" * 64: {"Name": "secret-app"}}}
+    assert run(scoped, "network", network)[0]["Containers"] == {}
+    assert run(Filtering(), "network", network)[0]["Containers"] != {}
+
+
+def test_events_exec_commands_and_scope():
+    f = ResponseFilter(Filtering(visible=(("team", "a"),)), "events")
+    exec_event = {"status": f"exec_create: sh -c echo {SECRET}", "id": "1" * 64, "Type": "container",
+                  "Action": f"exec_start: sh -c echo {SECRET}",
+                  "Actor": {"ID": "1" * 64, "Attributes": {"execID": "e", "team": "a", "name": "web"}}}
+    out = f.event(copy.deepcopy(exec_event))
+    assert out["Action"] == "exec_start" and out["status"] == "exec_create" and SECRET not in json.dumps(out)
+    other = copy.deepcopy(exec_event)
+    other["Actor"]["Attributes"]["team"] = "b"
+    assert f.event(other) is None
+    assert f.event({"Type": "service", "Action": "create", "Actor": {"Attributes": {"name": "s"}}}) is None
+    assert f.event({"Type": "network", "Action": "connect",
+                    "Actor": {"Attributes": {"container": "2" * 64, "name": "none"}}}) is None
+    image = {"Type": "image", "Action": "pull", "Actor": {"ID": "busybox", "Attributes": {"name": "busybox"}}}
+    assert f.event(copy.deepcopy(image)) == image
+    assert f.hidden == 3 and f.redacted == 2
+    unscoped = ResponseFilter(Filtering(), "events")
+    assert unscoped.event(copy.deepcopy(other))["Action"] == "exec_start"
+
+
+def test_watchers_of_one_profile_share_the_filtering_of_each_event(monkeypatch):
+    """ResponseFilter.event_line: the first watcher filters an event line, the next ones of the
+    same filtering get the same bytes and the same counts without filtering it again; another
+    filtering, or an event that fails, is never taken from the first one's work."""
+    _FILTERED_EVENTS.clear()
+    scoped = Filtering(visible=(("team", "a"),))
+    watchers = [ResponseFilter(scoped, "events") for _ in range(3)]
+    unscoped = ResponseFilter(Filtering(), "events")
+    calls = []
+    real = ResponseFilter.event
+    monkeypatch.setattr(ResponseFilter, "event", lambda self, e: (calls.append(self), real(self, e))[1])
+    exec_line = json.dumps({"status": f"exec_start: sh -c {SECRET}", "Type": "container", "Action": f"exec_start: sh -c {SECRET}",
+                            "Actor": {"ID": "1", "Attributes": {"team": "a", "execCommand": SECRET}}}).encode()
+    hidden_line = json.dumps({"Type": "container", "Action": "start", "Actor": {"ID": "2", "Attributes": {"team": "b"}}}).encode()
+    outs = [[w.event_line(bytearray(line)) for w in watchers] for line in (exec_line, hidden_line)]  # (as split)
+    assert calls == [watchers[0], watchers[0]]  # once per line, by the first watcher
+    assert len(set(outs[0])) == 1 and SECRET.encode() not in outs[0][0] and outs[1] == [b""] * 3
+    assert all((w.redacted, w.hidden) == (watchers[0].redacted, watchers[0].hidden) == (3, 1) for w in watchers)
+    assert SECRET.encode() not in unscoped.event_line(exec_line) and calls[-1] is unscoped
+    assert unscoped.event_line(hidden_line) != b"" and unscoped.hidden == 0
+    for _ in range(2):  # a line that cannot be filtered fails for every watcher: nothing is kept
+        with pytest.raises(TransformError):
+            watchers[1].event_line(b'{"Type": "container", "Actor": []}')
+
+
+EVENT_FILTERINGS = [Filtering(), Filtering(redact=frozenset()),
+                    Filtering(visible=(("team", "a"),)), Filtering(visible=(("team", None),))]
+event_dicts = st.fixed_dictionaries({
+    "Type": st.sampled_from(["container", "network", "service", "image"]),
+    "Action": st.sampled_from(["start", "exec_start: sh -c " + SECRET, "exec_create: id", "connect"]),
+    "Actor": st.fixed_dictionaries({"ID": st.sampled_from(["1", "2"]), "Attributes": st.dictionaries(
+        st.sampled_from(["team", "execCommand", "container", "name"]), st.sampled_from(["a", "b", SECRET]), max_size=3)})})
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(0, len(EVENT_FILTERINGS) - 1), event_dicts), max_size=12))
+def test_shared_event_filtering_gives_each_watcher_what_its_own_filter_gives(steps):
+    """Any sequence of watchers (of any profile) and events, through the shared table: every
+    watcher gets the bytes and the counts its own filter gives on its own."""
+    _FILTERED_EVENTS.clear()
+    for index, event in steps:
+        line = json.dumps(event).encode()
+        shared, alone = (ResponseFilter(EVENT_FILTERINGS[index], "events") for _ in range(2))
+        assert shared.event_line(line) == event_bytes(alone.event, line)
+        assert (shared.redacted, shared.hidden) == (alone.redacted, alone.hidden)
+
+
+@pytest.mark.parametrize("kind, doc, where", [
+    ("container", {"Config": {"Env": "A=b"}}, "Config.Env"),
+    ("container", {"Config": {"Env": [1]}}, r"Config.Env\[0\]"),
+    ("container", {"Config": []}, "Config"),
+    ("container", ["not", "an", "object"], "the answer"),
+    ("container", {"HostConfig": {"LogConfig": {"Config": ["x"]}}}, "LogConfig.Config"),
+    ("container list", {"Id": "x"}, "array"),
+    ("container list", [{"Labels": ["team=a"]}], "Labels"),
+    ("volume list", {"Volumes": {"v": {}}}, "Volumes"),
+    ("service", {"Spec": {"TaskTemplate": {"ContainerSpec": {"Env": {"A": "b"}}}}}, "Env"),
+])
+def test_unexpected_shapes_fail_closed(kind, doc, where):
+    scoped = Filtering(visible=(("team", "a"),))
+    with pytest.raises(TransformError, match=where):
+        ResponseFilter(scoped if "list" in kind else Filtering(), kind, "x").document(doc)
+
+
+# ---------------------------------------------------------------------------------------------
+# property tests: no redacted value survives anywhere; filtering is idempotent
+
+secret_text = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789=:/, -", min_size=1, max_size=12).map(
+    lambda s: "ZQX" + s)  # every generated secret carries a marker no key or fixed value holds
+names = st.sampled_from(["A", "PATH", "DB_PASSWORD", "TOKEN", "X_1"])
+env_list = st.lists(st.builds(lambda n, v: f"{n}={v}", names, secret_text), max_size=4)
+options = st.dictionaries(names, secret_text, max_size=3)
+junk = st.recursive(st.none() | st.booleans() | st.integers() | st.sampled_from(["x", "y", ""]),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["k", "Name", "Id"]),
+                                                                                 inner, max_size=3),
+                    max_leaves=8)
+
+
+@st.composite
+def inspects(draw):
+    mounts = draw(st.lists(st.fixed_dictionaries({
+        "Type": st.just("volume"), "Target": st.just("/t"), "Source": secret_text,
+        "VolumeOptions": st.fixed_dictionaries({"DriverConfig": st.fixed_dictionaries({"Options": options})})}),
+        max_size=2))
+    doc = {"Id": "a" * 64, "Extra": draw(junk), "Path": draw(secret_text), "Args": draw(st.lists(secret_text, max_size=3)),
+           "Config": {"Env": draw(env_list), "Labels": {"team": "a"}, "Cmd": draw(st.lists(secret_text, max_size=2)),
+                      "Healthcheck": {"Test": ["CMD-SHELL", draw(secret_text)]}, "Junk": draw(junk)},
+           "HostConfig": {"LogConfig": {"Type": "x", "Config": draw(options)}, "Mounts": mounts,
+                          "Binds": [f"/{draw(secret_text)}:/d"]},
+           "Mounts": [{"Source": draw(secret_text), "Destination": "/d"}],
+           "GraphDriver": {"Data": draw(options)}, "LogPath": draw(secret_text)}
+    if draw(st.booleans()):
+        doc["Config"]["Env"] = None
+    return doc
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(inspects())
+def test_property_no_redacted_value_survives_and_filtering_is_idempotent(doc):
+    everything = Filtering(frozenset(REDACTIONS))
+    once, _ = run(everything, "container", doc)
+    assert "ZQX" not in json.dumps(once)
+    twice, second = run(everything, "container", once)
+    assert twice == once and second.redacted == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.fixed_dictionaries({"Id": st.text(max_size=4),
+                                       "Labels": st.dictionaries(st.sampled_from(["team", "tier"]),
+                                                                 st.sampled_from(["a", "b"]), max_size=2),
+                                       "Command": secret_text}), max_size=6),
+       st.lists(st.tuples(st.sampled_from(["team", "tier"]), st.none() | st.sampled_from(["a", "b"])),
+                min_size=1, max_size=2))
+def test_property_lists_keep_exactly_the_matching_objects(items, wanted):
+    filtering = Filtering(frozenset(REDACTIONS), tuple(wanted))
+    out, f = run(filtering, "container list", items)
+    expected = [i["Id"] for i in items
+                if all(k in i["Labels"] and (v is None or i["Labels"][k] == v) for k, v in wanted)]
+    assert [i["Id"] for i in out] == expected and f.hidden == len(items) - len(out)
+    assert "ZQX" not in json.dumps(out)
+    assert run(filtering, "container list", out)[0] == out
+
+
+# ---------------------------------------------------------------------------------------------
+# planning
+
+
+def plan(filtering, target, method="GET"):
+    return plan_response_filter(filtering, method, canonicalize_target(target.encode()))
+
+
+def test_unfiltered_answers_are_relayed_untouched():
+    """The default profile buffers nothing it has nothing to remove from."""
+    default = Filtering()
+    for target in ["/v1.41/containers/json?all=1", "/_ping", "/info", "/containers/x/logs", "/images/json",
+                   "/networks/n"]:
+        p = plan(default, target)
+        assert p.filter is None and p.lookup is None, target
+    assert plan(Filtering(frozenset()), "/containers/x/json").filter is None
+    assert plan(Filtering(frozenset()), "/events").filter is None
+
+
+def test_filtered_answers_and_head_as_get():
+    default = Filtering()
+    p = plan(default, "/v1.41/containers/web/json", "HEAD")
+    assert p.filter.kind == "container" and p.filter.name == "web" and p.method == "GET"
+    assert plan(default, "/libpod/containers/web/json").filter.kind == "container"
+    assert plan(default, "/images/library/busybox/json").filter.kind == "image"
+    e = plan(default, "/events", "HEAD")
+    assert e.filter.kind == "events" and e.method == "HEAD"
+
+
+def test_scoped_lists_get_the_label_filter_added():
+    scoped = Filtering(visible=(("team", "a"), ("app", None)))
+    p = plan(scoped, "/v1.41/containers/json?all=1")
+    assert p.filter.kind == "container list"
+    assert json.loads(p.target.query_value("filters")) == {"label": ["team=a", "app"]}
+    assert p.target.forward_form().startswith("/v1.41/containers/json?all=1&filters=")
+    listed = plan(scoped, '/containers/json?filters={"label":["x=1","app"],"status":["running"]}')
+    assert json.loads(listed.target.query_value("filters")) == {"label": ["x=1", "app", "team=a"], "status": ["running"]}
+    other_map = plan(scoped, '/containers/json?filters={"name":{"web":true}}')  # the CLI's form
+    assert json.loads(other_map.target.query_value("filters")) == {"name": {"web": True},
+                                                                   "label": {"team=a": True, "app": True}}
+    mapped = plan(scoped, '/services?filters={"label":{"x=1":true}}')
+    assert json.loads(mapped.target.query_value("filters")) == {"label": {"x=1": True, "team=a": True, "app": True}}
+    assert plan(scoped, "/tasks").target.query == ()  # tasks: filtered by their containers' labels only
+    for bad in ["/containers/json?filters=nope", "/containers/json?filters=[1]",
+                '/containers/json?filters={"label":"x"}']:
+        with pytest.raises(Refusal) as refused:
+            plan(scoped, bad)
+        assert refused.value.status == 400
+
+
+def test_per_object_requests_are_looked_up_first():
+    scoped = Filtering(visible=(("team", "a"),))
+    for target, kind in [("/containers/web/logs?follow=1", "container"), ("/containers/web/stats", "container"),
+                         ("/containers/web/top", "container"), ("/libpod/containers/web/logs", "container"),
+                         ("/services/s/logs", "service"), ("/tasks/t/logs", "task")]:
+        assert plan(scoped, target).lookup == kind, target
+    assert plan(scoped, "/containers/web/json").lookup is None  # its own answer says
+
+
+def test_resolved_object():
+    scoped = Filtering(visible=(("team", "a"),))
+    visible = {"Id": "b" * 64, "Config": {"Labels": {"team": "a"}}}
+    assert resolved_object("container", "web", 200, visible, scoped) == "b" * 64
+    for status, doc in [(404, {"message": "No such container: web"}),
+                        (200, {"Id": "c" * 64, "Config": {"Labels": {"team": "b"}}})]:
+        with pytest.raises(ObjectHidden) as hidden:
+            resolved_object("container", "web", status, doc, scoped)
+        assert (hidden.value.status, hidden.value.message) == (404, "No such container: web")
+    with pytest.raises(ObjectHidden) as error:
+        resolved_object("container", "web", 500, {"message": "boom"}, scoped)
+    assert (error.value.status, error.value.message) == (500, "boom")
+    with pytest.raises(TransformError, match="no usable ID"):
+        resolved_object("container", "web", 200, {"Id": "../x", "Config": {"Labels": {"team": "a"}}}, scoped)
+    assert resolved_object("service", "s", 200, {"ID": "s" * 25, "Spec": {"Labels": {"team": "a"}}},
+                                    scoped) == "s" * 25
