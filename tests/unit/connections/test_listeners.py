@@ -10,7 +10,7 @@ import stat
 
 import pytest
 
-from porthole.connections.listeners import ACCEPTS_PER_TURN, Listener, bind_unix
+from porthole.connections.listeners import ACCEPTS_PER_TURN, Listener, bind, bind_unix
 from porthole.runtime.config import UsageError, parse_endpoint
 
 pytestmark = pytest.mark.timeout(60)
@@ -89,3 +89,96 @@ def test_default_socket_mode_is_0660(tmp_path):
         assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
     finally:
         sock.close()
+
+
+# ---- Unix listener files are replaced only when stale, and unlinked only while they are ours
+# (issue "(2 of 5)", items 9 and 10): a live listener with a full backlog used to be taken for
+# stale, unlinked and its path silently stolen; Listener.close unlinked whatever the path named.
+
+class NoLoop:
+    """What a Listener needs of a loop, doing nothing."""
+
+    def watch(self, sock, mask, part):
+        pass
+
+    def forget(self, sock):
+        pass
+
+    def cancel(self, part):
+        pass
+
+
+def full_backlog(path):
+    """A live listener at `path` whose accept queue is full: connect() to it would block."""
+    live = socket.socket(socket.AF_UNIX)
+    live.bind(str(path))
+    live.listen(0)
+    waiting = []
+    for _ in range(64):
+        client = socket.socket(socket.AF_UNIX)
+        client.setblocking(False)
+        try:
+            client.connect(str(path))
+        except BlockingIOError:
+            client.close()
+            return live, waiting
+        waiting.append(client)
+    raise AssertionError("the backlog never filled")
+
+
+def test_a_live_listener_with_a_full_backlog_is_not_stolen(tmp_path):
+    path = tmp_path / "p.sock"
+    live, waiting = full_backlog(path)
+    try:
+        before = os.lstat(path)
+        with pytest.raises(UsageError, match="may be served by a live process"):
+            bind_unix(parse_endpoint(f"unix://{path}", listener=True))
+        after = os.lstat(path)
+        assert (after.st_dev, after.st_ino) == (before.st_dev, before.st_ino)
+    finally:
+        for client in waiting:
+            client.close()
+        live.close()
+
+
+def test_a_stale_file_is_still_replaced(tmp_path):
+    path = tmp_path / "p.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()  # the file stays; connect() is refused
+    sock, identity = bind(parse_endpoint(f"unix://{path}", listener=True))
+    try:
+        info = os.lstat(path)
+        assert identity == (info.st_dev, info.st_ino)
+    finally:
+        sock.close()
+
+
+def test_close_unlinks_only_its_own_file(tmp_path):
+    path = tmp_path / "p.sock"
+    endpoint = parse_endpoint(f"unix://{path}", listener=True)
+    sock, identity = bind(endpoint)
+    listener = Listener(sock, endpoint, NoLoop(), lambda *args: None, identity)
+    os.unlink(path)
+    successor = socket.socket(socket.AF_UNIX)  # another process took the path meanwhile
+    successor.bind(str(path))
+    try:
+        listener.close()
+        assert path.exists(), "Listener.close unlinked a socket it did not bind"
+    finally:
+        successor.close()
+
+
+def test_close_unlinks_its_own_file(tmp_path):
+    path = tmp_path / "p.sock"
+    endpoint = parse_endpoint(f"unix://{path}", listener=True)
+    sock, identity = bind(endpoint)
+    Listener(sock, endpoint, NoLoop(), lambda *args: None, identity).close()
+    assert not path.exists()
+
+
+def test_an_unreachable_path_is_one_usage_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(UsageError, match="cannot listen"):
+        bind_unix(parse_endpoint(f"unix://{blocker}/p.sock", listener=True))  # ENOTDIR at lstat
