@@ -211,6 +211,11 @@ class Learner:
             uses = self.used[client]
             if not uses:
                 notes.append(f"{client.label}: no profile learned: nothing it asked for was forwarded")
+                served = sorted(self.profiles.get(client, ()))
+                if len(served) == 1 and served[0] in profiles:  # Rule 3: it keeps what it had, and no
+                    kept.append(client.client_rule(len(entries), served[0]))  # learned address entry
+                    entries.append({"match": client.match(), "profile": served[0],  # takes it over
+                                    "comment": "kept by porthole --learn: nothing it asked for was forwarded"})
                 continue
             name, number = client.profile_stem(), 2
             while name in names:

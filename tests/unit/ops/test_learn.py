@@ -226,8 +226,23 @@ def test_a_client_with_only_refused_reads_gets_no_profile_and_names_collide_safe
     load_policy(json.dumps(document))
     assert "learned-uid-7" not in document["profiles"]
     assert "uid=7: no profile learned: nothing it asked for was forwarded" in notes
-    assert sorted((e["match"]["cert_cn"], e["profile"]) for e in document["clients"]) == [
+    assert sorted((e["match"].get("cert_cn"), e["profile"]) for e in document["clients"] if "cert_cn" in e["match"]) == [
         ("A_B", "learned-cn-a-b"), ("a-b", "learned-cn-a-b-2"), ("a.b", "learned-cn-a-b-3")]
+    assert [e["profile"] for e in document["clients"] if e["match"] == {"uid": 7}] == ["default"]  # kept as it was
+
+
+def test_a_client_that_learned_nothing_is_not_taken_over_by_a_learned_address():
+    """A mutual-TLS client (CN web) at 127.0.0.1 whose reads were all refused, and a plain client
+    at the same address that learned /info: the CN client keeps the profile it was served under,
+    rather than falling through to the address's learned profile (Learner Rule 3)."""
+    policy = load_document(RULES)
+    learner = Learner()
+    tls_client = ClientFacts(address=ipaddress.ip_address("127.0.0.1"), cert_cn="web")
+    record(learner, policy, tls_client, "/containers/x/top", forwarded=False)
+    record(learner, policy, ClientFacts(address=ipaddress.ip_address("127.0.0.1")), "/info")
+    document, _ = learner.document(policy)
+    learned = load_policy(json.dumps(document))
+    assert choose_profile(learned.clients, tls_client, "default")[0] == "default"
 
 
 def test_values_of_a_value_key_are_bounded():
