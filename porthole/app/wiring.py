@@ -4,9 +4,24 @@ shutdown. Each parsed request goes to app.dispatch.
 Invariants:
 Rule 1: a client's connection count goes up in one place (admit) and down in one place
         (client_closed); its stream count is Dispatch's (Dispatch Rule 2).
-Rule 2: a connection over --max-connections-per-client or --max-connections is still
-        accepted (up to REJECT_SLACK more) and gets a 503 that says why; past that the
-        listeners pause until a connection closes.
+Rule 2: admission never waits for a client and never pauses a listener (only running out of
+        descriptors does: Listener): a new connection is served, answered with a 503 or closed
+        at once, in this order (admit, make_room):
+        a. at --max-connections-per-client, the client's own quietest connection is closed to
+           make room. Quiet (connections.client.quiet_since): an idle keep-alive, part of a
+           head, a TLS handshake, a lingering close; the quietest is the one quiet longest;
+        b. at --max-connections, the quietest connection of the client with the most
+           connections (among those with a quiet one) is closed to make room;
+        c. a connection with a request in progress (ACTIVE, a stream) or an answer still
+           being delivered is never closed for this. With none quiet, the new connection gets
+           a 503 that says why, written at once, never after waiting for its request;
+        d. at most REJECT_SLACK such 503s are on their way at once; past that a connection
+           over a cap is closed at once, unanswered (RST).
+        The client is whom the caps count: the TCP address, or the uid on a unix listener.
+        A slowloris sharing the victim's address or uid thus only ever takes room from quiet
+        connections (its own, and the victim's idle keep-alives), and the victim's new
+        connection takes it back from the slowloris's (what came with a new connection is read
+        at once: a request sent with it never looks quiet).
 Rule 3: after SIGTERM/SIGINT nothing new is accepted; idle clients close, streams end now,
         finite answers get --shutdown-grace to be delivered; then whatever is left is aborted.
 """
@@ -14,19 +29,20 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import signal
 import socket
 import ssl
 import struct
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import h11
 
 from porthole import VERSION
-from porthole.app.dispatch import Dispatch, decrement
-from porthole.connections.client import ClientConnection
+from porthole.app.dispatch import Dispatch
+from porthole.connections.client import ClientConnection, evict, quiet_since, start
 from porthole.connections.exchange import Exchange
 from porthole.connections.listeners import Listener, bind
 from porthole.connections.pool import UpstreamPool
@@ -42,7 +58,7 @@ from porthole.runtime.metrics import Metrics
 from porthole.runtime.tls import TlsConfigError, TlsTransport, tls_server_context
 
 
-REJECT_SLACK = 64  # connections over --max-connections that may wait for their 503 at once
+REJECT_SLACK = 64  # connections over a cap whose 503 may be on its way at once (Rule 2d)
 
 
 class Proxy:
@@ -59,11 +75,12 @@ class Proxy:
         self.listeners: list[Listener] = []
         self.clients: set[ClientConnection] = set()
         self.served = 0  # clients not rejected by a cap
-        self.connections_per_client: dict[str, int] = {}
+        self.served_by_client: dict[str, dict[ClientConnection, None]] = {}  # identity -> its served, in accept order
         self.request_heads: dict[str, dict[bytes, h11.Request]] = {}  # profile -> RequestReader.remembered
         self.signals: SignalPipe | None = None
         self.stopping = False
         self.grace_timer = Timer(self.grace_over)
+        self.none_quiet_in_pass = -1  # the loop pass that found no quiet connection (quietest_of_the_busiest)
         self.rules_watcher: RulesWatcher | None = None
         if settings.watch_rules > 0 and not settings.dropin:
             self.rules_watcher = RulesWatcher(self.loop, settings.rules_path, settings.watch_rules,
@@ -287,35 +304,85 @@ class Proxy:
         client.reader.remembered = self.request_heads.setdefault(client.profile, {})
 
     def admit(self, sock: socket.socket, endpoint: Endpoint, peer: str, identity: str,
-              facts: ClientFacts = ClientFacts(), tls: TlsTransport | None = None) -> ClientConnection:
-        """A new client connection, served or (over a cap) answered with a 503."""
-        settings, count = self.settings, self.connections_per_client.get(identity, 0)
-        rejection = None
-        if count >= settings.max_connections_per_client:
-            rejection = (f"this client already has {count} connections open "
-                         f"(--max-connections-per-client {settings.max_connections_per_client})")
-        elif self.served >= settings.max_connections:
-            rejection = f"porthole has {self.served} connections open (--max-connections {settings.max_connections})"
-        client = ClientConnection(sock, self.loop, self, settings, endpoint, peer, identity, rejection, facts, tls)
+              facts: ClientFacts = ClientFacts(), tls: TlsTransport | None = None) -> ClientConnection | None:
+        """A new client connection: served, answered with a 503, or closed (Rule 2)."""
+        rejection = self.make_room(identity, peer)
+        if rejection is not None and len(self.clients) - self.served >= REJECT_SLACK:
+            self.log("warning", "connection_rejected", client=peer, reason=rejection,
+                     answered=False, note=f"{REJECT_SLACK} 503s are on their way already: closed at once")
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            sock.close()
+            return None
+        client = ClientConnection(sock, self.loop, self, self.settings, endpoint, peer, identity, rejection,
+                                  facts, tls)
         self.assign_profile(client)
         self.clients.add(client)
         if rejection is None:  # the rejected are bounded by REJECT_SLACK, not counted
             self.served += 1
-            self.connections_per_client[identity] = count + 1
+            self.served_by_client.setdefault(identity, {})[client] = None
         else:
             self.log("warning", "connection_rejected", client=peer, reason=rejection)
-        client.update_interest()
-        if len(self.clients) >= settings.max_connections + REJECT_SLACK:
-            for listener in self.listeners:
-                listener.pause()
+        start(client)  # over a cap: its 503 now (ClientConnection Rule 7)
         return client
+
+    def make_room(self, identity: str, peer: str) -> str | None:
+        """Room for one more connection of `identity` under both caps, closing one quiet
+        connection if that is what it takes (Rule 2a-c): None, or why there is none. A scan
+        for 2b that found nothing is not repeated within the loop pass (a burst of accepts)."""
+        settings, mine = self.settings, self.served_by_client.get(identity, {})
+        if len(mine) >= settings.max_connections_per_client:
+            cap = f"--max-connections-per-client {settings.max_connections_per_client}"
+            victim = quietest(mine)
+            if victim is None:
+                return f"this client already has {len(mine)} connections open ({cap})"
+            self.evict(victim, peer, cap)
+        if self.served >= settings.max_connections:
+            cap = f"--max-connections {settings.max_connections}"
+            victim = None if self.none_quiet_in_pass == self.loop.passes else quietest_of_the_busiest(
+                self.served_by_client)
+            if victim is None:
+                self.none_quiet_in_pass = self.loop.passes
+                return f"porthole has {self.served} connections open ({cap})"
+            self.evict(victim, peer, cap)
+        return None
+
+    def evict(self, victim: ClientConnection, newcomer: str, cap: str) -> None:
+        since = quiet_since(victim)
+        self.log("info", "connection_evicted", client=victim.peer, state=victim.state.value,
+                 quiet_seconds=None if since is None else round(self.loop.clock() - since, 3),
+                 reason=f"{cap}: room for a new connection from {newcomer}")
+        evict(victim, f"closed to make room ({cap})")
 
     def client_closed(self, client: ClientConnection) -> None:
         self.clients.discard(client)
         if client.rejection is None:
             self.served -= 1
-            decrement(self.connections_per_client, client.identity)
-        if len(self.clients) < self.settings.max_connections + REJECT_SLACK:
-            for listener in self.listeners:
-                if listener.paused and self.loop.wanted.get(listener) is None:
-                    listener.resume()
+            mine = self.served_by_client[client.identity]
+            del mine[client]
+            if not mine:
+                del self.served_by_client[client.identity]
+
+
+def quietest(connections: Iterable[ClientConnection]) -> ClientConnection | None:
+    """The connection quiet the longest (connections.client.quiet_since), or None if none is."""
+    best, since = None, math.inf
+    for connection in connections:
+        when = quiet_since(connection)
+        if when is not None and when < since:
+            best, since = connection, when
+    return best
+
+
+def quietest_of_the_busiest(served_by_client: dict[str, dict[ClientConnection, None]]) -> ClientConnection | None:
+    """The quietest connection of the client with the most connections, among the clients that
+    have a quiet one (Rule 2b); ties go to the one quiet longest. None if none is quiet."""
+    best, most, since = None, 0, math.inf
+    for connections in served_by_client.values():
+        if len(connections) < most:
+            continue
+        candidate = quietest(connections)
+        when = None if candidate is None else quiet_since(candidate)
+        if when is not None and (len(connections) > most or when < since):
+            best, most, since = candidate, len(connections), when
+    return best

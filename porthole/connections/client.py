@@ -21,6 +21,11 @@ Rule 6: on a TLS listener all bytes go through its TlsTransport (`wire`), and th
         of the accept, and a request whose bytes came with it continues that deadline. A
         failed handshake is reported to the owner (handshake_failed) and the connection
         closed: no HTTP is ever read from it.
+Rule 7: a connection over a cap (`rejection`) is answered with its 503 as soon as it can be
+        (at once; on TLS once the handshake completes), never after a request it would be
+        refused anyway: it never waits for a head (start). Only a quiet connection
+        (quiet_since) is ever closed to make room for another (evict), so no request and no
+        answer is ever cut for it.
 """
 from __future__ import annotations
 
@@ -115,7 +120,7 @@ class ClientConnection:
         self.listener = listener
         self.peer = peer
         self.identity = identity  # whom per-client limits count against
-        self.rejection = rejection  # over a connection cap: every request gets this 503
+        self.rejection = rejection  # over a connection cap: answered with this 503 at once (Rule 7)
         self.facts = facts  # who the peer is, for the `clients` entries of rules.json
         self.profile = listener.profile  # the owner assigns it (choose_profile), per connection
         self.client_rule: ClientRule | None = None  # ... and the entry that chose it
@@ -192,12 +197,12 @@ class ClientConnection:
             self.update_interest()
             return
         self.owner.client_identified(self)  # its certificate may choose its profile
-        if self.tls.buffered:  # type: ignore[union-attr]
+        if self.tls.buffered and self.rejection is None:  # type: ignore[union-attr]
             self.enter(ClientState.HEAD)  # request bytes came with the handshake (Rule 6)
             self.read()
         else:
             self.enter(ClientState.IDLE)
-            self.update_interest()
+            start(self)  # over a cap, its 503 now (Rule 7)
 
     def handshake_failed(self, reason: str) -> None:
         self.owner.handshake_failed(self, reason)
@@ -400,3 +405,51 @@ class ClientConnection:
                 self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.sock.close()
         self.owner.client_closed(self)
+
+
+# Admission's view of a connection (the owner's caps: app.wiring Rule 2)
+
+def start(client: ClientConnection) -> None:
+    """The owner has admitted `client` (and assigned its profile): watch its socket, and read
+    what came with the connection at once, so that a burst of newer connections from the same
+    client cannot take it for quiet (evict) before its first request is read. Over a cap, its
+    503 goes at once instead (Rule 7; on TLS, ClientConnection.handshake calls this once done)."""
+    if client.rejection is not None and client.state is ClientState.IDLE:
+        client.refuse(Refusal(503, client.rejection, close=True))
+        return
+    if client.tls is None:
+        client.read()  # a request sent with the connection is read now: it never looks quiet
+    client.update_interest()
+
+
+def quiet_since(client: ClientConnection) -> float | None:
+    """Since when `client` has held nothing its client waits for, if it holds nothing; None
+    otherwise. Quiet: IDLE with its last answer delivered (a keep-alive between requests; since
+    that answer left), HEAD with part of a head and nothing else (nothing queued, no whole
+    request waiting its turn; since the head began), HANDSHAKE (since the accept), LINGERING
+    (answered, FIN sent; since then). Never quiet: a request in progress (ACTIVE, streams
+    included), an answer still being delivered (DRAINING, or queued), a connection over a cap
+    (its 503), CLOSED."""
+    state = client.state
+    if client.rejection is not None or client.exchange is not None or client.out.buffer or client.wire.ciphertext:
+        return None
+    if state is ClientState.IDLE:
+        return max(client.entered, client.out.last_progress)
+    if state is ClientState.HEAD:
+        return None if client in client.loop.turns else client.head_since
+    if state is ClientState.HANDSHAKE:
+        return client.head_since
+    if state is ClientState.LINGERING:
+        return client.entered
+    return None
+
+
+def evict(client: ClientConnection, reason: str) -> None:
+    """Close a quiet `client` (quiet_since) at once, without lingering, to make room for a newer
+    connection (Rule 7). An idle keep-alive (close_notify first, on TLS) or a lingering close
+    gets FIN; part of a head or of a handshake gets RST."""
+    graceful = client.state is ClientState.IDLE or client.state is ClientState.LINGERING
+    if client.state is ClientState.IDLE:
+        with contextlib.suppress(OSError):
+            client.wire.close_write()
+    client.finish_close(rst=not graceful, reason=reason)

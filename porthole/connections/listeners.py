@@ -24,7 +24,8 @@ FileIdentity = tuple[int, int]  # (st_dev, st_ino): which file a path names
 
 class Listener:
     """A listening socket. Accepts at most ACCEPTS_PER_TURN connections a pass, so one busy
-    listener cannot starve the others; out of descriptors, it pauses briefly instead of spinning.
+    listener cannot starve the others; out of descriptors, it pauses briefly instead of spinning,
+    and for nothing else (admission never waits: app.wiring Rule 2).
     A socket that fails between accept() and its hand-over is closed, never leaked. A unix
     listener's path is unlinked at close only while it still names the socket bound here
     (`identity`): another process may have replaced it since."""

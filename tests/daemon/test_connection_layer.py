@@ -677,15 +677,25 @@ def test_a_run_of_refusals_closes_the_connection_but_mixed_traffic_does_not(star
     assert_served(p)
 
 
+def _stream(c):
+    """Open an /events stream on `c` (a request in progress: never closed to make room)."""
+    c.request("GET", "/v1.41/events")
+    head = c.read_head()
+    assert head.status == 200
+    return head
+
+
 def test_per_client_connection_cap(start_proxy, upstream):
+    """The ten connections hold streams: idle keep-alives would be closed to make room for the
+    eleventh instead (tests/daemon/test_fairness.py)."""
+    upstream.route("/events", fu.events(interval=0.1))
     p = start_proxy("--max-connections-per-client", 10)
-    clients = []
+    clients, heads = [], []
     try:
         for _ in range(10):
             c = HttpClient(p.addr)
             clients.append(c)
-            c.request("GET", "/_ping")
-            assert c.read_response().body == b"OK"
+            heads.append(_stream(c))
         with HttpClient(p.addr) as extra:
             extra.request("GET", "/_ping")
             try:
@@ -699,9 +709,8 @@ def test_per_client_connection_cap(start_proxy, upstream):
             other.request("GET", "/_ping")
             r = other.read_response()
             assert (r.status, r.body) == (200, b"OK")
-        for c in clients:          # the ten are still served
-            c.request("GET", "/_ping")
-            assert c.read_response().body == b"OK"
+        for c, head in zip(clients, heads):  # the ten are still served
+            assert c.read_chunk(head, timeout=5)
         clients.pop().close()      # one leaves: its slot is free again
         deadline = time.monotonic() + 5
         while True:
@@ -716,6 +725,8 @@ def test_per_client_connection_cap(start_proxy, upstream):
 
 
 def test_connection_over_max_connections_gets_503_not_silence(start_proxy, upstream):
+    """Every slot holds a stream: idle keep-alives would be closed to make room instead."""
+    upstream.route("/events", fu.events(interval=0.1))
     p = start_proxy("--max-connections", 20, "--max-connections-per-client", 15)
     clients = []
     try:
@@ -723,8 +734,7 @@ def test_connection_over_max_connections_gets_503_not_silence(start_proxy, upstr
             for _ in range(n):
                 c = client_from(source, p.addr)
                 clients.append(c)
-                c.request("GET", "/_ping")
-                assert c.read_response().body == b"OK"
+                _stream(c)
         with client_from("127.0.0.3", p.addr) as extra:
             started = time.monotonic()
             extra.request("GET", "/_ping")

@@ -225,15 +225,19 @@ def test_head_deadline_closes_slow_client(start_proxy, upstream):
 
 def test_max_connections_extra_connection_gets_503(start_proxy, upstream):
     """Over --max-connections a connection is answered at once (503, JSON, Connection: close)
-    rather than left silent in the backlog; once a slot frees up, new connections are served."""
+    rather than left silent in the backlog; once a slot frees up, new connections are served.
+    The two connections holding the slots have requests in progress (streams): an idle
+    keep-alive would be closed to make room instead (tests/daemon/test_fairness.py)."""
+    upstream.route("/events", fu.events(interval=0.1))
     p = start_proxy("--max-connections", 2)
-    c1 = HttpClient(p.addr)
-    c2 = HttpClient(p.addr)
-    extra = []
+    streams, heads, extra = [], [], []
     try:
-        for c in (c1, c2):
-            c.request("GET", "/_ping")
-            assert c.read_response().body == b"OK"
+        for _ in range(2):
+            c = HttpClient(p.addr)
+            streams.append(c)
+            c.request("GET", "/v1.41/events")
+            heads.append(c.read_head())
+            assert heads[-1].status == 200
         c3 = HttpClient(p.addr)
         extra.append(c3)
         c3.request("GET", "/v1.41/version")
@@ -242,11 +246,10 @@ def test_max_connections_extra_connection_gets_503(start_proxy, upstream):
         assert "--max-connections 2" in r3.json()["message"]
         assert (r3.header("connection") or "").lower() == "close"
         assert c3.wait_closed(timeout=5), "the rejected connection was not closed"
-        # both first connections still work
-        for c in (c1, c2):
-            c.request("GET", "/_ping")
-            assert c.read_response().body == b"OK"
-        c1.close()
+        # both streams go on
+        for c, head in zip(streams, heads):
+            assert c.read_chunk(head, timeout=5)
+        streams[0].close()
 
         def served():
             c = HttpClient(p.addr)
@@ -256,7 +259,7 @@ def test_max_connections_extra_connection_gets_503(start_proxy, upstream):
             return r.status == 200 and r.json()["Version"] == "24.0.7"
         assert wait_until(served, 5, interval=0.1), "a freed slot was never reused"
     finally:
-        for c in (c1, c2, *extra):
+        for c in (*streams, *extra):
             c.close()
     assert p.alive()
     # served again once the proxy has seen those closes (until then: 503, not silence)
