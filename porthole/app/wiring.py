@@ -29,20 +29,20 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import signal
 import socket
 import ssl
 import struct
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import h11
 
 from porthole import VERSION
+from porthole.app.admission import Served
 from porthole.app.dispatch import Dispatch
-from porthole.connections.client import ClientConnection, evict, quiet_since, start
+from porthole.connections.client import ClientConnection, start
 from porthole.connections.exchange import Exchange
 from porthole.connections.listeners import Listener, bind
 from porthole.connections.pool import UpstreamPool
@@ -74,13 +74,11 @@ class Proxy:
         self.pool = UpstreamPool(self.loop, settings, log, self.metrics)
         self.listeners: list[Listener] = []
         self.clients: set[ClientConnection] = set()
-        self.served = 0  # clients not rejected by a cap
-        self.served_by_client: dict[str, dict[ClientConnection, None]] = {}  # identity -> its served, in accept order
+        self.served = Served(settings, self.loop, log)  # the clients not over a cap (Rule 2a-c)
         self.request_heads: dict[str, dict[bytes, h11.Request]] = {}  # profile -> RequestReader.remembered
         self.signals: SignalPipe | None = None
         self.stopping = False
         self.grace_timer = Timer(self.grace_over)
-        self.none_quiet_in_pass = -1  # the loop pass that found no quiet connection (quietest_of_the_busiest)
         self.rules_watcher: RulesWatcher | None = None
         if settings.watch_rules > 0 and not settings.dropin:
             self.rules_watcher = RulesWatcher(self.loop, settings.rules_path, settings.watch_rules,
@@ -306,8 +304,8 @@ class Proxy:
     def admit(self, sock: socket.socket, endpoint: Endpoint, peer: str, identity: str,
               facts: ClientFacts = ClientFacts(), tls: TlsTransport | None = None) -> ClientConnection | None:
         """A new client connection: served, answered with a 503, or closed (Rule 2)."""
-        rejection = self.make_room(identity, peer)
-        if rejection is not None and len(self.clients) - self.served >= REJECT_SLACK:
+        rejection = self.served.make_room(identity, peer)
+        if rejection is not None and len(self.clients) - self.served.count >= REJECT_SLACK:
             self.log("warning", "connection_rejected", client=peer, reason=rejection,
                      answered=False, note=f"{REJECT_SLACK} 503s are on their way already: closed at once")
             with contextlib.suppress(OSError):
@@ -319,70 +317,13 @@ class Proxy:
         self.assign_profile(client)
         self.clients.add(client)
         if rejection is None:  # the rejected are bounded by REJECT_SLACK, not counted
-            self.served += 1
-            self.served_by_client.setdefault(identity, {})[client] = None
+            self.served.add(client)
         else:
             self.log("warning", "connection_rejected", client=peer, reason=rejection)
         start(client)  # over a cap: its 503 now (ClientConnection Rule 7)
         return client
 
-    def make_room(self, identity: str, peer: str) -> str | None:
-        """Room for one more connection of `identity` under both caps, closing one quiet
-        connection if that is what it takes (Rule 2a-c): None, or why there is none. A scan
-        for 2b that found nothing is not repeated within the loop pass (a burst of accepts)."""
-        settings, mine = self.settings, self.served_by_client.get(identity, {})
-        if len(mine) >= settings.max_connections_per_client:
-            cap = f"--max-connections-per-client {settings.max_connections_per_client}"
-            victim = quietest(mine)
-            if victim is None:
-                return f"this client already has {len(mine)} connections open ({cap})"
-            self.evict(victim, peer, cap)
-        if self.served >= settings.max_connections:
-            cap = f"--max-connections {settings.max_connections}"
-            victim = None if self.none_quiet_in_pass == self.loop.passes else quietest_of_the_busiest(
-                self.served_by_client)
-            if victim is None:
-                self.none_quiet_in_pass = self.loop.passes
-                return f"porthole has {self.served} connections open ({cap})"
-            self.evict(victim, peer, cap)
-        return None
-
-    def evict(self, victim: ClientConnection, newcomer: str, cap: str) -> None:
-        since = quiet_since(victim)
-        self.log("info", "connection_evicted", client=victim.peer, state=victim.state.value,
-                 quiet_seconds=None if since is None else round(self.loop.clock() - since, 3),
-                 reason=f"{cap}: room for a new connection from {newcomer}")
-        evict(victim, f"closed to make room ({cap})")
-
     def client_closed(self, client: ClientConnection) -> None:
         self.clients.discard(client)
         if client.rejection is None:
-            self.served -= 1
-            mine = self.served_by_client[client.identity]
-            del mine[client]
-            if not mine:
-                del self.served_by_client[client.identity]
-
-
-def quietest(connections: Iterable[ClientConnection]) -> ClientConnection | None:
-    """The connection quiet the longest (connections.client.quiet_since), or None if none is."""
-    best, since = None, math.inf
-    for connection in connections:
-        when = quiet_since(connection)
-        if when is not None and when < since:
-            best, since = connection, when
-    return best
-
-
-def quietest_of_the_busiest(served_by_client: dict[str, dict[ClientConnection, None]]) -> ClientConnection | None:
-    """The quietest connection of the client with the most connections, among the clients that
-    have a quiet one (Rule 2b); ties go to the one quiet longest. None if none is quiet."""
-    best, most, since = None, 0, math.inf
-    for connections in served_by_client.values():
-        if len(connections) < most:
-            continue
-        candidate = quietest(connections)
-        when = None if candidate is None else quiet_since(candidate)
-        if when is not None and (len(connections) > most or when < since):
-            best, most, since = candidate, len(connections), when
-    return best
+            self.served.remove(client)

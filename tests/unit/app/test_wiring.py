@@ -162,7 +162,7 @@ def test_at_the_per_client_cap_its_quietest_connection_makes_room(harness):
     evicted = h.events("connection_evicted")
     assert [x["state"] for x in evicted] == ["idle", "idle"]
     assert "--max-connections-per-client 3" in evicted[0]["reason"]
-    assert h.proxy.served == 3 and len(h.proxy.served_by_client["uid=0"]) == 3
+    assert h.proxy.served.count == 3 and len(h.proxy.served.by_client["uid=0"]) == 3
 
 
 def test_part_of_a_head_makes_room(harness):
