@@ -9,6 +9,7 @@ import json
 import socket
 
 import pytest
+from parts import read_available
 
 from porthole.app.settings import parse_settings
 from porthole.app.wiring import REJECT_SLACK, Proxy
@@ -102,7 +103,7 @@ class Harness:
             exchange.answer(200, "ok")
             self.run()
             assert client.state is ClientState.IDLE
-            received(self.peers[client])
+            read_available(self.peers[client])
 
     def events(self, name: str) -> list[dict]:
         return [e for e in map(json.loads, self.stream.getvalue().splitlines()) if e["event"] == name]
@@ -128,22 +129,6 @@ def harness():
         h.close()
 
 
-def received(peer: socket.socket) -> tuple[bytes, str | None]:
-    """What the test's end can read now: (bytes, None | "eof" | "reset"). A socketpair has no
-    RST: a reset reads as "eof" there (the process-level tests see RSTs on TCP)."""
-    data = bytearray()
-    while True:
-        try:
-            chunk = peer.recv(65536)
-        except BlockingIOError:
-            return bytes(data), None
-        except ConnectionResetError:
-            return bytes(data), "reset"
-        if not chunk:
-            return bytes(data), "eof"
-        data += chunk
-
-
 def test_at_the_per_client_cap_its_quietest_connection_makes_room(harness):
     h = harness("--max-connections-per-client", "3")
     a, peer_a = h.connect("uid=0")
@@ -153,11 +138,11 @@ def test_at_the_per_client_cap_its_quietest_connection_makes_room(harness):
     h.ping(b, answer=False)  # a request in progress: never closed to make room
     d, _ = h.connect("uid=0")
     assert d is not None and d.rejection is None
-    assert c.state is ClientState.CLOSED and received(peer_c)[1] == "eof"
+    assert c.state is ClientState.CLOSED and read_available(peer_c)[1] == "eof"
     assert a.state is ClientState.IDLE and b.state is ClientState.ACTIVE
     e, _ = h.connect("uid=0")
     assert e is not None and e.rejection is None
-    assert a.state is ClientState.CLOSED and received(peer_a)[1] == "eof"  # quiet longer than d
+    assert a.state is ClientState.CLOSED and read_available(peer_a)[1] == "eof"  # quiet longer than d
     assert b.state is ClientState.ACTIVE
     evicted = h.events("connection_evicted")
     assert [x["state"] for x in evicted] == ["idle", "idle"]
@@ -173,7 +158,7 @@ def test_part_of_a_head_makes_room(harness):
     assert slow.state is ClientState.HEAD
     new, _ = h.connect("10.0.0.1")
     assert new is not None and new.rejection is None
-    assert slow.state is ClientState.CLOSED and received(peer)[1] == "eof"
+    assert slow.state is ClientState.CLOSED and read_available(peer)[1] == "eof"
 
 
 def test_requests_in_progress_are_never_closed_and_the_503_goes_at_once(harness):
@@ -184,7 +169,7 @@ def test_requests_in_progress_are_never_closed_and_the_503_goes_at_once(harness)
     extra, peer = h.connect("uid=0")
     assert extra is not None and extra.rejection is not None
     h.run()
-    data, end = received(peer)  # the client never sent a request
+    data, end = read_available(peer)  # the client never sent a request
     assert data.startswith(b"HTTP/1.1 503 ") and b"--max-connections-per-client 2" in data
     assert b"Connection: close" in data and end == "eof"
     assert all(c.state is ClientState.ACTIVE for c in held)
@@ -218,7 +203,7 @@ def test_over_the_caps_beyond_the_slack_connections_close_at_once_and_nothing_pa
     assert len(answered) == REJECT_SLACK
     h.run()
     for client, peer in peers:
-        data, end = received(peer)
+        data, end = read_available(peer)
         if client is None:
             assert (data, end) == (b"", "eof")
         else:

@@ -141,11 +141,8 @@ def test_a_live_listener_with_a_full_backlog_is_not_stolen(tmp_path):
         live.close()
 
 
-def test_a_stale_file_is_still_replaced(tmp_path):
+def test_bind_gives_the_identity_of_the_file_it_made(tmp_path):
     path = tmp_path / "p.sock"
-    stale = socket.socket(socket.AF_UNIX)
-    stale.bind(str(path))
-    stale.close()  # the file stays; connect() is refused
     sock, identity = bind(parse_endpoint(f"unix://{path}", listener=True))
     try:
         info = os.lstat(path)
