@@ -15,7 +15,9 @@ Rule 3: what is read but not parsed is bounded (RequestReader), and so is the wo
 Rule 4: every exchange is reported to the owner exactly once (exchange_done), when its
         last byte is delivered or the connection closes, with the body bytes delivered.
 Rule 5: a finite answer stalled longer than --write-timeout aborts the client; a stream
-        never times out on writes (it pauses its source instead).
+        never times out on writes (it pauses its source instead). Bytes the TLS layer holds
+        for the socket count as stalled bytes too: a client that stops reading cannot hold its
+        connection in DRAINING with only a close_notify queued.
 Rule 6: on a TLS listener all bytes go through its TlsTransport (`wire`), and the TLS
         handshake counts against the head deadline: it must complete within --head-timeout
         of the accept, and a request whose bytes came with it continues that deadline. A
@@ -78,15 +80,20 @@ CLIENT_TRANSITIONS: Mapping[ClientState, frozenset[ClientState]] = {
 
 
 def client_deadline(state: ClientState, entered: float, head_since: float, out: OutputQueue,
-                    streaming: bool, settings: Settings) -> tuple[float | None, bool]:
+                    streaming: bool, settings: Settings, tls_queued: bool = False) -> tuple[float | None, bool]:
     """When a client's deadline falls, and whether it is the write-stall one. IDLE:
     --idle-timeout after the last answer was delivered; HANDSHAKE and HEAD: --head-timeout
     after the connection (TLS) or the head began; LINGERING: LINGER_SECONDS; in any open
     state, a finite answer queued but not moving for --write-timeout (a stream pauses its
-    source instead)."""
+    source instead), and so are bytes the TLS layer holds for the socket (`tls_queued`: a
+    close_notify in DRAINING, tickets, alerts), counted from when they could first have moved
+    (the state's start or the last progress)."""
     stall = None
-    if out.buffer and state is not ClientState.CLOSED and not streaming:
-        stall = out.last_progress + settings.write_timeout
+    if state is not ClientState.CLOSED and not streaming:
+        if out.buffer:
+            stall = out.last_progress + settings.write_timeout
+        elif tls_queued:
+            stall = max(entered, out.last_progress) + settings.write_timeout
     if state is ClientState.IDLE:
         own = None if out.buffer else max(entered, out.last_progress) + settings.idle_timeout
     elif state is ClientState.HEAD or state is ClientState.HANDSHAKE:
@@ -147,7 +154,8 @@ class ClientConnection:
 
     def deadline(self) -> tuple[float | None, bool]:
         streaming = self.exchange is not None and self.exchange.streaming
-        return client_deadline(self.state, self.entered, self.head_since, self.out, streaming, self.settings)
+        return client_deadline(self.state, self.entered, self.head_since, self.out, streaming, self.settings,
+                               bool(self.wire.ciphertext))
 
     def on_deadline(self, now: float) -> None:
         when, stalled = self.deadline()
@@ -331,17 +339,15 @@ class ClientConnection:
         for exchange in done:
             self.owner.exchange_done(exchange)
         if self.state is ClientState.DRAINING and not self.out.buffer:
-            try:
+            try:  # False: TLS, and close_notify still waits for the socket (Rule 5's deadline)
                 closed = self.wire.close_write()
             except OSError:
                 closed = True
-            if not closed:  # TLS: close_notify still waits for the socket
-                self.update_interest()
-                return
-            if self.reader.eof:
+            if closed and self.reader.eof:
                 self.finish_close(rst=False, reason=None)
                 return
-            self.enter(ClientState.LINGERING)
+            if closed:
+                self.enter(ClientState.LINGERING)
         if self.exchange is not None and self.exchange.source is not None and len(self.out.buffer) < CLIENT_LOW_WATER:
             self.exchange.source.resume(self.exchange)
         elif (self.exchange is None and self.state in (ClientState.IDLE, ClientState.HEAD)
