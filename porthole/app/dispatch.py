@@ -40,7 +40,9 @@ class Dispatch:
     Rule 2: a client's open streams are counted up here (on_request) and down here
             (exchange_done), and no client holds more than --max-streams-per-client.
     Rule 3: every exchange is logged and counted exactly once (exchange_done, which the
-            client connection calls once per exchange: ClientConnection Rule 4).
+            client connection calls once per exchange: ClientConnection Rule 4). Its log line
+            says how it ended ("complete", "client closed", "aborted"); the metrics count its
+            decision only (allow, would_deny, deny, error), a bounded set of labels.
     """
 
     def __init__(self, settings: Settings, policy: Policy, loop: Loop, pool: UpstreamPool, log: Log,
@@ -181,7 +183,8 @@ class Dispatch:
                      profile=facts.profile, client_rule=exchange.client_rule,
                      decision=exchange.outcome,
                      rule=decision.rule.label if decision and decision.would_deny is None else None,
-                     reason=exchange.reason, status=exchange.status, bytes=exchange.delivered,
+                     reason=exchange.reason, ended=exchange.ended or "complete",
+                     status=exchange.status, bytes=exchange.delivered,
                      duration_ms=int((self.loop.clock() - exchange.started) * 1e6) / 1000,  # (round() formats a string)
                      **filtered)
 

@@ -5,7 +5,8 @@ Its states are ClientState, its legal moves CLIENT_TRANSITIONS, changed in one p
 
 Invariants:
 Rule 1: a client is closed exactly once: gracefully (queue delivered, FIN, then closed
-        when it closes or LINGER_SECONDS pass) or aborted on purpose (RST, with a reason).
+        when it closes or LINGER_SECONDS pass) or aborted (RST, with a reason): on purpose,
+        or because the client closed or reset its end mid-exchange (abort(by_client=True)).
         A queued byte is never dropped behind a clean FIN.
 Rule 2: at most one exchange is active; the next request is parsed only once the answer to
         the last one is completely queued.
@@ -53,6 +54,9 @@ LINGER_SECONDS = 2.0  # how long a closing client may keep sending before we dro
 
 
 REQUESTS_PER_TURN = 4  # pipelined requests parsed per client per loop pass (fairness)
+
+
+CLIENT_LEFT = "client went away"  # the reason an answer its client closed on is cut short
 
 
 class ClientState(enum.Enum):
@@ -217,7 +221,7 @@ class ClientConnection:
         except BlockingIOError:
             return
         except OSError:
-            self.abort("client went away")
+            self.abort(CLIENT_LEFT, by_client=True)
             return
         if self.state in (ClientState.DRAINING, ClientState.LINGERING):
             if not data:
@@ -230,7 +234,7 @@ class ClientConnection:
         if not data and self.exchange is not None:
             # Gone mid-exchange (as nginx reads it): free the upstream at once rather than
             # hold a daemon connection, a stream slot and a connection slot for nobody.
-            self.abort("client went away")
+            self.abort(CLIENT_LEFT, by_client=True)
             return
         self.reader.add(data)
         if self.exchange is None:
@@ -334,7 +338,7 @@ class ClientConnection:
             self.wire.push()  # TLS handshake, ticket or alert bytes first
             done = self.out.send(self.wire)
         except OSError:
-            self.abort("client went away")
+            self.abort(CLIENT_LEFT, by_client=True)
             return
         for exchange in done:
             self.owner.exchange_done(exchange)
@@ -379,13 +383,14 @@ class ClientConnection:
         self.enter(ClientState.DRAINING)
         self.flush()
 
-    def abort(self, reason: str) -> None:
-        """On purpose: RST, so a truncated response never looks like a clean end."""
+    def abort(self, reason: str, by_client: bool = False) -> None:
+        """RST, so a truncated response never looks like a clean end: on purpose, or `by_client`
+        (it closed or reset its end first, or its socket failed: Exchange.cut_short)."""
         if self.exchange is not None:
-            self.exchange.cut_short(reason)
-        self.finish_close(rst=True, reason=reason)
+            self.exchange.cut_short(reason, by_client)
+        self.finish_close(rst=True, reason=reason, by_client=by_client)
 
-    def finish_close(self, rst: bool, reason: str | None) -> None:
+    def finish_close(self, rst: bool, reason: str | None, by_client: bool = False) -> None:
         if self.state is ClientState.CLOSED:
             return
         self.enter(ClientState.CLOSED)
@@ -398,7 +403,7 @@ class ClientConnection:
             self.out.end(exchange)
         for pending in self.out.settle():
             if pending.delivered < pending.body_bytes or pending is exchange:
-                pending.cut_short(reason or "client went away before the answer was delivered")
+                pending.cut_short(reason or "client went away before the answer was delivered", by_client)
             self.owner.exchange_done(pending)
         self.loop.forget(self.sock)
         if rst:

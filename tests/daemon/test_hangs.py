@@ -1,10 +1,11 @@
-"""Hangs that coalescing and finite answers could cause (issue "(2 of 5)", item 3): the proxy
-process in front of the recording fake daemon.
+"""Hangs that coalescing and finite answers could cause, and honest request logs (issue
+"(2 of 5)", items 3 and 17): the proxy process in front of the recording fake daemon.
 
 - a second `podman events` watcher got its first byte only when the first one left (libpod
   streams were taken for finite answers, and coalesced);
 - an identical request waited for as long as a stalled daemon answer lasted;
-- a finite answer that stopped moving mid-body was held forever."""
+- a finite answer that stopped moving mid-body was held forever;
+- a watcher that hung up was logged and counted as an error."""
 from __future__ import annotations
 
 import time
@@ -99,7 +100,8 @@ def test_a_finite_answer_that_stops_mid_body_is_cut_after_response_timeout(start
         assert answer.status == 200 and not answer.complete
         assert time.monotonic() - started < 4
     line = request_line(p, LIST)
-    assert line["decision"] == "error" and "--response-timeout 1" in line["reason"], line
+    assert (line["decision"], line["ended"]) == ("error", "aborted"), line
+    assert "--response-timeout 1" in line["reason"]
 
 
 def test_a_held_answer_that_stops_is_answered_504(start_proxy, upstream):
@@ -119,3 +121,18 @@ def test_a_held_answer_that_stops_is_answered_504(start_proxy, upstream):
     answer = fu.get(p.addr, f"/v1.41/containers/{cid}/json", timeout=8)
     assert answer.status == 504 and "--response-timeout 1" in answer.json()["message"]
     assert time.monotonic() - started < 4
+
+
+def test_a_watcher_that_hangs_up_is_logged_allow_and_client_closed(start_proxy, upstream):
+    upstream.route("/events", fu.events(interval=0.1))
+    port = support.free_port()
+    p = start_proxy("--metrics", f"tcp://127.0.0.1:{port}")
+    with HttpClient(p.addr, timeout=10) as watcher:  # docker events, then Ctrl-C
+        watcher.request("GET", "/v1.41/events")
+        head = watcher.read_head()
+        assert head.status == 200 and watcher.read_chunk(head)
+    line = request_line(p, "/v1.41/events")
+    assert (line["decision"], line["ended"], line["reason"]) == ("allow", "client closed", None), line
+    metrics = fu.get(("127.0.0.1", port), "/metrics").body.decode()
+    assert 'porthole_requests_total{profile="default",decision="allow",endpoint="/events"} 1' in metrics
+    assert 'decision="error"' not in metrics
