@@ -3,7 +3,7 @@
 A request's life here: decide_with_mode (its Decision cached per distinct request), the
 stream cap, plan_response_filter (its filters), then one of four sources (connections.sources):
 a Lookup first under a visible scope, a SharedStream for /events, a CoalescedRead for an
-identical finite GET, or a Relay of its own. exchange_done closes its life: counted in the
+identical GET known to be finite (decide.is_known_finite), or a Relay of its own. exchange_done closes its life: counted in the
 metrics, written to the log.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from porthole.connections.client import ClientConnection
 from porthole.connections.exchange import Exchange
 from porthole.connections.pool import UpstreamPool
 from porthole.connections.sources import CoalescedRead, Lookup, Relay, SharedStream
-from porthole.core.decide import Decision, decide_with_mode, forwarded_request, is_shareable
+from porthole.core.decide import Decision, decide_with_mode, forwarded_request, is_known_finite, is_shareable
 from porthole.core.filters import (DEFAULT_FILTERING, FilterPlan, Filtering, ObjectHidden, ResponseFilter,
                                    filter_transform, plan_response_filter, resolved_object)
 from porthole.core.policy import Policy
@@ -40,7 +40,9 @@ class Dispatch:
     Rule 2: a client's open streams are counted up here (on_request) and down here
             (exchange_done), and no client holds more than --max-streams-per-client.
     Rule 3: every exchange is logged and counted exactly once (exchange_done, which the
-            client connection calls once per exchange: ClientConnection Rule 4).
+            client connection calls once per exchange: ClientConnection Rule 4). Its log line
+            says how it ended ("complete", "client closed", "aborted"); the metrics count its
+            decision only (allow, would_deny, deny, error), a bounded set of labels.
     Rule 4: after a reload no stream goes on under rules that no longer hold: one whose client's
             profile, decision or filtering the new policy changes is ended (rules_changed); its
             client asks again and is decided under the new policy.
@@ -118,7 +120,7 @@ class Dispatch:
             exchange.transform = filter_transform(plan.filter, self.settings.max_filter_bytes)
         if is_shareable(facts.method, decision.target):
             self.join_stream(exchange, request)
-        elif (self.settings.coalesce and plan.method == facts.method == "GET" and not decision.streaming
+        elif (self.settings.coalesce and plan.method == facts.method == "GET" and is_known_finite(decision.target)
               and facts.profile not in self.policy.uncoalesced):
             self.coalesce(exchange, request)
         else:
@@ -158,13 +160,13 @@ class Dispatch:
             SharedStream(key, self.pool, self.shared_streams, request, self.join_stream).open(exchange)
 
     def coalesce(self, exchange: Exchange, request: h11.Request) -> None:
-        """A finite GET: joins an identical one not yet sent, or the one to follow it."""
+        """A GET known to be finite: joins an identical one not yet sent, or the one to follow it."""
         key = (request.target, tuple(request.headers.raw_items()))  # what the daemon is asked
         read = self.coalesced.get(key)
         if read is not None:
             read.join(exchange)
             return
-        read = CoalescedRead(key, self.pool, self.coalesced, request)
+        read = CoalescedRead(key, self.pool, self.coalesced, request, self.loop)
         read.join(exchange)
         read.start()
 
@@ -184,7 +186,8 @@ class Dispatch:
                      profile=facts.profile, client_rule=exchange.client_rule,
                      decision=exchange.outcome,
                      rule=decision.rule.label if decision and decision.would_deny is None else None,
-                     reason=exchange.reason, status=exchange.status, bytes=exchange.delivered,
+                     reason=exchange.reason, ended=exchange.ended or "complete",
+                     status=exchange.status, bytes=exchange.delivered,
                      duration_ms=int((self.loop.clock() - exchange.started) * 1e6) / 1000,  # (round() formats a string)
                      **filtered)
 

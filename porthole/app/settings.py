@@ -21,7 +21,8 @@ _NUMERIC_OPTIONS = (
     ("idle-timeout", float, 60.0, "seconds an idle keep-alive connection is kept"),
     ("write-timeout", float, 30.0, "seconds a finite response may stall on a client not reading"),
     ("connect-timeout", float, 5.0, "seconds to connect to the upstream"),
-    ("response-timeout", float, 120.0, "seconds the daemon has to start answering a finite request"),
+    ("response-timeout", float, 120.0, "seconds the daemon has to start answering, and at most between two bytes "
+                                       "of a finite answer's body"),
     ("max-connections-per-client", int, 256, "most connections open at once from one client "
                                               "(a TCP address, or a uid on unix sockets)"),
     ("shutdown-grace", float, 10.0, "seconds finite requests get to finish on SIGTERM"),

@@ -6,7 +6,8 @@
   pool.py        UpstreamPool: fresh or pooled daemon connections, and the daemon's address
   sources.py     Relay (one exchange's answer, daemon to client, with back-pressure), Lookup,
                  SharedStream (one /events subscription for many watchers), CoalescedRead
-                 (one finite GET answered once for every client that asked before it was sent)
+                 (one GET known to be finite answered once for every client that asked before
+                 it was sent; a later one waits a few seconds at most for an answer that stalls)
   listeners.py   Listener (accept with back-off), binding TCP and unix sockets
 app.wiring and app.dispatch wire them to the policy.
 """

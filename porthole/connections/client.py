@@ -5,7 +5,8 @@ Its states are ClientState, its legal moves CLIENT_TRANSITIONS, changed in one p
 
 Invariants:
 Rule 1: a client is closed exactly once: gracefully (queue delivered, FIN, then closed
-        when it closes or LINGER_SECONDS pass) or aborted on purpose (RST, with a reason).
+        when it closes or LINGER_SECONDS pass) or aborted (RST, with a reason): on purpose,
+        or because the client closed or reset its end mid-exchange (abort(by_client=True)).
         A queued byte is never dropped behind a clean FIN.
 Rule 2: at most one exchange is active; the next request is parsed only once the answer to
         the last one is completely queued.
@@ -15,7 +16,9 @@ Rule 3: what is read but not parsed is bounded (RequestReader), and so is the wo
 Rule 4: every exchange is reported to the owner exactly once (exchange_done), when its
         last byte is delivered or the connection closes, with the body bytes delivered.
 Rule 5: a finite answer stalled longer than --write-timeout aborts the client; a stream
-        never times out on writes (it pauses its source instead).
+        never times out on writes (it pauses its source instead). Bytes the TLS layer holds
+        for the socket count as stalled bytes too: a client that stops reading cannot hold its
+        connection in DRAINING with only a close_notify queued.
 Rule 6: on a TLS listener all bytes go through its TlsTransport (`wire`), and the TLS
         handshake counts against the head deadline: it must complete within --head-timeout
         of the accept, and a request whose bytes came with it continues that deadline. A
@@ -58,6 +61,9 @@ LINGER_SECONDS = 2.0  # how long a closing client may keep sending before we dro
 REQUESTS_PER_TURN = 4  # pipelined requests parsed per client per loop pass (fairness)
 
 
+CLIENT_LEFT = "client went away"  # the reason an answer its client closed on is cut short
+
+
 class ClientState(enum.Enum):
     HANDSHAKE = "handshake"  # TLS listeners: the handshake is under way, no HTTP yet
     IDLE = "idle"  # between requests: waiting for the first byte of the next head
@@ -83,15 +89,20 @@ CLIENT_TRANSITIONS: Mapping[ClientState, frozenset[ClientState]] = {
 
 
 def client_deadline(state: ClientState, entered: float, head_since: float, out: OutputQueue,
-                    streaming: bool, settings: Settings) -> tuple[float | None, bool]:
+                    streaming: bool, settings: Settings, tls_queued: bool = False) -> tuple[float | None, bool]:
     """When a client's deadline falls, and whether it is the write-stall one. IDLE:
     --idle-timeout after the last answer was delivered; HANDSHAKE and HEAD: --head-timeout
     after the connection (TLS) or the head began; LINGERING: LINGER_SECONDS; in any open
     state, a finite answer queued but not moving for --write-timeout (a stream pauses its
-    source instead)."""
+    source instead), and so are bytes the TLS layer holds for the socket (`tls_queued`: a
+    close_notify in DRAINING, tickets, alerts), counted from when they could first have moved
+    (the state's start or the last progress)."""
     stall = None
-    if out.buffer and state is not ClientState.CLOSED and not streaming:
-        stall = out.last_progress + settings.write_timeout
+    if state is not ClientState.CLOSED and not streaming:
+        if out.buffer:
+            stall = out.last_progress + settings.write_timeout
+        elif tls_queued:
+            stall = max(entered, out.last_progress) + settings.write_timeout
     if state is ClientState.IDLE:
         own = None if out.buffer else max(entered, out.last_progress) + settings.idle_timeout
     elif state is ClientState.HEAD or state is ClientState.HANDSHAKE:
@@ -152,7 +163,8 @@ class ClientConnection:
 
     def deadline(self) -> tuple[float | None, bool]:
         streaming = self.exchange is not None and self.exchange.streaming
-        return client_deadline(self.state, self.entered, self.head_since, self.out, streaming, self.settings)
+        return client_deadline(self.state, self.entered, self.head_since, self.out, streaming, self.settings,
+                               bool(self.wire.ciphertext))
 
     def on_deadline(self, now: float) -> None:
         when, stalled = self.deadline()
@@ -214,7 +226,7 @@ class ClientConnection:
         except BlockingIOError:
             return
         except OSError:
-            self.abort("client went away")
+            self.abort(CLIENT_LEFT, by_client=True)
             return
         if self.state in (ClientState.DRAINING, ClientState.LINGERING):
             if not data:
@@ -227,7 +239,7 @@ class ClientConnection:
         if not data and self.exchange is not None:
             # Gone mid-exchange (as nginx reads it): free the upstream at once rather than
             # hold a daemon connection, a stream slot and a connection slot for nobody.
-            self.abort("client went away")
+            self.abort(CLIENT_LEFT, by_client=True)
             return
         self.reader.add(data)
         if self.exchange is None:
@@ -331,22 +343,20 @@ class ClientConnection:
             self.wire.push()  # TLS handshake, ticket or alert bytes first
             done = self.out.send(self.wire)
         except OSError:
-            self.abort("client went away")
+            self.abort(CLIENT_LEFT, by_client=True)
             return
         for exchange in done:
             self.owner.exchange_done(exchange)
         if self.state is ClientState.DRAINING and not self.out.buffer:
-            try:
+            try:  # False: TLS, and close_notify still waits for the socket (Rule 5's deadline)
                 closed = self.wire.close_write()
             except OSError:
                 closed = True
-            if not closed:  # TLS: close_notify still waits for the socket
-                self.update_interest()
-                return
-            if self.reader.eof:
+            if closed and self.reader.eof:
                 self.finish_close(rst=False, reason=None)
                 return
-            self.enter(ClientState.LINGERING)
+            if closed:
+                self.enter(ClientState.LINGERING)
         if self.exchange is not None and self.exchange.source is not None and len(self.out.buffer) < CLIENT_LOW_WATER:
             self.exchange.source.resume(self.exchange)
         elif (self.exchange is None and self.state in (ClientState.IDLE, ClientState.HEAD)
@@ -378,13 +388,14 @@ class ClientConnection:
         self.enter(ClientState.DRAINING)
         self.flush()
 
-    def abort(self, reason: str) -> None:
-        """On purpose: RST, so a truncated response never looks like a clean end."""
+    def abort(self, reason: str, by_client: bool = False) -> None:
+        """RST, so a truncated response never looks like a clean end: on purpose, or `by_client`
+        (it closed or reset its end first, or its socket failed: Exchange.cut_short)."""
         if self.exchange is not None:
-            self.exchange.cut_short(reason)
-        self.finish_close(rst=True, reason=reason)
+            self.exchange.cut_short(reason, by_client)
+        self.finish_close(rst=True, reason=reason, by_client=by_client)
 
-    def finish_close(self, rst: bool, reason: str | None) -> None:
+    def finish_close(self, rst: bool, reason: str | None, by_client: bool = False) -> None:
         if self.state is ClientState.CLOSED:
             return
         self.enter(ClientState.CLOSED)
@@ -397,7 +408,7 @@ class ClientConnection:
             self.out.end(exchange)
         for pending in self.out.settle():
             if pending.delivered < pending.body_bytes or pending is exchange:
-                pending.cut_short(reason or "client went away before the answer was delivered")
+                pending.cut_short(reason or "client went away before the answer was delivered", by_client)
             self.owner.exchange_done(pending)
         self.loop.forget(self.sock)
         if rst:

@@ -33,6 +33,7 @@ class Exchange:
     status: int | None = None
     outcome: str = "allow"  # allow, would_deny (learn or warn mode), deny or error
     reason: str | None = None
+    ended: str | None = None  # None: complete; "client closed" or "aborted" (cut_short)
     body_bytes: int = 0  # body bytes queued for the client
     delivered: int = 0  # ... of which the client's socket accepted
     source: Any = None  # its one source of response bytes: a Relay or a SharedStream
@@ -194,9 +195,18 @@ class Exchange:
             return
         self.client.finish_exchange()
 
-    def cut_short(self, reason: str) -> None:
-        """Its connection closes before its answer was delivered: an "allow" is logged as an
-        "error", and the first reason given is kept."""
+    def cut_short(self, reason: str, by_client: bool = False) -> None:
+        """Its connection closes before its answer was delivered: it ended "client closed" (the
+        client closed or reset its end: `by_client`) or "aborted" (porthole reset it). A stream
+        its client closed ended as streams end: its decision stands, with no reason. Anything
+        else cut short turns an "allow" into an "error" with the reason: an answer porthole cut,
+        and a finite answer its client did not wait for (it has an end the client asked for and
+        did not get, often a client's time-out: a daemon too slow for its clients shows up as
+        errors). The first ending and the first reason given are kept."""
+        if self.ended is None:
+            self.ended = "client closed" if by_client else "aborted"
+        if self.ended == "client closed" and self.streaming:
+            return
         if self.outcome == "allow":
             self.outcome = "error"
         self.reason = self.reason or reason

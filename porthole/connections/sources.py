@@ -11,6 +11,11 @@ import h11
 from porthole.connections.exchange import Exchange
 from porthole.connections.pool import UpstreamPool
 from porthole.connections.upstream import UpstreamConnection, UpstreamState, upstream_error_message
+from porthole.runtime.loop import Loop
+
+
+FOLLOWER_PATIENCE_SECONDS = 3.0  # a coalesced read whose answer does not move for this long
+# while a follower waits behind it no longer holds that follower (CoalescedRead Rule 2)
 
 
 class Relay:
@@ -23,6 +28,8 @@ class Relay:
             connection (a body-less GET or HEAD is safe to repeat).
     Rule 4: before the response head a failure is answered (502, or 504 for the head timeout);
             after it, the client is aborted.
+    Rule 5: a finite answer (`finite`) has --response-timeout between two of its bytes
+            (UpstreamConnection's RECEIVING deadline); a stream has no such deadline.
     """
 
     def __init__(self, pool: UpstreamPool, exchange: Exchange, request: h11.Request) -> None:
@@ -32,6 +39,11 @@ class Relay:
         self.conn: UpstreamConnection | None = None
         self.retried = False
         exchange.source = self
+
+    @property
+    def finite(self) -> bool:
+        """(Rule 5) Read by the daemon connection at each request it sends."""
+        return not self.exchange.streaming
 
     def start(self, fresh: bool = False) -> None:
         try:
@@ -89,7 +101,10 @@ class Lookup(Relay):
             a name, a short ID or a rename in between cannot swap in another object.
     Rule 3: the daemon's answer is bounded by --max-filter-bytes; a failure or an answer that is
             not JSON ends the exchange with a 502: nothing is forwarded unchecked.
+    Rule 4: its own answer is finite, whatever the request it resolves for (Relay Rule 5).
     """
+
+    finite = True
 
     def __init__(self, pool: UpstreamPool, exchange: Exchange, request: h11.Request,
                  resolved: Callable[[int, Any], None]) -> None:
@@ -138,6 +153,8 @@ class SharedStream:
     Rule 4: every watcher is answered: the stream, a 502 when the subscription fails before its
             head (pending ones too), or an abort after.
     """
+
+    finite = False  # (Relay Rule 5) a stream: no deadline between its events
 
     def __init__(self, key: str, pool: UpstreamPool, registry: dict[str, SharedStream],
                  request: h11.Request, reopen: Callable[[Exchange], None]) -> None:
@@ -266,9 +283,14 @@ class CoalescedRead:
     Rule 2: per key (method, forwarded target and headers) at most one read is in flight and
             at most one waits behind it: the daemon never serves the same read twice at once
             while it moves, and a newcomer waits for at most the rest of one answer before its
-            own is sent. A read paused by a member that stopped reading (Rule 4) hands over at
-            once: its follower is sent, and newcomers join that one, so a client that stops
-            reading never holds up anyone else's identical read.
+            own is sent. A read that stops moving hands over: its follower is sent, and
+            newcomers join that one. At once when a member that stopped reading paused it
+            (Rule 4), so a client that stops reading never holds up anyone else's identical
+            read; after FOLLOWER_PATIENCE_SECONDS without a byte of its answer (none yet, or
+            none since the last) when the daemon stalls, so a stalled answer holds a later
+            identical request for a few seconds at most, never for as long as it lasts.
+            Only answers known to be finite are coalesced (decide.is_known_finite): a stream
+            moves, and would hold its follower forever.
     Rule 3: each member gets the head and every body chunk through its own exchange
             (send_head, send_body, end_body), so its profile's ResponseTransform filters its
             copy; the bytes are immutable, so sharing them shares nothing mutable.
@@ -280,17 +302,21 @@ class CoalescedRead:
             request, too, is sent after every member arrived.
     """
 
+    finite = True  # (Relay Rule 5) what is coalesced has an end
+
     def __init__(self, key: tuple, pool: UpstreamPool, registry: dict[tuple, CoalescedRead],
-                 request: h11.Request) -> None:
+                 request: h11.Request, loop: Loop | None = None) -> None:
         self.key = key
         self.pool = pool
         self.registry = registry  # key -> the read in flight (or about to be sent)
         self.request = request
+        self.loop = loop  # for the follower's patience (Rule 2); None: it waits for the end
         self.members: list[Exchange] = []
         self.follower: CoalescedRead | None = None  # who arrived after this one was sent
         self.conn: UpstreamConnection | None = None
         self.started = False
         self.retried = False
+        self.moved = 0.0  # when it was sent, or its answer last moved (Rule 2)
 
     @property
     def joinable(self) -> bool:
@@ -303,32 +329,52 @@ class CoalescedRead:
             self.members.append(exchange)
             return
         if self.follower is None:
-            self.follower = CoalescedRead(self.key, self.pool, self.registry, self.request)
+            self.follower = CoalescedRead(self.key, self.pool, self.registry, self.request, self.loop)
+            if self.loop is not None:  # (Rule 2) how long it may wait for this read
+                self.loop.set_deadline(self, self.moved + FOLLOWER_PATIENCE_SECONDS)
         self.follower.join(exchange)
 
     def start(self, fresh: bool = False) -> None:
-        self.registry[self.key] = self
+        self.registry.setdefault(self.key, self)  # (a retry after its hand-over stays out of it)
         self.started = True
+        if self.loop is not None:
+            self.moved = self.loop.clock()
         try:
             self.conn = self.pool.acquire(self, self.request, fresh=fresh)
         except OSError as exc:
             self.upstream_failed(None, 502, upstream_error_message(self.pool.endpoint, exc), False)
 
     def hand_over(self) -> None:
-        """This read is over (or has nobody left): the follower, if anyone still waits in it,
-        is sent now (Rule 2)."""
+        """This read is over, stalled or has nobody left: the follower, if anyone still waits in
+        it, is sent now (Rule 2)."""
         if self.registry.get(self.key) is self:
             del self.registry[self.key]
+        if self.loop is not None:
+            self.loop.cancel(self)
         follower, self.follower = self.follower, None
         if follower is not None and follower.members:
             follower.start()
 
+    def on_deadline(self, now: float) -> None:
+        """(Rule 2) A follower waits: hand over if the answer has not moved for the patience."""
+        if self.follower is None:
+            return
+        due = self.moved + FOLLOWER_PATIENCE_SECONDS
+        if due > now:
+            self.loop.set_deadline(self, due)  # type: ignore[union-attr]
+            return
+        self.hand_over()
+
     def upstream_head(self, conn: UpstreamConnection, head: h11.Response) -> None:
+        if self.loop is not None:
+            self.moved = self.loop.clock()
         for exchange in list(self.members):
             exchange.send_head(head)
         self.apply_backpressure(conn)
 
     def upstream_data(self, conn: UpstreamConnection, data: bytes) -> None:
+        if self.loop is not None:
+            self.moved = self.loop.clock()
         for exchange in list(self.members):
             exchange.send_body(data)
         self.apply_backpressure(conn)

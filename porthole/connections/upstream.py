@@ -14,7 +14,10 @@ Rule 3: a failure reaches the consumer exactly once (upstream_failed), then it i
 Rule 4: an answer wire.AnswerParser refuses (too many 1xx heads, both framings, control
         bytes in its head, malformed) is a failure (502), never relayed.
 Deadlines: CONNECTING --connect-timeout (502), AWAITING --response-timeout (504),
-IDLE POOL_IDLE_SECONDS (closed), RECEIVING none (the client side owns write stalls).
+IDLE POOL_IDLE_SECONDS (closed), RECEIVING: for a finite answer (its consumer's `finite`),
+--response-timeout without a byte of it while not paused (504; the consumer aborts a client
+that has the head already); for a stream, none. While paused, none: the client side owns write
+stalls, and the clock starts again on resume.
 """
 from __future__ import annotations
 
@@ -93,10 +96,11 @@ class UpstreamConnection:
         self.keep_alive = True  # ... as h11 saw the response head, when porthole frames the body
         self.outbuf = bytearray()
         self.state = UpstreamState.CONNECTING
-        self.entered = self.loop.clock()
+        self.moved = self.loop.clock()  # entered its state, or (RECEIVING) last had a byte of the answer
         self.consumer: Any = None
         self.reused = reused  # came from the idle pool: a failure before any byte may be retried
         self.received_any = False
+        self.finite = False  # the answer under way has an end: RECEIVING has a deadline
         self.paused = False
         self.method = b"GET"  # of the request under way
         self.body: BodyFraming | None = None  # set when porthole frames the body itself
@@ -114,7 +118,7 @@ class UpstreamConnection:
         self.arm()
 
     def arm(self) -> None:
-        self.entered = now = self.loop.clock()
+        self.moved = now = self.loop.clock()
         state = self.state
         if state is UpstreamState.AWAITING:
             self.loop.set_deadline(self, now + self.pool.settings.response_timeout)
@@ -122,6 +126,8 @@ class UpstreamConnection:
             self.loop.set_deadline(self, now + self.pool.settings.connect_timeout)
         elif state is UpstreamState.IDLE:
             self.loop.set_deadline(self, now + POOL_IDLE_SECONDS)
+        elif state is UpstreamState.RECEIVING and self.finite and not self.paused:
+            self.loop.set_deadline(self, now + self.pool.settings.response_timeout)  # each byte moves it
         else:
             self.loop.set_deadline(self, None)
         self.update_interest()
@@ -131,6 +137,7 @@ class UpstreamConnection:
         self.consumer = consumer
         self.send_error = None
         self.received_any = False
+        self.finite = getattr(consumer, "finite", False)  # the consumer says: an answer with an end
         self.paused = False
         self.method = request.method
         self.request = request
@@ -155,6 +162,12 @@ class UpstreamConnection:
         elif self.state is UpstreamState.AWAITING:
             self.fail(504, f"the daemon did not start answering within --response-timeout "
                            f"{self.pool.settings.response_timeout:g} s", "timeout")
+        elif self.state is UpstreamState.RECEIVING and self.finite and not self.paused:
+            if self.moved + self.pool.settings.response_timeout > now:  # a byte came since: not yet
+                self.loop.set_deadline(self, self.moved + self.pool.settings.response_timeout)
+            else:
+                self.fail(504, f"the daemon's answer stopped: no byte of it for --response-timeout "
+                               f"{self.pool.settings.response_timeout:g} s", "timeout")
         elif self.state is UpstreamState.IDLE:
             self.close()
 
@@ -179,7 +192,8 @@ class UpstreamConnection:
         except OSError as exc:
             self.fail(502, upstream_error_message(self.pool.endpoint, exc), "closed")
             return
-        self.received_any = self.received_any or bool(data)
+        if data:
+            self.received_any, self.moved = True, self.loop.clock()  # (RECEIVING's deadline moves)
         if self.body is None:
             if self.parser is None:
                 if self.state is UpstreamState.AWAITING and self.remembered_head(data):
@@ -299,12 +313,14 @@ class UpstreamConnection:
         self.parser, self.body, self.first_read, self.request = None, None, b"", None
 
     def pause(self) -> None:
-        self.paused = True
+        self.paused = True  # (RECEIVING's deadline does not run meanwhile: on_deadline)
         self.update_interest()
 
     def resume(self) -> None:
         if self.paused:
             self.paused = False
+            if self.state is UpstreamState.RECEIVING:
+                self.arm()  # its deadline's clock starts again
             self.loop.soon(self)  # first what h11 already holds, then read again
             self.update_interest()
 

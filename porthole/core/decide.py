@@ -83,16 +83,61 @@ def is_shareable(method: str, target: Target) -> bool:
 
 
 def is_streaming(target: Target) -> bool:
-    """Responses with no natural end: they get back-pressure but no write-stall timeout."""
-    last = target.segments[-1]
-    if target.segments == ("events",):
-        return True
-    if last == "logs":
-        return is_truthy(target.query_value("follow"))
-    if last == "stats" and target.segments[0] == "containers":
-        stream = target.query_value("stream")
+    """Responses with no natural end, in Docker's API and in Podman's own (libpod): they get
+    back-pressure but no write-stall or body-inactivity timeout, count against
+    --max-streams-per-client, end at once on shutdown, and are never coalesced.
+
+    Streams unless told otherwise: /events (Docker's always; libpod's unless stream=false) and
+    container stats unless stream=false (Docker's /containers/{id}/stats, libpod's
+    /libpod/containers/stats and /libpod/containers/{id}/stats). Streams when asked, in either
+    API: any GET with a true `follow` (logs) or `stream` (libpod's containers/{id}/top,
+    pods/{id}/top and pods/stats, whose default is false). So says Podman's swagger
+    (pkg/api/server/register_*.go: the GETs with a `stream` or `follow` parameter, and their
+    defaults).
+
+    This must stay exact both ways, for it decides more than coalescing: a finite answer taken
+    for a stream loses its write-stall and body timeouts and takes a stream slot; a stream taken
+    for a finite answer is cut by them. What may be coalesced is decided by is_known_finite,
+    which asks more."""
+    segments = target.segments
+    libpod = segments[0] == "libpod"
+    api = segments[1:] if libpod else segments  # the same shapes under /libpod
+    if not api:
+        return False
+    stream = target.query_value("stream")
+    if api == ("events",):
+        return not libpod or stream is None or is_truthy(stream)
+    if api[-1] == "stats" and api[0] == "containers":  # one container's, or libpod's for all
         return stream is None or is_truthy(stream)
-    return False
+    return is_truthy(stream) or is_truthy(target.query_value("follow"))
+
+
+# The last path segments (in either API) of answers known to be one finite document the daemon
+# builds and sends at once: lists, inspects, info, version, top, changes, history, one-shot
+# stats, logs not followed. And the swarm-era collections, listed or inspected (/networks,
+# /volumes/{name}, ...).
+_FINITE_LAST_SEGMENTS = frozenset({
+    "_ping", "version", "info", "json", "df", "top", "changes", "history", "exists", "stats", "logs",
+    "healthcheck", "search", "tree", "resolve", "showmounted",
+})
+_FINITE_COLLECTIONS = frozenset({"networks", "volumes", "nodes", "services", "tasks", "secrets", "configs",
+                                 "plugins", "swarm"})
+
+
+def is_known_finite(target: Target) -> bool:
+    """Whether the answer is known to be one finite document (_FINITE_LAST_SEGMENTS,
+    _FINITE_COLLECTIONS) and not a stream. Only these are coalesced: a coalesced read holds
+    every identical request that arrives after it was sent until it ends, so for coalescing
+    what is not known to be finite counts as a stream. Tarballs (export, archive, images/get),
+    shapes added to either API later, and anything else unknown get a daemon request each, as
+    streams do, while keeping the timeouts of a finite answer (is_streaming)."""
+    if is_streaming(target):
+        return False
+    segments = target.segments
+    api = segments[1:] if segments[0] == "libpod" else segments
+    if not api:
+        return False
+    return api[-1] in _FINITE_LAST_SEGMENTS or (api[0] in _FINITE_COLLECTIONS and len(api) <= 2)
 
 
 def decide(policy: Policy, facts: RequestFacts, allow_hosts: frozenset[str] = frozenset()) -> Decision:

@@ -306,9 +306,7 @@ def test_client_closing_during_active_exchange_cancels_source(env):
 # ---- Which client connections are quiet (connections.client.quiet_since), the only ones admission
 # may close to make room for a newer connection (issue "(2 of 5)", item 4): a keep-alive between
 # requests, part of a head, a handshake, a lingering close; never a request in progress or an
-# answer still being delivered. Socketpairs, a fake clock, a hand-driven Loop (tests/test_parts.py).
-
-GET = b"GET /info HTTP/1.1\r\nHost: x\r\n\r\n"
+# answer still being delivered. Socketpairs, a fake clock, a hand-driven Loop (tests/lib/parts.py).
 
 
 def test_a_new_connection_is_quiet_since_it_was_accepted(env):
