@@ -48,8 +48,9 @@ _HEX = "0123456789abcdefABCDEF"
 
 
 def _percent_decode(text: str, *, in_path: bool) -> str:
-    """Strict single percent-decoding. Refuses malformed escapes, NUL and control bytes;
-    in a path also '/', '%', '\\' and anything outside ASCII."""
+    """Strict single percent-decoding. Refuses malformed escapes, NUL and control bytes; in a
+    path also '/', '\\' and anything outside ASCII. (A decoded '%', or any other character a
+    name never holds, is refused by the caller: a segment must be a SAFE_SEGMENT.)"""
     if "%" not in text:
         raw = text.encode("ascii")
     else:
