@@ -240,7 +240,7 @@ _REDACTIONS_FOR = {
     "volume": {"volume-options", "host-paths"},
     "disk usage": {"env", "commands", "host-paths", "volume-options"},
     "info": set(),
-    "plugin": {"env"},
+    "plugin": {"env", "commands"},
     "config": {"config-data"},
     "network": set(),
     "generated": {"env", "log-options", "volume-options", "commands", "host-paths"},

@@ -25,7 +25,8 @@ REDACTIONS: Mapping[str, str] = {
     "volume-options": "volume driver options (a CIFS volume's password=), in volumes and in mounts",
     "exec-commands": "the command line of exec_create/exec_start events",
     "config-data": "the content of swarm configs (Spec.Data)",
-    "commands": "container command lines (Path, Args, Cmd, Entrypoint, healthcheck test, Command)",
+    "commands": "container command lines (Path, Args, Cmd, Entrypoint, healthcheck test, Command, Podman's "
+                "CreateCommand), a plugin's arguments",
     "host-paths": "host paths: mount sources, binds, storage-driver directories, log and volume paths",
 }
 # What a profile without "redact" removes. "commands" and "host-paths" are opt-in: `docker ps`
@@ -349,6 +350,9 @@ class ObjectFilter:
                 if _object(variable, f"{where}.Config.Env[{i}]").get("Value") not in ("", None):
                     variable["Value"] = ""
                     self.redacted += 1
+        if "commands" in self.redact:  # the plugin's arguments, as `docker plugin set` gave them
+            self._blank(_at(doc, "Settings"), "Args", where + ".Settings")
+            self._blank(_at(doc, "Config.Args"), "Value", where + ".Config.Args")
         return doc
 
     def config(self, doc: Any, where: str = "the answer") -> Any:

@@ -358,3 +358,13 @@ def test_property_no_value_survives_an_image_inspect(doc):
     assert not re.search(r"Zq[0-9]+Zq", json.dumps(once)), once
     twice, second = run(Filtering(), "image", once)
     assert twice == once and second.redacted == 0
+
+
+def test_a_plugins_arguments_are_a_command_line():
+    """`docker plugin set p args=...` and the plugin's configured args: removed with `commands`."""
+    plugin = {"Name": "p", "Settings": {"Env": [], "Args": ["--password", SECRET]},
+              "Config": {"Args": {"Name": "args", "Settable": ["value"], "Value": [f"--token={SECRET}"]}}}
+    out, f = run(Filtering(frozenset({"commands"})), "plugin", plugin)
+    assert SECRET not in json.dumps(out) and out["Settings"]["Args"] == [] and out["Config"]["Args"]["Value"] == []
+    assert plan(Filtering(frozenset({"commands"})), "/plugins/p/json").filter is not None
+    assert run(Filtering(), "plugin", plugin)[0] == plugin  # commands are opt-in
