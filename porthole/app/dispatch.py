@@ -8,6 +8,7 @@ metrics, written to the log.
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Iterable
 
 import h11
@@ -17,8 +18,10 @@ from porthole.connections.exchange import Exchange
 from porthole.connections.pool import UpstreamPool
 from porthole.connections.sources import CoalescedRead, Lookup, Relay, SharedStream
 from porthole.core.decide import Decision, decide_with_mode, forwarded_request, is_known_finite, is_shareable
-from porthole.core.filters import (DEFAULT_FILTERING, FilterPlan, Filtering, ObjectHidden, ResponseFilter,
-                                   filter_transform, plan_response_filter, resolved_object)
+from porthole.core.objects import Filtering, ObjectHidden
+from porthole.core.filters import (Ambiguous, AmongVisible, DEFAULT_FILTERING, FilterPlan, ResponseFilter,
+                                   daemon_error, filter_transform, plan_response_filter,
+                                   resolve_among_visible, resolved_object, visible_counts, visible_listing)
 from porthole.core.policy import Policy
 from porthole.core.rewrite import TransformError
 from porthole.core.target import Refusal, Target, canonicalize_target
@@ -29,6 +32,7 @@ from porthole.runtime.loop import Loop
 from porthole.runtime.metrics import Metrics
 
 
+REASONS = {400: b"Bad Request", 404: b"Not Found", 500: b"Internal Server Error"}  # (daemon_error's)
 MAX_CACHED_DECISIONS = 256  # distinct requests whose decisions are kept (then all are dropped)
 
 
@@ -112,8 +116,8 @@ class Dispatch:
             self.learning.record(client, facts.method, decision.target, forwarded=True)
         if decision.streaming:
             self.streams_per_client[client.identity] = self.streams_per_client.get(client.identity, 0) + 1
-        if plan.lookup is not None:
-            self.look_up(exchange, plan.lookup, filtering)
+        if plan.lookup is not None or plan.ask_first is not None:
+            self.look_up(exchange, plan, filtering)
             return
         if plan.filter is not None:
             exchange.filter = plan.filter
@@ -126,27 +130,114 @@ class Dispatch:
         else:
             Relay(self.pool, exchange, request).start()
 
-    def look_up(self, exchange: Exchange, kind: str, filtering: Filtering) -> None:
-        """A per-object request under a visible scope: resolve the object, then forward by ID."""
+    def look_up(self, exchange: Exchange, plan: FilterPlan, filtering: Filtering) -> None:
+        """Under a visible scope, ask the daemon first (a Lookup): which object a per-object request
+        names (then forward it by that object's full ID), an inspect's own answer (answered from
+        it, filtered), or the visible containers /info counts. An answer that depends on objects
+        the profile cannot see (an invisible object, an ambiguous name) is asked again among the
+        visible ones; a hidden object is answered exactly as the daemon answers a missing one."""
         target, facts = exchange.decision.target, exchange.facts  # type: ignore[union-attr]
-        at = 2 if target.segments[0] == "libpod" else 1  # the object's name, after its collection
+        libpod = target.segments[0] == "libpod"
+        if plan.ask_first == "visible containers":
+            self.count_visible(exchange, plan, filtering, libpod)
+            return
+        kind = plan.lookup or plan.ask_first
+        at = 2 if libpod else 1  # the object's name, after its collection
         name = target.segments[at]
-        exchange.filter = ResponseFilter(filtering, kind, name)
-        about = target.segments[:at + 1] + (("json",) if kind == "container" else ())
-        question = forwarded_request("GET", Target(target.version, about, ()), facts.headers)
+        inspect = plan.filter is not None  # the request is itself the question
+        exchange.filter = plan.filter or ResponseFilter(filtering, kind, name)  # type: ignore[arg-type]
+        about = target if inspect else Target(
+            target.version, target.segments[:at + 1] + (("json",) if kind == "container" else ()), ())
+        first = Lookup(self.pool, exchange, forwarded_request("GET", about, facts.headers), lambda *a: resolved(*a))
+
+        def forward(full_id: str) -> None:
+            by_id = Target(target.version, target.segments[:at] + (full_id,) + target.segments[at + 1:], target.query)
+            if inspect:
+                exchange.transform = filter_transform(plan.filter, self.settings.max_filter_bytes)  # type: ignore[arg-type]
+            Relay(self.pool, exchange, forwarded_request(plan.method, by_id, facts.headers)).start()
 
         def resolved(status: int, document: Any) -> None:
             try:
-                full_id = resolved_object(kind, name, status, document, filtering)
+                full_id = resolved_object(kind, name, status, document, filtering)  # type: ignore[arg-type]
+            except AmongVisible as asked:
+                listing = visible_listing(kind, libpod, target.version, filtering)  # type: ignore[arg-type]
+                Lookup(self.pool, exchange, forwarded_request("GET", listing, facts.headers),
+                       partial(listed, asked.ambiguous)).start()
+                return
+            except ObjectHidden:  # missing, or an error: the daemon's own answer (never a 2xx unfiltered)
+                if status < 400:
+                    exchange.transform_failed(TransformError(f"the daemon answered {status} about the object"))
+                else:
+                    answer_from(first)
+                return
             except TransformError as exc:
-                if isinstance(exc, ObjectHidden) and exc.status == 404:
-                    exchange.filter.hidden += 1  # type: ignore[union-attr]
                 exchange.transform_failed(exc)
                 return
-            forward = Target(target.version, target.segments[:at] + (full_id,) + target.segments[at + 1:], target.query)
-            Relay(self.pool, exchange, forwarded_request(facts.method, forward, facts.headers)).start()
+            if inspect:  # its own answer, about a visible object: filtered, not asked again
+                answer_from(first, plan.filter)
+            else:
+                forward(full_id)
 
-        Lookup(self.pool, exchange, question, resolved).start()
+        def listed(ambiguous: bool, status: int, document: Any) -> None:
+            try:
+                full_id = resolve_among_visible(kind, name, status, document, filtering)  # type: ignore[arg-type]
+            except ObjectHidden as hidden:
+                if ambiguous and isinstance(hidden, Ambiguous) and kind == "container":
+                    answer_from(first)  # still ambiguous: the daemon's answer names nothing but the name
+                else:
+                    self.answer_as_daemon(exchange, daemon_error(hidden, kind, name, _headers(first.head)),  # type: ignore[arg-type]
+                                          first.head, hidden.status == 404)
+                return
+            except TransformError as exc:
+                exchange.transform_failed(exc)
+                return
+            forward(full_id)
+
+        def answer_from(lookup: Lookup, response_filter: ResponseFilter | None = None) -> None:
+            if response_filter is not None:
+                exchange.transform = filter_transform(response_filter, self.settings.max_filter_bytes)
+            exchange.send_head(lookup.head)  # type: ignore[arg-type]
+            exchange.send_body(bytes(lookup.body))
+            exchange.end_body()
+
+        first.start()
+
+    def count_visible(self, exchange: Exchange, plan: FilterPlan, filtering: Filtering, libpod: bool) -> None:
+        """/info under a visible scope: its container counts are of the visible containers."""
+        target, facts = exchange.decision.target, exchange.facts  # type: ignore[union-attr]
+        exchange.filter = plan.filter
+        listing = visible_listing("container", libpod, target.version, filtering)
+
+        def counted(status: int, document: Any) -> None:
+            try:
+                plan.filter.counts = visible_counts(status, document, filtering)  # type: ignore[union-attr]
+            except TransformError as exc:
+                exchange.transform_failed(exc)
+                return
+            exchange.transform = filter_transform(plan.filter, self.settings.max_filter_bytes)  # type: ignore[arg-type]
+            Relay(self.pool, exchange, forwarded_request(plan.method, target, facts.headers)).start()
+
+        Lookup(self.pool, exchange, forwarded_request("GET", listing, facts.headers), counted).start()
+
+    def answer_as_daemon(self, exchange: Exchange, answer: tuple[int, bytes], like: h11.Response | None,
+                         hidden: bool) -> None:
+        """Answer as the daemon answers a missing or ambiguous name: its status and body
+        (daemon_error), under the headers of its own answer just before (`like`)."""
+        status, body = answer
+        if hidden:
+            exchange.filter.hidden += 1  # type: ignore[union-attr]
+            exchange.outcome, exchange.reason = "deny", "not visible to this profile, or missing"
+        headers = [(n, b"application/json" if n.lower() == b"content-type" else v)
+                   for n, v in (like.headers.raw_items() if like is not None else ())
+                   if n.lower() not in (b"content-length", b"transfer-encoding")]
+        if not any(n.lower() == b"content-type" for n, _ in headers):
+            headers.append((b"Content-Type", b"application/json"))
+        headers.append((b"Content-Length", str(len(body)).encode()))
+        exchange.transform = None
+        exchange.send_head(h11.Response(status_code=status, reason=REASONS.get(status, b""),
+                                        headers=headers, _parsed=True))
+        exchange.send_body(body)
+        exchange.end_body()
 
     def join_stream(self, exchange: Exchange, request: h11.Request | None = None) -> None:
         assert exchange.decision is not None
@@ -233,6 +324,10 @@ def rule_terms(decision: Decision) -> tuple:
     rule = decision.rule
     query = None if rule.query is None else sorted(rule.query.items())
     return rule.path, rule.methods, query, rule.dangerous, decision.would_deny is None
+
+
+def _headers(head: h11.Response | None) -> dict[str, str]:
+    return {} if head is None else {n.decode("latin-1").lower(): v.decode("latin-1") for n, v in head.headers.raw_items()}
 
 
 def decrement(counts: dict[str, int], key: str) -> None:

@@ -9,7 +9,8 @@ from typing import Any, Callable, TYPE_CHECKING
 import h11
 
 from porthole.core.decide import Decision, RequestFacts
-from porthole.core.filters import ObjectHidden, ResponseFilter
+from porthole.core.objects import ObjectHidden
+from porthole.core.filters import ResponseFilter
 from porthole.core.rewrite import ResponseRewriter, ResponseTransform, TransformError
 from porthole.core.target import Refusal
 from porthole.core.wire import BodyWriter, FramingError, client_keeps_alive, error_body, response_head

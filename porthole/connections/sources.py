@@ -11,6 +11,7 @@ import h11
 from porthole.connections.exchange import Exchange
 from porthole.connections.pool import UpstreamPool
 from porthole.connections.upstream import UpstreamConnection, UpstreamState, upstream_error_message
+from porthole.core.rewrite import TransformError
 from porthole.runtime.loop import Loop
 
 
@@ -91,17 +92,22 @@ class Relay:
 
 
 class Lookup(Relay):
-    """Asks the daemon which object a per-object request (logs, stats, top, ...) names before
-    forwarding it, so that a profile's visible scope is decided about the very object that will
-    answer: a Relay whose answer is kept, not relayed (its connection, retry and cancel are the
-    Relay's).
+    """Asks the daemon before answering under a visible scope (app.dispatch.look_up): which object
+    a per-object request (logs, stats, top, ...) names, an inspect's own answer, or the visible
+    objects, so that the scope is decided about the very object that will answer: a Relay whose
+    answer is kept, not relayed (its connection, retry and cancel are the Relay's).
 
-    Rule 1: until it resolves, the exchange's source is the Lookup; then its Relay, or an answer.
-    Rule 2: the request is then forwarded with the object's full ID as the daemon resolved it, so
-            a name, a short ID or a rename in between cannot swap in another object.
+    Rule 1: until it resolves, the exchange's source is the Lookup; then its Relay, another
+            Lookup, or an answer.
+    Rule 2: a request about an object is then forwarded with the object's full ID as the daemon
+            resolved it, so a name, a short ID or a rename in between cannot swap in another
+            object (or answered from the Lookup's own answer, when that answer is the inspect).
     Rule 3: the daemon's answer is bounded by --max-filter-bytes; a failure or an answer that is
-            not JSON ends the exchange with a 502: nothing is forwarded unchecked.
-    Rule 4: its own answer is finite, whatever the request it resolves for (Relay Rule 5).
+            not JSON ends the exchange with a 502 (a filter's failure: the Lookup is part of the
+            filtering): nothing is forwarded unchecked.
+    Rule 4: its head and body are kept as the daemon sent them (head, body): an answer made from
+            them is the daemon's, byte for byte, filtered like any other.
+    Rule 5: its own answer is finite, whatever the request it resolves for (Relay Rule 5).
     """
 
     finite = True
@@ -111,17 +117,18 @@ class Lookup(Relay):
         super().__init__(pool, exchange, request)
         self.resolved = resolved  # (status, parsed JSON or None), once the answer is complete
         self.status = 0
+        self.head: h11.Response | None = None
         self.body = bytearray()
 
     def upstream_head(self, conn: UpstreamConnection, head: h11.Response) -> None:
         self.status = head.status_code
+        self.head = head
 
     def upstream_data(self, conn: UpstreamConnection, data: bytes) -> None:
         self.body += data
         if len(self.body) > self.pool.settings.max_filter_bytes:
-            self.cancel(self.exchange)
-            self.exchange.fail(502, f"the daemon's answer about the object is over --max-filter-bytes "
-                                    f"{self.pool.settings.max_filter_bytes}")
+            self.exchange.transform_failed(TransformError(  # (cancels this Lookup first)
+                f"the daemon's answer about the object is over --max-filter-bytes {self.pool.settings.max_filter_bytes}"))
 
     def upstream_end(self, conn: UpstreamConnection) -> None:
         self.conn = None
@@ -130,7 +137,8 @@ class Lookup(Relay):
         try:
             document = json.loads(self.body) if self.body else None
         except (ValueError, RecursionError):
-            self.exchange.fail(502, f"the daemon's answer about the object (status {self.status}) is not JSON")
+            self.exchange.transform_failed(TransformError(
+                f"the daemon's answer about the object (status {self.status}) is not JSON"))
             return
         self.exchange.source = None
         self.resolved(self.status, document)

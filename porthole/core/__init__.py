@@ -16,6 +16,8 @@ opens with the invariants it enforces.
   wire.py     the bytes on either side: request heads parsed by h11, the request porthole
               writes to the daemon, the response heads and body framing it writes to clients,
               the daemon's bodies it frames.
+  redact.py   values inside text the daemon recorded: build steps (CreatedBy), command lines.
+  objects.py  what one object of an answer keeps: JSON shapes, labels, per-object redaction.
   filters.py  what a profile may see of an answer: redaction and label scopes (fail closed).
   rewrite.py  a filter applied to an answer's bytes, buffered and bounded (fail closed).
 """

@@ -3,271 +3,36 @@
 Allowing an endpoint is not allowing everything it returns. A profile's "redact" names what is
 removed from answers (secrets: environment values, log and volume driver options, exec
 command lines, ...); its "visible" scopes which containers, services and tasks exist for it at
-all. These are pure functions over parsed JSON; rewrite.py applies them to an answer's bytes,
-and Lookup (connections.sources) resolves an object before a request about it.
+all. These are pure functions over parsed JSON: objects.py filters one object (redact.py the
+text the daemon recorded in it: build steps, command lines), this module whole answers;
+rewrite.py applies them to an answer's bytes, and Lookup (connections.sources) asks the daemon
+before a request where the scope needs it.
 
 Invariants:
   1. A filter that cannot be applied (not JSON, an unexpected shape, over the bound) fails the
      answer: a 502, or an abort mid-stream. The unfiltered bytes never pass.
   2. Redaction keeps names and keys (tools that read them still work) and removes values.
-  3. An invisible object is answered as dockerd answers a missing one (404, same message).
+  3. An invisible object is answered as the daemon answers a missing one (404, same message),
+     and a name means what it would mean to the daemon if the invisible objects did not exist
+     (resolve_among_visible): a hidden object never changes an answer about a visible one.
+     What names or counts invisible objects in an answer about others (a network's containers,
+     /info's counts) is removed or counted again among the visible ones.
   4. Filtering is idempotent: a filtered answer filtered again is unchanged.
 """
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
+from porthole.core.objects import Filtering, ObjectFilter, ObjectHidden, _array, _at, _object, labels_match
 from porthole.core.rewrite import ResponseTransform, TransformError, event_bytes
-from porthole.core.target import CONTROL_BYTES, Refusal, SAFE_SEGMENT, Target
+from porthole.core.target import Refusal, SAFE_SEGMENT, Target
 
 
-REDACTIONS: Mapping[str, str] = {
-    "env": "environment variable values (containers, images, services, tasks, plugins): NAME= kept",
-    "log-options": "log driver options (splunk-token, awslogs credentials, ...): keys kept",
-    "volume-options": "volume driver options (a CIFS volume's password=), in volumes and in mounts",
-    "exec-commands": "the command line of exec_create/exec_start events",
-    "config-data": "the content of swarm configs (Spec.Data)",
-    "commands": "container command lines (Path, Args, Cmd, Entrypoint, healthcheck test, Command)",
-    "host-paths": "host paths: mount sources, binds, storage-driver directories, log and volume paths",
-}
-# What a profile without "redact" removes. "commands" and "host-paths" are opt-in: `docker ps`
-# shows COMMAND and `docker inspect` mounts, and neither is usually a secret.
-DEFAULT_REDACTIONS = frozenset({"env", "log-options", "volume-options", "exec-commands", "config-data"})
-Label = tuple[str, str | None]  # docker's label filter: ("key", None) or ("key", "value")
-
-
-@dataclass(frozen=True)
-class Filtering:
-    """A profile's response filtering."""
-
-    redact: frozenset[str] = DEFAULT_REDACTIONS
-    visible: tuple[Label, ...] = ()  # every label must match; () sees everything
-
-    def label_filters(self) -> list[str]:
-        return [key if value is None else f"{key}={value}" for key, value in self.visible]
-
-
-def parse_label_filter(text: str) -> Label:
-    """'key' or 'key=value', as docker's label filter; ValueError says what is wrong."""
-    key, equals, value = text.partition("=")
-    if not key or key != key.strip() or CONTROL_BYTES.search(text.encode("utf-8", "replace")):
-        raise ValueError(f"{text!r} is not a label filter (key or key=value)")
-    return key, value if equals else None
-
-
-def labels_match(labels: Any, wanted: Sequence[Label], where: str) -> bool:
-    labels = _object(labels, where)
-    return all(key in labels and (value is None or labels[key] == value) for key, value in wanted)
-
-
-class ObjectHidden(TransformError):
-    """The object is outside the profile's visible labels: answered as missing."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _object(value: Any, where: str) -> dict:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise TransformError(f"{where} is not a JSON object")
-    return value
-
-
-def _array(value: Any, where: str) -> list:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise TransformError(f"{where} is not a JSON array")
-    return value
-
-
-def _at(value: Any, path: str) -> Any:
-    """value['A']['B'] for path 'A.B'; None where a level is missing or null."""
-    where = ""
-    for key in path.split("."):
-        where = f"{where}.{key}" if where else key
-        value = _object(value, where or "the answer").get(key)
-        if value is None:
-            return None
-    return value
-
-
-class ResponseFilter:
-    """One exchange's filter: what it removes, and counts of what it removed for the log line."""
-
-    def __init__(self, filtering: Filtering, kind: str, name: str | None = None) -> None:
-        self.redact = filtering.redact
-        self.visible = filtering.visible
-        self.kind = kind
-        self.name = name  # the object as the client named it, for a 404's message
-        self.redacted = 0  # values removed
-        self.hidden = 0  # objects left out
-
-    # -- redaction primitives: each removes values in place and counts them
-
-    def _env(self, container: Any, key: str, where: str) -> None:
-        values = _array(_object(container, where).get(key), f"{where}.{key}")
-        for i, item in enumerate(values):
-            if not isinstance(item, str):
-                raise TransformError(f"{where}.{key}[{i}] is not a string")
-            name, equals, value = item.partition("=")
-            if equals and value:
-                values[i] = name + "="
-                self.redacted += 1
-
-    def _values(self, container: Any, key: str, where: str) -> None:
-        options = _object(_object(container, where).get(key), f"{where}.{key}")
-        for name, value in options.items():
-            if value not in ("", None):
-                options[name] = ""
-                self.redacted += 1
-
-    def _blank(self, container: Any, key: str, where: str) -> None:
-        """A string becomes "", an array [] (a command line; a host path)."""
-        container = _object(container, where)
-        value = container.get(key)
-        if isinstance(value, str) and value:
-            container[key] = ""
-        elif isinstance(value, list) and value:
-            container[key] = []
-        elif value not in (None, "", []):
-            raise TransformError(f"{where}.{key} is neither a string nor an array")
-        else:
-            return
-        self.redacted += 1
-
-    def _mounts(self, mounts: Any, where: str) -> None:
-        for i, mount in enumerate(_array(mounts, where)):
-            here = f"{where}[{i}]"
-            if "volume-options" in self.redact:
-                self._values(_at(mount, "VolumeOptions.DriverConfig"), "Options", here + ".VolumeOptions.DriverConfig")
-            if "host-paths" in self.redact:
-                self._blank(mount, "Source", here)
-
-    def _container_spec(self, spec: Any, where: str) -> None:
-        """A swarm service's or task's ContainerSpec."""
-        if "env" in self.redact:
-            self._env(spec, "Env", where)
-        if "commands" in self.redact:
-            self._blank(spec, "Command", where)
-            self._blank(spec, "Args", where)
-        self._mounts(_object(spec, where).get("Mounts"), where + ".Mounts")
-
-    def _task_spec(self, spec: Any, where: str) -> None:
-        self._container_spec(_object(spec, where).get("ContainerSpec"), where + ".ContainerSpec")
-        if "log-options" in self.redact:
-            self._values(_object(spec, where).get("LogDriver"), "Options", where + ".LogDriver")
-
-    # -- per kind of object
-
-    def container(self, doc: Any) -> Any:
-        """GET /containers/{id}/json (Docker's and libpod's)."""
-        if self.visible and not labels_match(_at(doc, "Config.Labels"), self.visible, "Config.Labels"):
-            self.hidden += 1
-            raise ObjectHidden(404, f"No such container: {self.name}")
-        config, host = _object(doc, "the answer").get("Config"), _at(doc, "HostConfig")
-        if "env" in self.redact:
-            self._env(config, "Env", "Config")
-        if "log-options" in self.redact:
-            self._values(_at(host, "LogConfig"), "Config", "HostConfig.LogConfig")
-        self._mounts(_object(host, "HostConfig").get("Mounts"), "HostConfig.Mounts")
-        if "commands" in self.redact:
-            for key in ("Path", "Args"):
-                self._blank(doc, key, "the answer")
-            for key in ("Cmd", "Entrypoint"):
-                self._blank(config, key, "Config")
-            test = _array(_at(config, "Healthcheck.Test"), "Config.Healthcheck.Test")
-            if len(test) > 1:  # ["CMD-SHELL", "curl -u user:secret ..."]: keep the kind
-                del test[1:]
-                self.redacted += 1
-        if "host-paths" in self.redact:
-            self._mounts(_object(doc, "the answer").get("Mounts"), "Mounts")
-            binds = _array(_object(host, "HostConfig").get("Binds"), "HostConfig.Binds")
-            for i, bind in enumerate(binds):
-                if not isinstance(bind, str):
-                    raise TransformError(f"HostConfig.Binds[{i}] is not a string")
-                if not bind.startswith(":"):
-                    binds[i] = ":" + bind.partition(":")[2]
-                    self.redacted += 1
-            self._values(_at(doc, "GraphDriver"), "Data", "GraphDriver")
-            for key in ("ResolvConfPath", "HostnamePath", "HostsPath", "LogPath"):
-                self._blank(doc, key, "the answer")
-        return doc
-
-    def container_summary(self, item: Any, where: str) -> bool:
-        """One entry of GET /containers/json (or /system/df's Containers); False: leave it out."""
-        if self.visible and not labels_match(_object(item, where).get("Labels"), self.visible, where + ".Labels"):
-            self.hidden += 1
-            return False
-        if "commands" in self.redact:
-            self._blank(item, "Command", where)
-        if "host-paths" in self.redact:
-            for i, mount in enumerate(_array(_object(item, where).get("Mounts"), where + ".Mounts")):
-                self._blank(mount, "Source", f"{where}.Mounts[{i}]")
-        return True
-
-    def image(self, doc: Any) -> Any:
-        for key in ("Config", "ContainerConfig"):
-            if "env" in self.redact:
-                self._env(_object(doc, "the answer").get(key), "Env", key)
-        if "host-paths" in self.redact:
-            self._values(_at(doc, "GraphDriver"), "Data", "GraphDriver")
-        return doc
-
-    def service(self, doc: Any, where: str = "the answer") -> bool:
-        if self.visible and not labels_match(_at(doc, "Spec.Labels"), self.visible, where + ".Spec.Labels"):
-            self.hidden += 1
-            return False
-        for spec in ("Spec", "PreviousSpec"):
-            template = _at(doc, spec + ".TaskTemplate")
-            self._task_spec(template, f"{where}.{spec}.TaskTemplate")
-        return True
-
-    def task(self, doc: Any, where: str = "the answer") -> bool:
-        labels = _at(doc, "Spec.ContainerSpec.Labels")
-        if self.visible and not labels_match(labels, self.visible, where + ".Spec.ContainerSpec.Labels"):
-            self.hidden += 1
-            return False
-        self._task_spec(_at(doc, "Spec"), where + ".Spec")
-        return True
-
-    def volume(self, doc: Any, where: str = "the answer") -> Any:
-        if "volume-options" in self.redact:
-            self._values(doc, "Options", where)
-        if "host-paths" in self.redact:
-            self._blank(doc, "Mountpoint", where)
-        return doc
-
-    def plugin(self, doc: Any, where: str = "the answer") -> Any:
-        if "env" in self.redact:
-            self._env(_at(doc, "Settings"), "Env", where + ".Settings")
-            for i, variable in enumerate(_array(_at(doc, "Config.Env"), where + ".Config.Env")):
-                if _object(variable, f"{where}.Config.Env[{i}]").get("Value") not in ("", None):
-                    variable["Value"] = ""
-                    self.redacted += 1
-        return doc
-
-    def config(self, doc: Any, where: str = "the answer") -> Any:
-        if "config-data" in self.redact:
-            self._blank(_at(doc, "Spec"), "Data", where + ".Spec")
-        return doc
-
-    def network(self, doc: Any, where: str = "the answer") -> Any:
-        """A visible scope hides which containers use a network: the entries carry no labels to
-        decide by, so all of them go (fail closed)."""
-        attached = _object(_object(doc, where).get("Containers"), where + ".Containers")
-        if self.visible and attached:
-            self.hidden += len(attached)
-            attached.clear()
-        return doc
-
-    # -- whole answers
+class ResponseFilter(ObjectFilter):
+    """One exchange's filter: a whole answer (document) or an event stream (event_line)."""
 
     def _list(self, doc: Any, keep: Callable[[Any, str], Any]) -> list:
         items = doc if isinstance(doc, list) else None
@@ -283,33 +48,91 @@ class ResponseFilter:
             return self._list(doc, self.container_summary)
         if kind == "image":
             return self.image(doc)
+        if kind == "pod":
+            self.pod(doc)
+            return doc
         if kind in ("service", "task"):
             if not getattr(self, kind)(doc):
                 raise ObjectHidden(404, f"{kind} {self.name} not found")
             return doc
-        if kind == "service list":
-            return self._list(doc, self.service)
-        if kind == "task list":
-            return self._list(doc, self.task)
+        if kind in ("service list", "task list", "pod list"):
+            return self._list(doc, getattr(self, kind.split()[0]))
+        if kind in ("image history", "image list"):
+            return self._list(doc, self.image_step if kind == "image history" else self.image_summary)
         if kind == "volume":
             return self.volume(doc)
         if kind == "volume list":
+            if isinstance(doc, list):  # libpod's /libpod/volumes/json
+                return self._list(doc, self.volume)
             for i, volume in enumerate(_array(_object(doc, "the answer").get("Volumes"), "Volumes")):
                 self.volume(volume, f"Volumes[{i}]")
             return doc
         if kind == "disk usage":
-            body = _object(doc, "the answer")
-            if body.get("Containers") is not None:
-                body["Containers"] = [c for i, c in enumerate(_array(body["Containers"], "Containers"))
-                                      if self.container_summary(c, f"Containers[{i}]")]
-            for i, volume in enumerate(_array(body.get("Volumes"), "Volumes")):
-                self.volume(volume, f"Volumes[{i}]")
-            return doc
+            return self.disk_usage(doc)
+        if kind == "info":
+            return self.info(doc)
         if kind in ("plugin", "config", "network"):
             return getattr(self, kind)(doc)
         if kind in ("plugin list", "config list", "network list"):
             return self._list(doc, getattr(self, kind.split()[0]))
+        if kind == "generated":  # a kube YAML or systemd units: env values in free text
+            raise TransformError("generated kube YAML, systemd units and quadlet files carry environment "
+                                 "values and command lines in free text: they cannot be filtered")
         raise TransformError(f"no filter for a {kind}")  # plan_response_filter names only the above
+
+    def disk_usage(self, doc: Any) -> Any:
+        """GET /system/df: its containers and volumes; the build cache's step descriptions (BuildKit
+        writes RUN lines with build-argument and ENV values substituted); under a visible scope,
+        what uses each image and volume counts visible containers only."""
+        body = _object(doc, "the answer")
+        listed = body.get("Containers")
+        if listed is not None:
+            body["Containers"] = listed = [c for i, c in enumerate(_array(listed, "Containers"))
+                                           if self.container_summary(c, f"Containers[{i}]")]
+        volumes = _array(body.get("Volumes"), "Volumes")
+        for i, volume in enumerate(volumes):
+            self.volume(volume, f"Volumes[{i}]")
+        if "env" in self.redact:
+            for i, record in enumerate(_array(body.get("BuildCache"), "BuildCache")):
+                self._blank(record, "Description", f"BuildCache[{i}]")
+        if not self.visible:
+            return doc
+        for i, image in enumerate(_array(body.get("Images"), "Images")):
+            image = _object(image, f"Images[{i}]")
+            if "Containers" in image:  # -1: not computed (the answer lists no containers)
+                ident = image.get("Id", image.get("ImageID"))
+                image["Containers"] = -1 if listed is None else sum(c.get("ImageID") == ident for c in listed)
+        for i, volume in enumerate(volumes):
+            volume = _object(volume, f"Volumes[{i}]")
+            name = volume.get("Name", volume.get("VolumeName"))
+            users = -1 if listed is None else sum(
+                any(_object(m, "Mounts[]").get("Type") == "volume" and m.get("Name") == name
+                    for m in _array(c.get("Mounts"), "Containers[].Mounts")) for c in listed)
+            usage = _object(volume.get("UsageData"), f"Volumes[{i}].UsageData")
+            if "RefCount" in usage:
+                usage["RefCount"] = users
+            if "Links" in volume:  # libpod's
+                volume["Links"] = max(users, 0)
+        return doc
+
+    def info(self, doc: Any) -> Any:
+        """GET /info (and libpod's): under a visible scope, the container counts are of visible
+        containers (counted just before: visible_counts)."""
+        if not self.visible:
+            return doc
+        if self.counts is None:
+            raise TransformError("the visible containers were not counted")
+        body = _object(doc, "the answer")
+        total, running, paused, stopped = self.counts
+        for key, value in (("Containers", total), ("ContainersRunning", running), ("ContainersPaused", paused),
+                           ("ContainersStopped", stopped)):
+            if key in body:
+                body[key] = value
+        store = _object(_at(doc, "store.containerStore"), "store.containerStore")
+        for key, value in (("number", total), ("running", running), ("paused", paused), ("stopped", stopped)):
+            if key in store:
+                store[key] = value
+        return doc
 
     def event_line(self, line: bytes) -> bytes:
         """event() on one line of /events, serialised. Its result depends on the line and this
@@ -359,10 +182,12 @@ class ResponseFilter:
         return event
 
 
-# Podman's /libpod/... twins answer in the same shapes for what is filtered here.
+# Podman's /libpod/... twins answer in the same shapes for what is filtered here, but list
+# volumes and networks at .../json and inspect them at .../{name}/json.
 def classify_for_filter(segments: Sequence[str]) -> tuple[str | None, str | None]:
     """(kind of answer to filter, object kind to resolve before forwarding) for a path."""
-    s = tuple(segments[1:]) if segments[:1] == ("libpod",) else tuple(segments)
+    libpod = segments[:1] == ("libpod",)
+    s = tuple(segments[1:]) if libpod else tuple(segments)
     head, n = s[0], len(s)
     if head == "containers":
         if s == ("containers", "json"):
@@ -377,17 +202,24 @@ def classify_for_filter(segments: Sequence[str]) -> tuple[str | None, str | None
         if n == 2:
             return single, None
         return None, (single if n >= 3 else None)
-    if head == "images" and n >= 3 and s[-1] == "json":
-        return "image", None
+    if head == "images":
+        if s == ("images", "json"):
+            return "image list", None
+        return ({"json": "image", "history": "image history"}.get(s[-1]) if n >= 3 else None), None
     if head == "plugins":
         return ("plugin list" if n == 1 else "plugin" if s[-1] == "json" else None), None
+    if head in ("volumes", "networks") and libpod:
+        single = head[:-1]
+        return (f"{single} list" if s[1:] == ("json",) else single if n == 3 and s[2] == "json" else None), None
     if head in ("volumes", "configs", "networks"):
         single = head[:-1]
         return (f"{single} list" if n == 1 else single if n == 2 else None), None
-    if s == ("system", "df"):
-        return "disk usage", None
-    if s == ("events",):
-        return "events", None
+    if head == "pods" and libpod:
+        return ("pod list" if s[1:] == ("json",) else "pod" if n == 3 and s[2] == "json" else None), None
+    if head == "generate" or (head == "quadlets" and s[-1] == "file"):
+        return "generated", None
+    if s in (("system", "df"), ("info",), ("events",)):
+        return {"system": "disk usage", "info": "info", "events": "events"}[head], None
     return None, None
 
 
@@ -397,17 +229,24 @@ _REDACTIONS_FOR = {
     "container": {"env", "log-options", "volume-options", "commands", "host-paths"},
     "container list": {"commands", "host-paths"},
     "image": {"env", "host-paths"},
+    "image history": {"env"},
+    "image list": set(),
     "service": {"env", "log-options", "volume-options", "commands", "host-paths"},
     "task": {"env", "log-options", "volume-options", "commands", "host-paths"},
+    "pod": {"env", "log-options", "commands"},
+    "pod list": set(),  # (no create command in the list)
     "volume": {"volume-options", "host-paths"},
-    "disk usage": {"commands", "host-paths", "volume-options"},
-    "plugin": {"env"},
+    "disk usage": {"env", "commands", "host-paths", "volume-options"},
+    "info": set(),
+    "plugin": {"env", "commands"},
     "config": {"config-data"},
     "network": set(),
+    "generated": {"env", "log-options", "volume-options", "commands", "host-paths"},
     "events": {"exec-commands"},
 }
+# ... and which name, count or hold objects a visible scope hides.
 _SCOPED = {"container", "container list", "service", "service list", "task", "task list", "disk usage",
-           "network", "network list", "events"}
+           "network", "network list", "events", "info", "image", "image list", "pod", "pod list"}
 
 
 @dataclass(frozen=True)
@@ -416,6 +255,10 @@ class FilterPlan:
     method: str  # a filtered HEAD is forwarded as GET, so its Content-Length is the filtered one
     filter: ResponseFilter | None  # None: relay the answer untouched
     lookup: str | None = None  # resolve this kind of object (segment after the collection) first
+    # Under a visible scope, what to ask the daemon before answering: "container", "service" or
+    # "task" (an inspect: its own answer is the question, asked again among the visible objects
+    # when it depends on invisible ones), or "visible containers" (counted for /info).
+    ask_first: str | None = None
 
 
 def plan_response_filter(filtering: Filtering, method: str, target: Target) -> FilterPlan:
@@ -434,7 +277,12 @@ def plan_response_filter(filtering: Filtering, method: str, target: Target) -> F
     if kind in ("container list", "service list") and filtering.visible:
         target = with_label_filters(target, filtering.label_filters())  # cheaper: dockerd filters too
     forwarded = "GET" if method == "HEAD" and kind != "events" else method
-    return FilterPlan(target, forwarded, ResponseFilter(filtering, kind, name))
+    ask_first = None
+    if filtering.visible and kind in ("container", "service", "task"):
+        ask_first = kind
+    elif filtering.visible and kind == "info":
+        ask_first = "visible containers"
+    return FilterPlan(target, forwarded, ResponseFilter(filtering, kind, name), None, ask_first)
 
 
 DEFAULT_FILTERING = Filtering()  # a profile without "redact" or "visible"
@@ -479,13 +327,49 @@ def with_label_filters(target: Target, labels: Sequence[str]) -> Target:
     return Target(target.version, target.segments, query)
 
 
+def missing_message(kind: str, name: str) -> str:
+    """dockerd's message for a missing container, service or task."""
+    return f"No such container: {name}" if kind == "container" else f"{kind} {name} not found"
+
+
+# The daemon's answer when a name is an ID prefix of several objects (dockerd before API 1.42:
+# 500 "Multiple IDs ..."; after: 400 "multiple IDs ..."; Podman: 404 "more than one result ...").
+_AMBIGUOUS = {"container": re.compile(r"(?i)multiple IDs found with provided prefix: |more than one result for container"),
+              "service": re.compile(r"service .* is ambiguous \([0-9]+ matches found\)$", re.DOTALL),
+              "task": re.compile(r"task .* is ambiguous \([0-9]+ matches found\)$", re.DOTALL)}
+
+
+class AmongVisible(ObjectHidden):
+    """The daemon's answer about a name depends on objects the profile cannot see: the name means
+    an invisible object, or is ambiguous. It is resolved again among the visible objects only
+    (visible_listing, resolve_among_visible). As an ObjectHidden it is a 404 about the name."""
+
+    def __init__(self, kind: str, name: str, ambiguous: bool) -> None:
+        super().__init__(404, missing_message(kind, name))
+        self.ambiguous = ambiguous  # the daemon found the name ambiguous (else: it means an invisible object)
+
+
+class Ambiguous(ObjectHidden):
+    """Several visible objects have IDs that start with the name: the daemon's ambiguity answer
+    (daemon_error), counting the visible ones only."""
+
+    def __init__(self, kind: str, name: str, count: int) -> None:
+        super().__init__(400, f"{kind} {name} is ambiguous ({count} matches found)")
+        self.count = count
+
+
 def resolved_object(kind: str, name: str, status: int, doc: Any, filtering: Filtering) -> str:
     """After Lookup asked the daemon about `name`: the full ID to forward the request with.
-    Raises ObjectHidden for a missing or invisible object, TransformError for a bad answer."""
-    if status == 404 or (status == 200 and not _visible_object(kind, doc, filtering)):
-        raise ObjectHidden(404, f"No such container: {name}" if kind == "container" else f"{kind} {name} not found")
+    Raises ObjectHidden for a missing object, AmongVisible when the answer depends on invisible
+    objects, TransformError for a bad answer."""
+    message = doc.get("message") if isinstance(doc, dict) else None
+    if status != 200 and isinstance(message, str) and _AMBIGUOUS[kind].match(message):
+        raise AmongVisible(kind, name, ambiguous=True)
+    if status == 404:
+        raise ObjectHidden(404, missing_message(kind, name))
+    if status == 200 and not _visible_object(kind, doc, filtering):
+        raise AmongVisible(kind, name, ambiguous=False)
     if status != 200:
-        message = _object(doc, "the answer").get("message") if isinstance(doc, dict) else None
         raise ObjectHidden(status if 400 <= status < 600 else 502,
                            message if isinstance(message, str) else f"the daemon answered {status}")
     full_id = _object(doc, "the answer").get("ID" if kind != "container" else "Id")
@@ -497,3 +381,97 @@ def resolved_object(kind: str, name: str, status: int, doc: Any, filtering: Filt
 def _visible_object(kind: str, doc: Any, filtering: Filtering) -> bool:
     labels = {"container": "Config.Labels", "service": "Spec.Labels", "task": "Spec.ContainerSpec.Labels"}[kind]
     return labels_match(_at(doc, labels), filtering.visible, labels)
+
+
+def visible_listing(kind: str, libpod: bool, version: str | None, filtering: Filtering) -> Target:
+    """What to ask the daemon for the objects of `kind` the profile can see. Its answer is checked
+    again (resolve_among_visible, visible_counts): the daemon is not trusted to filter."""
+    labels = json.dumps({"label": filtering.label_filters()}, separators=(",", ":"))
+    if kind == "container":
+        return Target(version, ("libpod",) * libpod + ("containers", "json"), (("all", "true"), ("filters", labels)))
+    if kind == "service":
+        return Target(version, ("services",), (("filters", labels),))
+    return Target(version, ("tasks",), ())  # a task's labels are its container's: dockerd cannot filter them
+
+
+_LISTED = {"container": ("Id", "Labels"), "service": ("ID", "Spec.Labels"), "task": ("ID", "Spec.ContainerSpec.Labels")}
+
+
+def _visible_items(kind: str, status: int, doc: Any, filtering: Filtering) -> list[dict]:
+    if status != 200:
+        raise TransformError(f"the daemon answered {status} to the list of {kind}s")
+    if not isinstance(doc, list):
+        raise TransformError(f"the list of {kind}s is not a JSON array")
+    labels = _LISTED[kind][1]
+    return [_object(item, f"[{i}]") for i, item in enumerate(doc)
+            if labels_match(_at(item, labels), filtering.visible, f"[{i}].{labels}")]
+
+
+def resolve_among_visible(kind: str, name: str, status: int, doc: Any, filtering: Filtering) -> str:
+    """The full ID `name` means among the visible objects (`doc`: the answer to visible_listing),
+    resolved as the daemon resolves a name: a full ID, then a name, then a unique ID prefix.
+    Raises ObjectHidden (404) when it means none, Ambiguous when several IDs start with it."""
+    found = []
+    for item in _visible_items(kind, status, doc, filtering):
+        ident = item.get(_LISTED[kind][0])
+        if not isinstance(ident, str) or not SAFE_SEGMENT.fullmatch(ident):
+            raise TransformError(f"a listed {kind} has no usable ID")
+        found.append((ident, _names(kind, item)))
+    for ident, names in found:
+        if ident == name:
+            return ident
+    for ident, names in found:
+        if name in names:
+            return ident
+    matches = [ident for ident, _ in found if ident.startswith(name)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise ObjectHidden(404, missing_message(kind, name))
+    raise Ambiguous(kind, name, len(matches))
+
+
+def _names(kind: str, item: dict) -> set[str]:
+    if kind == "container":  # dockerd's "/web" (and links' "/other/alias"), Podman's "web"
+        names = _array(item.get("Names"), "Names")
+        if not all(isinstance(name, str) for name in names):
+            raise TransformError("a listed container's Names are not strings")
+        return {name.removeprefix("/") for name in names}
+    name = _at(item, "Spec.Name") if kind == "service" else item.get("Name")  # a task's own name, if any
+    return {name} if isinstance(name, str) and name else set()
+
+
+def visible_counts(status: int, doc: Any, filtering: Filtering) -> tuple[int, int, int, int]:
+    """(all, running, paused, stopped) visible containers (`doc`: the answer to visible_listing),
+    counted as dockerd and Podman count them for /info: any other state is stopped."""
+    items = _visible_items("container", status, doc, filtering)
+    running = sum(item.get("State") == "running" for item in items)
+    paused = sum(item.get("State") == "paused" for item in items)
+    return len(items), running, paused, len(items) - running - paused
+
+
+def daemon_error(error: ObjectHidden, kind: str, name: str, headers: Mapping[str, str]) -> tuple[int, bytes]:
+    """The status and body the daemon answers a missing (or an ambiguous) name with, byte for byte:
+    Podman's (its answers carry Libpod-Api-Version) as its ErrorModel, dockerd's as {"message"}.
+    `headers`: those of the daemon's answer just before (lowercase names)."""
+    podman = "libpod-api-version" in headers
+    if isinstance(error, Ambiguous) and kind == "container":
+        if podman:
+            return 404, _podman_error("container already exists",
+                                      f"more than one result for container ID {name}: container already exists")
+        version = re.fullmatch(r"([0-9]+)\.([0-9]+)", headers.get("api-version", ""))
+        if version and (int(version.group(1)), int(version.group(2))) < (1, 42):
+            status, message = 500, f"Multiple IDs found with provided prefix: {name}"
+        else:
+            status, message = 400, f"multiple IDs found with provided prefix: {name}"
+    elif isinstance(error, Ambiguous):
+        status, message = 400, error.message
+    elif podman and kind == "container":
+        return 404, _podman_error("no such container", f'no container with name or ID "{name}" found: no such container')
+    else:
+        status, message = 404, missing_message(kind, name)
+    return status, json.dumps({"message": message}, separators=(",", ":")).encode() + b"\n"
+
+
+def _podman_error(cause: str, message: str) -> bytes:
+    return json.dumps({"cause": cause, "message": message, "response": 404}, separators=(",", ":")).encode() + b"\n"

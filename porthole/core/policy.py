@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from porthole.core.clients import ClientRule, load_client_rules
-from porthole.core.filters import (DEFAULT_FILTERING, DEFAULT_REDACTIONS, Filtering, Label, REDACTIONS,
-                                   parse_label_filter)
+from porthole.core.objects import DEFAULT_REDACTIONS, Filtering, Label, REDACTIONS, parse_label_filter
+from porthole.core.filters import DEFAULT_FILTERING
 from porthole.core.guards import (NEVER_FORWARDED, NEVER_TEMPLATES, Template, TemplateIndex,
                                   dangerous_overlaps, parse_template, templates_overlap)
 from porthole.core.target import QUERY_KEY, Target

@@ -18,7 +18,8 @@ from typing import Any, Callable, Mapping, Sequence
 import h11
 
 from porthole.connections.upstream import upstream_error_message
-from porthole.core.filters import DEFAULT_FILTERING, DEFAULT_REDACTIONS, REDACTIONS
+from porthole.core.objects import DEFAULT_REDACTIONS, REDACTIONS
+from porthole.core.filters import DEFAULT_FILTERING
 from porthole.core.guards import dangerous_overlaps
 from porthole.core.policy import Policy, Rule
 from porthole.ops.probe import blocking_get

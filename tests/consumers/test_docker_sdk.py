@@ -18,7 +18,8 @@ import pytest
 
 import support
 
-from porthole.core.filters import Filtering, ResponseFilter  # the filter the proxy applies, as the model
+from porthole.core.objects import Filtering
+from porthole.core.filters import ResponseFilter  # the filter the proxy applies, as the model
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(90)]
 

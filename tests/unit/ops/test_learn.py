@@ -17,7 +17,7 @@ from policies import WARN_RULES as RULES
 from porthole.app.settings import parse_settings
 from porthole.core.clients import ClientFacts, choose_profile
 from porthole.core.decide import RequestFacts, decide, decide_with_mode
-from porthole.core.filters import REDACTIONS
+from porthole.core.objects import REDACTIONS
 from porthole.core.guards import (
     NEVER_FORWARDED,
     dangerous_overlaps,
