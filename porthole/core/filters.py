@@ -116,8 +116,12 @@ class ResponseFilter(ObjectFilter):
         return doc
 
     def info(self, doc: Any) -> Any:
-        """GET /info (and libpod's): under a visible scope, the container counts are of visible
-        containers (counted just before: visible_counts)."""
+        """GET /info (and libpod's): a swarm manager's default log driver options go with
+        log-options (a splunk-token there reaches every task); under a visible scope, the
+        container counts are of visible containers (counted just before: visible_counts)."""
+        if "log-options" in self.redact:
+            where = "Swarm.Cluster.Spec.TaskDefaults.LogDriver"
+            self._values(_at(doc, where), "Options", where)
         if not self.visible:
             return doc
         if self.counts is None:
@@ -237,7 +241,7 @@ _REDACTIONS_FOR = {
     "pod list": set(),  # (no create command in the list)
     "volume": {"volume-options", "host-paths"},
     "disk usage": {"env", "commands", "host-paths", "volume-options"},
-    "info": set(),
+    "info": {"log-options"},  # a swarm manager's task defaults (ResponseFilter.info)
     "plugin": {"env", "commands"},
     "config": {"config-data"},
     "network": set(),

@@ -330,12 +330,39 @@ def plan(filtering, target, method="GET"):
 def test_unfiltered_answers_are_relayed_untouched():
     """The default profile buffers nothing it has nothing to remove from."""
     default = Filtering()
-    for target in ["/v1.41/containers/json?all=1", "/_ping", "/info", "/containers/x/logs", "/images/json",
+    for target in ["/v1.41/containers/json?all=1", "/_ping", "/containers/x/logs", "/images/json",
                    "/networks/n"]:
         p = plan(default, target)
         assert p.filter is None and p.lookup is None, target
     assert plan(Filtering(frozenset()), "/containers/x/json").filter is None
     assert plan(Filtering(frozenset()), "/events").filter is None
+    assert plan(Filtering(frozenset({"env"})), "/info").filter is None  # only log-options reaches /info
+
+
+SWARM_INFO = {"ID": "x", "Containers": 2, "Swarm": {"NodeID": "n", "LocalNodeState": "active", "Cluster": {
+    "ID": "c", "Spec": {"Name": "default", "TaskDefaults": {"LogDriver": {
+        "Name": "splunk", "Options": {"splunk-token": "hunter2", "splunk-url": "https://splunk:8088"}}},
+        "CAConfig": {"NodeCertExpiry": 7776000000000000}}}}}
+
+
+def test_a_swarm_managers_default_log_driver_options_are_redacted_from_info():
+    """Issue "(2 of 5)", a sibling of item 1 (the hunt the issue asks for): /info on a swarm
+    manager carries Swarm.Cluster.Spec.TaskDefaults.LogDriver.Options, the log driver options
+    every task gets (a splunk-token), and the default profile relayed /info untouched."""
+    p = plan(Filtering(), "/v1.41/info")
+    assert p.filter is not None and p.filter.kind == "info"
+    out = p.filter.document(copy.deepcopy(SWARM_INFO))
+    options = out["Swarm"]["Cluster"]["Spec"]["TaskDefaults"]["LogDriver"]["Options"]
+    assert options == {"splunk-token": "", "splunk-url": ""} and p.filter.redacted == 2
+    assert out["Swarm"]["Cluster"]["Spec"]["TaskDefaults"]["LogDriver"]["Name"] == "splunk"
+    again = plan(Filtering(), "/v1.41/info").filter
+    assert again.document(copy.deepcopy(out)) == out and again.redacted == 0  # idempotent
+
+
+def test_info_of_a_daemon_outside_a_swarm_is_unchanged():
+    plain = {"ID": "x", "Containers": 2, "Swarm": {"NodeID": "", "LocalNodeState": "inactive"}}
+    f = plan(Filtering(), "/info").filter
+    assert f.document(copy.deepcopy(plain)) == plain and f.redacted == 0
 
 
 def test_filtered_answers_and_head_as_get():
