@@ -248,3 +248,18 @@ class Consumer:
 
     def upstream_failed(self, conn, status, message, retryable):
         self.failed.append((status, message, retryable))
+
+
+def send_until_paused(env: Env, daemon_end: socket.socket, data: bytes, conn, rounds: int = 200) -> memoryview:
+    """Send `data` from the daemon's end of a socketpair, running the loop, until the upstream
+    connection `conn` pauses (its client does not read) or `rounds` passes; what is left unsent."""
+    pending = memoryview(data)
+    for _ in range(rounds):
+        try:
+            pending = pending[daemon_end.send(pending):]
+        except BlockingIOError:
+            pass
+        env.run()
+        if conn.paused:
+            break
+    return pending

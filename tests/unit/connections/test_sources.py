@@ -26,6 +26,7 @@ from parts import (
     parse_responses,
     read_available,
     relay_handler,
+    send_until_paused,
     serve_one,
 )
 
@@ -150,16 +151,8 @@ def test_relay_client_that_stops_reading_is_aborted_after_write_timeout(env, dae
     body = b"q" * (4 << 20)
     srv = daemon.accept()
     read_available(srv)
-    pending = memoryview(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
     conn = relays[0].conn
-    for _ in range(200):
-        try:
-            pending = pending[srv.send(pending):]
-        except BlockingIOError:
-            pass
-        env.run()
-        if conn.paused:
-            break
+    send_until_paused(env, srv, b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body, conn)
     assert conn.paused and client.state is ClientState.ACTIVE
     env.clock.now += env.settings.write_timeout + 1
     env.run(2)
@@ -1294,16 +1287,8 @@ def test_an_answer_paused_by_a_slow_client_is_not_the_daemons_fault(timed):
     read_available(srv)
     srv.setblocking(False)
     body = b"[" + b"0," * (2 << 20) + b"0]"
-    pending = memoryview(head(len(body)) + body)
     conn = next(iter(world.dispatch.coalesced.values())).conn
-    for _ in range(200):
-        try:
-            pending = pending[srv.send(pending):]
-        except BlockingIOError:
-            pass
-        env.run()
-        if conn.paused:
-            break
+    send_until_paused(env, srv, head(len(body)) + body, conn)
     assert conn.paused and conn.state is UpstreamState.RECEIVING
     for _ in range(4):
         env.clock.now += 7
