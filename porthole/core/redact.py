@@ -34,7 +34,7 @@ _ASSIGNMENT = re.compile(r"[^\s=]+=")  # NAME= at the start of a word
 def redact_build_step(text: str) -> str:
     """A history entry's CreatedBy (or an ONBUILD trigger) without ENV, ARG and build-argument
     values: `ENV A=x B=y` -> `ENV A=`, `ARG A B=x` -> `ARG A B=`, `ENV K legacy value` -> `ENV K=`,
-    `|2 A=x B=y /bin/sh -c make` -> `|2 A= B= /bin/sh -c make`."""
+    `|2 A=x B=y /bin/sh -c make` -> `|2 A= /bin/sh -c make`."""
     kept = ""  # what is already read and needs nothing removed (a loop: no recursion to exhaust)
     while True:
         found = _BUILD_ARGS.match(text)
@@ -60,9 +60,10 @@ def _without_build_args(text: str, found: re.Match) -> str:
         return head  # the command cannot be told from the values: neither is kept
     values, command = rest[:shell], rest[shell:]
     words = values[1:].split(" ") if values.startswith(" ") else None
-    if words is not None and len(words) == count and all(_ASSIGNMENT.match(word) for word in words):
-        # N words for N arguments: no value holds a space, so each word is one NAME=value
-        return head + "".join(" " + word.partition("=")[0] + "=" for word in words) + command
+    if words is not None and count >= 1 and _ASSIGNMENT.match(words[0]):
+        # Only the first name: N words need not be N arguments (Buildah counts words), so a later
+        # "NAME=" may be a value's words (`|2 A= X=`, from A=" X="): Invariant 1
+        return head + " " + words[0].partition("=")[0] + "=" + command
     return head + command
 
 

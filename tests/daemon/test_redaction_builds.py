@@ -143,8 +143,9 @@ def test_history_keeps_the_names(built):
     assert "/bin/sh -c #(nop)  ENV DB_PASSWORD=" in steps and "/bin/sh -c #(nop)  ENV LEGACY=" in steps
     assert "/bin/sh -c #(nop)  ARG DEFAULTED=" in steps and "/bin/sh -c #(nop)  ARG BUILD_TOKEN" in steps
     assert "/bin/sh -c #(nop)  ONBUILD ENV ONB=" in steps
-    assert "|2 BUILD_TOKEN= DEFAULTED= /bin/sh -c echo $BUILD_TOKEN $DEFAULTED > /dev/null" in steps
-    assert "|2 /bin/sh -c echo $BUILD_TOKEN $DEFAULTED > /dev/null" in spaced  # a value held a space
+    # only the first build argument's name: a later NAME= may be a value's words (redact.py)
+    assert "|2 BUILD_TOKEN= /bin/sh -c echo $BUILD_TOKEN $DEFAULTED > /dev/null" in steps
+    assert "|2 BUILD_TOKEN= /bin/sh -c echo $BUILD_TOKEN $DEFAULTED > /dev/null" in spaced  # a value held a space
     assert image["Config"]["OnBuild"] == ["ENV ONB="]
     assert image["ContainerConfig"]["Cmd"] == ["/bin/sh", "-c", "#(nop) ", "ONBUILD ENV ONB="]
     assert sorted(image["Config"]["Env"]) == ["DB_PASSWORD=", "LEGACY=", "OTHER=", "PATH="]
@@ -154,7 +155,7 @@ def test_history_keeps_the_names(built):
 def test_the_docker_cli_shows_no_build_value(built, profile):
     host = built.hosts[profile]
     history = support.docker_cli(host, "history", "--no-trunc", "--format", "{{.CreatedBy}}", built.tag, check=True).stdout
-    assert not leaked(built, history) and "ENV DB_PASSWORD=" in history and "|2 BUILD_TOKEN= DEFAULTED=" in history
+    assert not leaked(built, history) and "ENV DB_PASSWORD=" in history and "|2 BUILD_TOKEN= /bin/sh" in history
     for args in (["history", "--no-trunc", built.spaced], ["image", "inspect", built.tag], ["image", "inspect", built.spaced],
                  ["container", "inspect", built.container.name], ["system", "df", "-v"]):
         out = support.docker_cli(host, *args, check=True).stdout

@@ -53,10 +53,10 @@ def redact_create_command(args, kinds):
     ("/bin/sh -c #(nop)  ARG A B=x C", "/bin/sh -c #(nop)  ARG A B="),
     ("/bin/sh -c #(nop)  ONBUILD ENV ONB=onbuild-secret", "/bin/sh -c #(nop)  ONBUILD ENV ONB="),
     ("|1 BUILD_TOKEN=tok /bin/sh -c make", "|1 BUILD_TOKEN= /bin/sh -c make"),
-    ("|2 A=x B=y /bin/sh -c echo $A", "|2 A= B= /bin/sh -c echo $A"),
+    ("|2 A=x B=y /bin/sh -c echo $A", "|2 A= /bin/sh -c echo $A"),  # a later NAME= may be a value's
     # a value with a space: N words no longer are N arguments, so no name is certain
     ("|2 BUILD_TOKEN=tok en DEFAULTED=def-secret /bin/sh -c echo $BUILD_TOKEN > /dev/null",
-     "|2 /bin/sh -c echo $BUILD_TOKEN > /dev/null"),
+     "|2 BUILD_TOKEN= /bin/sh -c echo $BUILD_TOKEN > /dev/null"),
     # another SHELL: `#(nop)` still marks the instruction
     ("/bin/bash -o pipefail -c #(nop)  ENV K=v", "/bin/bash -o pipefail -c #(nop)  ENV K="),
     # BuildKit
@@ -167,9 +167,15 @@ def test_property_no_value_survives_any_created_by_and_redaction_is_idempotent(s
 
 @given(st.lists(st.tuples(st.from_regex(r"[A-Za-z_][A-Za-z0-9_]{0,8}", fullmatch=True),
                           st.from_regex(r"[^\s=]{0,10}", fullmatch=True)), min_size=1, max_size=4))
-def test_property_build_argument_names_are_kept_when_no_value_holds_a_space(items):
+def test_property_only_the_first_build_argument_name_is_kept(items):
+    """N words need not be N arguments (Buildah counts words): `|2 A= X=` may be A=" X=", so a
+    later NAME= is never kept (hypothesis found that one: X was a value's word)."""
     step = f"|{len(items)} {joined(items)} /bin/sh -c make"
-    assert redact_build_step(step) == f"|{len(items)} " + " ".join(f"{n}=" for n, _ in items) + " /bin/sh -c make"
+    assert redact_build_step(step) == f"|{len(items)} {items[0][0]}= /bin/sh -c make"
+
+
+def test_a_value_that_looks_like_another_argument_is_not_kept():
+    assert redact_build_step("|2 A= Zq0Zq= /bin/sh -c make") == "|2 A= /bin/sh -c make"
 
 
 # ---------------------------------------------------------------------------------------------
