@@ -137,7 +137,7 @@ class Proxy:
         self.log.pending = []
         while not self.stopping or self.clients:
             self.log.flush()
-            self.loop.run_once(1.0)
+            self.loop.run_once()  # until I/O, a signal or the next deadline: no tick (Loop Rule 4)
         self.pool.close()
         if self.learning is not None and self.learning.pending:  # learned during the grace period
             self.learning.write("shutdown")

@@ -12,6 +12,10 @@ from urllib.parse import parse_qsl, urlsplit
 
 DEFAULT_LISTEN = "tcp://127.0.0.1:2375"
 DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
+# --watch-rules' default: one look (a stat) at the rules file every 30 s, the loop's only timer on
+# an idle proxy. A Kubernetes ConfigMap update takes a minute or more to reach the pod anyway;
+# SIGHUP reloads at once (docs/command-line.md).
+WATCH_RULES_SECONDS = 30.0
 
 
 class UsageError(Exception):
@@ -124,7 +128,7 @@ class Settings:
     max_connections_per_client: int = 256
     shutdown_grace: float = 10.0
     max_filter_bytes: int = 32 * 1024 * 1024
-    watch_rules: float = 5.0  # seconds between looks at the rules file (0: never, SIGHUP only)
+    watch_rules: float = WATCH_RULES_SECONDS  # seconds between looks at the rules file (0: never, SIGHUP only)
     coalesce: bool = True  # identical concurrent finite GETs share one daemon request
     state_file: Path | None = None  # where the running proxy records its listeners
     listeners_given: bool = False  # --listen or PORTHOLE_LISTEN was set (else the default)

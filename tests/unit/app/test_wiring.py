@@ -227,3 +227,34 @@ def test_a_request_sent_with_the_connection_is_read_at_admission(harness):
     assert all(c is not None and c.rejection is None for c in burst)  # each took the last one's room
     assert [c.state for c in burst[:-1]] == [ClientState.CLOSED] * 4
     assert victim.state is ClientState.ACTIVE
+
+
+# ---- an idle proxy sleeps (issue "(3 of 5)", item 3): no tick, only the deadlines it really has
+
+
+@pytest.mark.parametrize("args, wait", [((), 30.0), (("--watch-rules", "0"), None), (("--watch-rules", "7"), 7.0)])
+def test_an_idle_proxy_sleeps_until_its_next_deadline(tmp_path, args, wait):
+    """Proxy.run waits until the rules watcher's next look (by default 30 s), or with no
+    watcher until I/O or a signal comes: it used to wake up every second."""
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/_ping"}]}}}))
+    clock = FakeClock()
+    settings = parse_settings(["--upstream", "unix:///nonexistent/d.sock", "--rules", str(rules), *args], {})
+    proxy = Proxy(settings, POLICY, Log("json", "debug", io.StringIO()), clock)
+    if proxy.rules_watcher is not None:
+        proxy.rules_watcher.start()
+    seen = []
+
+    def select(timeout=None):
+        seen.append(timeout)
+        if len(seen) == 3:
+            proxy.stopping = True  # no clients: run() returns after this pass
+        return []
+
+    proxy.loop.selector.select = select  # type: ignore[method-assign]
+    try:
+        assert proxy.run() == 0
+    finally:
+        proxy.loop.selector.close()
+    assert seen == [wait] * 3
+
