@@ -189,10 +189,21 @@ freeze() {
     cp rules.json "$work/src/"
     local excludes=()
     for module in "${EXCLUDES[@]}"; do excludes+=(--exclude-module "$module"); done
+    # PyInstaller's run-time hook for `inspect` (collected for dataclasses), pyi_rth_inspect, runs
+    # at every start: it imports inspect and zipfile and reads base_library.zip's index, so that
+    # inspect.getsourcefile works frozen, which porthole never asks. That was most of the CPU of
+    # every --healthcheck (BENCHMARKS.md). Run-time hooks come from the first hook directory that
+    # names one for a module, so ours names an empty one for `inspect` (check_archive checks it).
+    local hooks="$work/hooks"
+    mkdir -p "$hooks/rthooks"
+    echo "{'inspect': ['pyi_rth_porthole_inspect.py']}" > "$hooks/rthooks.dat"
+    echo '"""build.sh: instead of PyInstaller'"'"'s pyi_rth_inspect, which porthole does not need."""' \
+        > "$hooks/rthooks/pyi_rth_porthole_inspect.py"
     log "freezing proxy.py and porthole/ with PyInstaller ($mode)"
     (cd "$work/src" && "$BUILD_VENV/bin/pyinstaller" "--$mode" --noconfirm --clean --log-level WARN --strip \
-        --name porthole --add-data "$work/src/rules.json:." "${excludes[@]}" \
-        --workpath "$work/build" --distpath "$work/dist" --specpath "$work" proxy.py)
+        --name porthole --add-data "$work/src/rules.json:." "${excludes[@]}" --additional-hooks-dir "$hooks" \
+        --workpath "$work/build" --distpath "$work/dist" --specpath "$work" proxy.py) \
+        2> >(grep -v 'Runtime hooks for inspect have already been defined' >&2)
     local program="$work/dist/porthole"
     [ "$mode" = onefile ] || program="$work/dist/porthole/porthole"
     check_archive "$program" "$work/src"
@@ -201,7 +212,8 @@ freeze() {
 # check_archive EXECUTABLE SRC: the PyInstaller archive appended to EXECUTABLE holds every module
 # of SRC/porthole (compiled, in its PYZ) and the packages as packages. PyInstaller follows imports
 # from proxy.py: a module reached only some other way (importlib) would be missing, and the smoke
-# tests, which start the program but do not run every path, might not notice.
+# tests, which start the program but do not run every path, might not notice. And its only run-time
+# hook is freeze's own, for inspect (not PyInstaller's pyi_rth_inspect, which costs every start).
 check_archive() {
     "$BUILD_VENV/bin/python" - "$1" "$2" <<'PY' || die "the frozen program does not hold porthole/ as it should (see above)"
 import pathlib, sys
@@ -218,7 +230,10 @@ wrong = sorted(name for name in want.keys() | got.keys() if want.get(name) != go
 for name in wrong:
     print(f"build.sh: porthole's archive: {name}: expected {want.get(name)}, found {got.get(name)}"
           " (0 module, 1 package, None absent)", file=sys.stderr)
-sys.exit(1 if wrong or "proxy" not in pkg.toc else 0)
+hooks = sorted(name for name in pkg.toc if name.startswith("pyi_rth_"))
+if hooks != ["pyi_rth_porthole_inspect"]:  # freeze's own hook for inspect, and no other
+    print(f"build.sh: the run-time hooks frozen in are {hooks}, not ['pyi_rth_porthole_inspect']", file=sys.stderr)
+sys.exit(1 if wrong or "proxy" not in pkg.toc or hooks != ["pyi_rth_porthole_inspect"] else 0)
 PY
 }
 

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
+from porthole.runtime.listen_url import DEFAULT_LISTEN  # (defined there for --healthcheck, which loads only that)
 
-DEFAULT_LISTEN = "tcp://127.0.0.1:2375"
 DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
 # --watch-rules' default: one look (a stat) at the rules file every 30 s, the loop's only timer on
 # an idle proxy. A Kubernetes ConfigMap update takes a minute or more to reach the pod anyway;
@@ -54,7 +54,8 @@ class Endpoint:
 
 
 def parse_endpoint(url: str, *, listener: bool) -> Endpoint:
-    """Parse tcp://HOST:PORT or unix:///path, with listener options in the query."""
+    """Parse tcp://HOST:PORT or unix:///path, with listener options in the query. (The one
+    reading of these URLs: runtime.listen_url's quick one for --healthcheck gives the same.)"""
     parts = urlsplit(url)
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     if parts.fragment or parts.username or parts.password:
