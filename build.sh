@@ -7,7 +7,8 @@
 #                                 bundle, the dynamic loader and the libraries it needs; no unpacking)
 #   ./build.sh image              build the image (Dockerfile.distroless) from dist/porthole-root
 #   ./build.sh check              check the image: rootless, shell-less, only the expected files,
-#                                 small; prints JSON, exits non-zero on any breach
+#                                 small, its health-check schedule; prints JSON, exits non-zero on
+#                                 any breach
 #   ./build.sh run [proxy args]   build if needed, start the proxy on the host's Docker socket
 #   ./build.sh test [pytest args] install what a fresh machine lacks, run the whole test suite
 #   ./build.sh deps               only install the system packages and .venv for the tests
@@ -45,6 +46,11 @@ BINARY="dist/porthole$SUFFIX"
 ROOTFS="dist/porthole-root$SUFFIX"
 IMAGE="${PORTHOLE_IMAGE:-porthole:latest$SUFFIX}"
 MAX_IMAGE_BYTES="${PORTHOLE_MAX_IMAGE_BYTES:-22000000}"
+# The image's HEALTHCHECK: every 30 s, and every second during the first 30 s until the first
+# success, on engines that know a start interval (Docker >= 25). Dockerfile.distroless sets all
+# of it but the start interval, which Debian 12's builder (docker.io 20.10) refuses: image_config
+# writes that into the image's config. `check` checks the whole schedule (HEALTHCHECK_SCHEDULE).
+HEALTH_START_INTERVAL_NS=1000000000
 TEST_PACKAGES=(python3 python3-venv python3-dev docker.io busybox-static util-linux procps
                patchelf binutils systemd podman openssl file
                prometheus docker-compose)  # real consumers (tests/test_consumer_*.py)
@@ -189,10 +195,21 @@ freeze() {
     cp rules.json "$work/src/"
     local excludes=()
     for module in "${EXCLUDES[@]}"; do excludes+=(--exclude-module "$module"); done
+    # PyInstaller's run-time hook for `inspect` (collected for dataclasses), pyi_rth_inspect, runs
+    # at every start: it imports inspect and zipfile and reads base_library.zip's index, so that
+    # inspect.getsourcefile works frozen, which porthole never asks. That was most of the CPU of
+    # every --healthcheck (BENCHMARKS.md). Run-time hooks come from the first hook directory that
+    # names one for a module, so ours names an empty one for `inspect` (check_archive checks it).
+    local hooks="$work/hooks"
+    mkdir -p "$hooks/rthooks"
+    echo "{'inspect': ['pyi_rth_porthole_inspect.py']}" > "$hooks/rthooks.dat"
+    echo '"""build.sh: instead of PyInstaller'"'"'s pyi_rth_inspect, which porthole does not need."""' \
+        > "$hooks/rthooks/pyi_rth_porthole_inspect.py"
     log "freezing proxy.py and porthole/ with PyInstaller ($mode)"
     (cd "$work/src" && "$BUILD_VENV/bin/pyinstaller" "--$mode" --noconfirm --clean --log-level WARN --strip \
-        --name porthole --add-data "$work/src/rules.json:." "${excludes[@]}" \
-        --workpath "$work/build" --distpath "$work/dist" --specpath "$work" proxy.py)
+        --name porthole --add-data "$work/src/rules.json:." "${excludes[@]}" --additional-hooks-dir "$hooks" \
+        --workpath "$work/build" --distpath "$work/dist" --specpath "$work" proxy.py) \
+        2> >(grep -v 'Runtime hooks for inspect have already been defined' >&2)
     local program="$work/dist/porthole"
     [ "$mode" = onefile ] || program="$work/dist/porthole/porthole"
     check_archive "$program" "$work/src"
@@ -201,7 +218,8 @@ freeze() {
 # check_archive EXECUTABLE SRC: the PyInstaller archive appended to EXECUTABLE holds every module
 # of SRC/porthole (compiled, in its PYZ) and the packages as packages. PyInstaller follows imports
 # from proxy.py: a module reached only some other way (importlib) would be missing, and the smoke
-# tests, which start the program but do not run every path, might not notice.
+# tests, which start the program but do not run every path, might not notice. And its only run-time
+# hook is freeze's own, for inspect (not PyInstaller's pyi_rth_inspect, which costs every start).
 check_archive() {
     "$BUILD_VENV/bin/python" - "$1" "$2" <<'PY' || die "the frozen program does not hold porthole/ as it should (see above)"
 import pathlib, sys
@@ -218,7 +236,10 @@ wrong = sorted(name for name in want.keys() | got.keys() if want.get(name) != go
 for name in wrong:
     print(f"build.sh: porthole's archive: {name}: expected {want.get(name)}, found {got.get(name)}"
           " (0 module, 1 package, None absent)", file=sys.stderr)
-sys.exit(1 if wrong or "proxy" not in pkg.toc else 0)
+hooks = sorted(name for name in pkg.toc if name.startswith("pyi_rth_"))
+if hooks != ["pyi_rth_porthole_inspect"]:  # freeze's own hook for inspect, and no other
+    print(f"build.sh: the run-time hooks frozen in are {hooks}, not ['pyi_rth_porthole_inspect']", file=sys.stderr)
+sys.exit(1 if wrong or "proxy" not in pkg.toc or hooks != ["pyi_rth_porthole_inspect"] else 0)
 PY
 }
 
@@ -468,23 +489,30 @@ cmd_image() {
     DOCKER_BUILDKIT=0 docker build -q --network none -t "$IMAGE" \
         --build-arg VERSION="$(version)" --build-arg REVISION="$revision" --build-arg SOURCE="$source" \
         "$context" >/dev/null 2> >(grep -v -i -e deprecat -e buildx -e 'legacy builder' -e '^ *$' >&2 || true)
-    [ "$ARCH" = "$HOST_ARCH" ] || image_set_platform "$IMAGE" "$ARCH"
+    image_config "$IMAGE" "$ARCH"
     log "$IMAGE: $(docker image inspect -f '{{.Size}}' "$IMAGE") bytes"
 }
-# image_set_platform IMAGE ARCH: IMAGE's config says linux/ARCH. The Dockerfile only copies files,
-# so the image built above from another architecture's executable differs from a native one in
-# that field alone: rewrite it (docker save, new config, docker load). Not `docker build
-# --platform`: Debian 12's engine (20.10) commits the steps before the first COPY of a FROM
-# scratch build as the host's platform, and then refuses the COPY ("does not match the specified
-# platform"); its BuildKit needs the buildx plugin, which Debian does not package.
-image_set_platform() {
-    local image="$1" arch="$2" before
-    before="$(docker image inspect -f '{{.Id}}' "$image")"
-    "$PYTHON" - "$image" "$arch" <<'PY' | docker load -q >/dev/null
-"""Write to stdout a `docker load` archive (legacy layout) of argv[1] with its config retargeted."""
+# image_config IMAGE ARCH: IMAGE's config gets what the Dockerfile cannot give it with Debian 12's
+# engine (20.10, legacy builder), written into it after the build (docker save, the config
+# rewritten, docker load; the layers are untouched):
+# - its platform, linux/ARCH. The Dockerfile only copies files, so an image built from another
+#   architecture's executable differs from a native one in that field alone. Not `docker build
+#   --platform`: the 20.10 engine commits the steps before the first COPY of a FROM scratch build
+#   as the host's platform, and then refuses the COPY ("does not match the specified platform");
+#   its BuildKit needs the buildx plugin, which Debian does not package;
+# - Healthcheck.StartInterval (HEALTH_START_INTERVAL_NS), which 20.10 refuses as
+#   --start-interval; Docker >= 25 honours it, older engines ignore it (and their `docker image
+#   inspect` does not show it: `check` reads the config itself).
+# The rewrite is a function of the built image's config alone, and the built image stays in the
+# engine (untagged) as the build cache, so building the same inputs again in the same engine gives
+# the same image ID.
+image_config() {
+    local image="$1" arch="$2"
+    "$PYTHON" - "$image" "$arch" "$HEALTH_START_INTERVAL_NS" <<'PY' | docker load -q >/dev/null
+"""Write to stdout a `docker load` archive (legacy layout) of argv[1] with its config rewritten."""
 import hashlib, io, json, subprocess, sys, tarfile
 
-image, arch = sys.argv[1], sys.argv[2]
+image, arch, start_interval = sys.argv[1], sys.argv[2], int(sys.argv[3])
 saved = tarfile.open(fileobj=io.BytesIO(subprocess.run(["docker", "save", image], check=True,
                                                        capture_output=True).stdout))
 manifest = json.load(saved.extractfile("manifest.json"))
@@ -494,6 +522,10 @@ config["architecture"] = arch
 config.pop("variant", None)
 if arch == "arm64":
     config["variant"] = "v8"
+health = config["config"]["Healthcheck"]
+order = ("Test", "Interval", "Timeout", "StartPeriod", "StartInterval", "Retries")  # as the engine writes it
+health["StartInterval"] = start_interval
+config["config"]["Healthcheck"] = {key: health[key] for key in order if key in health}
 blob = json.dumps(config, separators=(",", ":")).encode()
 digest = hashlib.sha256(blob).hexdigest()
 manifest[0]["Config"] = digest + ".json"
@@ -512,19 +544,21 @@ with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMA
 PY
     [ "$(docker image inspect -f '{{.Os}}/{{.Architecture}}' "$image")" = "linux/$arch" ] \
         || die "$image: could not set its platform to linux/$arch"
-    docker image rm "$before" >/dev/null 2>&1 || true  # the host-platform build, now untagged
 }
 
 # ---- image checks (what CI enforces) -----------------------------------------------------------
 
 cmd_check() {
     command -v docker >/dev/null || die "no docker CLI"
-    "$PYTHON" - "$IMAGE" "$MAX_IMAGE_BYTES" "$ARCH" <<'PY'
+    "$PYTHON" - "$IMAGE" "$MAX_IMAGE_BYTES" "$ARCH" "$HEALTH_START_INTERVAL_NS" <<'PY'
 """Print one JSON object with every check; exit 1 if any fails."""
 import io, json, subprocess, sys, tarfile
 
-image, max_bytes, arch = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+image, max_bytes, arch, start_interval = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 EXPECTED = {"porthole", "rules.json", "run", "run/porthole"}
+SECOND = 10**9
+HEALTHCHECK_SCHEDULE = {"Test": ["CMD", "/porthole", "--healthcheck"], "Interval": 30 * SECOND, "Timeout": 5 * SECOND,
+                        "StartPeriod": 30 * SECOND, "StartInterval": start_interval, "Retries": 3}
 LIBRARY_DIRS = ("_internal/", "lib/", "lib64/", "usr/lib/", "usr/lib64/")
 checks = []
 
@@ -556,8 +590,6 @@ else:
     check(f"platform is linux/{arch}", (info.get("Os"), info.get("Architecture")) == ("linux", arch),
           f"{info.get('Os')}/{info.get('Architecture')}")
     check("entrypoint is the executable", config.get("Entrypoint") == ["/porthole"], config.get("Entrypoint"))
-    health = (config.get("Healthcheck") or {}).get("Test") or []
-    check("healthcheck uses --healthcheck", health[-1:] == ["--healthcheck"], health)
     labels = config.get("Labels") or {}
     wanted = ["org.opencontainers.image.source", "org.opencontainers.image.version", "org.opencontainers.image.licenses"]
     check("OCI labels", all(labels.get(k) for k in wanted), {k: labels.get(k) for k in wanted})
@@ -567,6 +599,12 @@ else:
     saved = docker("save", image)
     files = {}
     with tarfile.open(fileobj=io.BytesIO(saved.stdout)) as outer:
+        # the config as the image holds it: an engine older than Docker 25 leaves StartInterval
+        # out of what `docker image inspect` shows
+        [entry] = json.load(outer.extractfile("manifest.json"))
+        health = json.load(outer.extractfile(entry["Config"]))["config"].get("Healthcheck")
+        check("healthcheck schedule",
+              health == HEALTHCHECK_SCHEDULE, health)
         for member in outer.getmembers():
             if member.name.endswith("layer.tar") or member.name.startswith("blobs/"):
                 data = outer.extractfile(member)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from porthole.ops.tecnativa import dropin_variables, tecnativa_log_level, tecnativa_upstream
-from porthole.runtime.config import (DEFAULT_LISTEN, DEFAULT_UPSTREAM, Settings, UsageError,
+from porthole.runtime.config import (DEFAULT_LISTEN, DEFAULT_UPSTREAM, WATCH_RULES_SECONDS, Settings, UsageError,
                                      default_rules_path, parse_endpoint, parse_metrics_endpoint)
 from porthole.runtime.log import LOG_LEVELS
 
@@ -51,7 +51,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
                         help="run even as uid 0 (not recommended)")
     parser.add_argument("--watch-rules", type=float, metavar="SECONDS",
                         help="look at the rules file this often and reload it when it changed, "
-                             "as on SIGHUP (default 5; 0: only on SIGHUP)")
+                             f"as on SIGHUP (default {WATCH_RULES_SECONDS:g}; 0: only on SIGHUP)")
     parser.add_argument("--coalesce", action=argparse.BooleanOptionalAction, default=None,
                         help="identical concurrent reads share one daemon request (default on; "
                              "a profile turns it off with \"coalesce\": false)")
@@ -123,7 +123,7 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
             watch_rules = float(env("watch-rules") or "")
         except ValueError:
             raise UsageError("PORTHOLE_WATCH_RULES: not a number") from None
-    watch_rules = 5.0 if watch_rules is None else watch_rules
+    watch_rules = WATCH_RULES_SECONDS if watch_rules is None else watch_rules
     if not 0 <= watch_rules < float("inf"):
         raise UsageError("--watch-rules must be 0 (off) or a number of seconds")
     return Settings(

@@ -32,10 +32,9 @@ import json
 import os
 import signal
 import socket
-import ssl
 import struct
 import time
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import h11
 
@@ -55,7 +54,11 @@ from porthole.runtime.config import Endpoint, Settings, UsageError, rules_label
 from porthole.runtime.log import Log
 from porthole.runtime.loop import Loop, SignalPipe, Timer
 from porthole.runtime.metrics import Metrics
-from porthole.runtime.tls import TlsConfigError, TlsTransport, tls_server_context
+
+if TYPE_CHECKING:  # runtime.tls, and ssl with it, are imported only for a TLS listener (bind)
+    import ssl
+
+    from porthole.runtime.tls import TlsTransport
 
 
 REJECT_SLACK = 64  # connections over a cap whose 503 may be on its way at once (Rule 2d)
@@ -107,6 +110,7 @@ class Proxy:
             if endpoint.profile not in self.policy.profiles:
                 raise UsageError(f"{endpoint.url}: no profile {endpoint.profile!r} in {self.policy.source}")
             if endpoint.tls:
+                from porthole.runtime.tls import TlsConfigError, tls_server_context  # (ssl only here)
                 try:
                     self.tls_contexts[endpoint.url] = tls_server_context(endpoint)
                 except TlsConfigError as exc:
@@ -137,7 +141,7 @@ class Proxy:
         self.log.pending = []
         while not self.stopping or self.clients:
             self.log.flush()
-            self.loop.run_once(1.0)
+            self.loop.run_once()  # until I/O, a signal or the next deadline: no tick (Loop Rule 4)
         self.pool.close()
         if self.learning is not None and self.learning.pending:  # learned during the grace period
             self.learning.write("shutdown")
@@ -204,6 +208,7 @@ class Proxy:
             url = endpoint.url
             if url not in self.tls_contexts:
                 continue
+            from porthole.runtime.tls import TlsConfigError, tls_server_context  # (bind loaded it)
             try:
                 self.tls_contexts[url] = tls_server_context(endpoint)
             except TlsConfigError as exc:
@@ -274,7 +279,10 @@ class Proxy:
             identity = address[0]
             facts = ClientFacts(address=peer_address(address[0]))
         context = self.tls_contexts.get(endpoint.url)
-        tls = TlsTransport(sock, context) if context is not None else None
+        tls = None
+        if context is not None:
+            from porthole.runtime.tls import TlsTransport  # (bind loaded it)
+            tls = TlsTransport(sock, context)
         self.admit(sock, endpoint, peer, identity, facts, tls)
 
     def client_identified(self, client: ClientConnection) -> None:

@@ -37,7 +37,7 @@ import enum
 import selectors
 import socket
 import struct
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import h11
 
@@ -48,7 +48,9 @@ from porthole.core.target import Refusal
 from porthole.core.wire import READ_CHUNK, RequestReader
 from porthole.runtime.config import Endpoint, Settings
 from porthole.runtime.loop import Loop, illegal_transition
-from porthole.runtime.tls import PlainTransport, TlsError, TlsTransport
+
+if TYPE_CHECKING:  # runtime.tls (and ssl) are loaded only for a TLS listener (app.wiring)
+    from porthole.runtime.tls import TlsTransport
 
 
 CLIENT_HIGH_WATER = 256 * 1024  # stop reading upstream while this much is queued for a client
@@ -62,6 +64,25 @@ REQUESTS_PER_TURN = 4  # pipelined requests parsed per client per loop pass (fai
 
 
 CLIENT_LEFT = "client went away"  # the reason an answer its client closed on is cut short
+
+
+class PlainTransport:
+    """A plain socket with TlsTransport's interface, so a ClientConnection has one code path."""
+
+    ciphertext = b""  # nothing waits between us and the socket
+    buffered = False  # nothing is held above it
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.recv, self.send = sock.recv, sock.send  # bound: no call of ours in between
+
+    def push(self) -> None:
+        pass
+
+    def close_write(self) -> bool:
+        with contextlib.suppress(OSError):
+            self.sock.shutdown(socket.SHUT_WR)
+        return True
 
 
 class ClientState(enum.Enum):
@@ -199,7 +220,7 @@ class ClientConnection:
     def handshake(self) -> None:
         try:
             done = self.tls.handshake()  # type: ignore[union-attr]
-        except TlsError as exc:
+        except self.tls.Error as exc:  # type: ignore[union-attr]  # runtime.tls's TlsError, without importing it
             self.handshake_failed(str(exc))
             return
         except OSError:

@@ -13,7 +13,7 @@ from porthole.connections.upstream import UpstreamConnection, UpstreamState
 from porthole.core.wire import MAX_REMEMBERED_HEADS, ParsedHead
 from porthole.runtime.config import Settings
 from porthole.runtime.log import Log
-from porthole.runtime.loop import Loop
+from porthole.runtime.loop import Loop, Waker
 from porthole.runtime.metrics import Metrics
 
 
@@ -28,7 +28,9 @@ class UpstreamPool:
     Rule 3: acquire(fresh=True) never takes an idle one: a retry must not meet another stale
             connection.
     Rule 4: a TCP daemon's name is resolved outside the loop: before it starts, and again in a
-            helper thread after a failure; the loop only ever reads the last answer.
+            helper thread after a failure; the loop only ever reads the last answer. The thread
+            ends the loop's wait when it is done (a Waker), so what it logged is written then,
+            not at the next event of an idle proxy.
     """
 
     def __init__(self, loop: Loop, settings: Settings, log: Log, metrics: Metrics | None = None) -> None:
@@ -41,6 +43,7 @@ class UpstreamPool:
         self.heads: dict[tuple[bytes, bytes], ParsedHead] = {}  # (method, head bytes): see ParsedHead
         self.addresses: list[tuple[int, Any]] = []  # (family, sockaddr), for TCP daemons
         self.resolving = False
+        self.waker: Waker | None = None  # made with the first helper thread
         self.closed = False
         if self.endpoint.kind == "tcp":
             self.resolve()
@@ -53,11 +56,15 @@ class UpstreamPool:
         except OSError as exc:
             self.log("warning", "upstream_resolve_failed", upstream=self.endpoint.url, error=str(exc))
         finally:
-            self.resolving = False
+            if self.waker is not None:
+                self.waker.wake()
+            self.resolving = False  # after the wake-up: close() closes the waker only when this is False
 
     def re_resolve(self) -> None:
         if self.endpoint.kind == "tcp" and not self.resolving and not _is_ip_literal(self.endpoint.host):
             self.resolving = True
+            if self.waker is None:
+                self.waker = Waker(self.loop)
             threading.Thread(target=self.resolve, name="porthole-resolve", daemon=True).start()
 
     def acquire(self, consumer: Any, request: h11.Request, fresh: bool = False) -> UpstreamConnection:
@@ -142,6 +149,9 @@ class UpstreamPool:
         self.closed = True
         for conn in list(self.idle):
             conn.close()
+        if self.waker is not None and not self.resolving:  # (a thread still resolving may still wake it)
+            self.waker.close()
+            self.waker = None
 
 
 def _is_ip_literal(host: str) -> bool:

@@ -9,9 +9,13 @@ from pathlib import Path
 from typing import Any, Mapping
 from urllib.parse import parse_qsl, urlsplit
 
+from porthole.runtime.listen_url import DEFAULT_LISTEN  # (defined there for --healthcheck, which loads only that)
 
-DEFAULT_LISTEN = "tcp://127.0.0.1:2375"
 DEFAULT_UPSTREAM = "unix:///var/run/docker.sock"
+# --watch-rules' default: one look (a stat) at the rules file every 30 s, the loop's only timer on
+# an idle proxy. A Kubernetes ConfigMap update takes a minute or more to reach the pod anyway;
+# SIGHUP reloads at once (docs/command-line.md).
+WATCH_RULES_SECONDS = 30.0
 
 
 class UsageError(Exception):
@@ -50,7 +54,8 @@ class Endpoint:
 
 
 def parse_endpoint(url: str, *, listener: bool) -> Endpoint:
-    """Parse tcp://HOST:PORT or unix:///path, with listener options in the query."""
+    """Parse tcp://HOST:PORT or unix:///path, with listener options in the query. (The one
+    reading of these URLs: runtime.listen_url's quick one for --healthcheck gives the same.)"""
     parts = urlsplit(url)
     options = dict(parse_qsl(parts.query, keep_blank_values=True))
     if parts.fragment or parts.username or parts.password:
@@ -124,7 +129,7 @@ class Settings:
     max_connections_per_client: int = 256
     shutdown_grace: float = 10.0
     max_filter_bytes: int = 32 * 1024 * 1024
-    watch_rules: float = 5.0  # seconds between looks at the rules file (0: never, SIGHUP only)
+    watch_rules: float = WATCH_RULES_SECONDS  # seconds between looks at the rules file (0: never, SIGHUP only)
     coalesce: bool = True  # identical concurrent finite GETs share one daemon request
     state_file: Path | None = None  # where the running proxy records its listeners
     listeners_given: bool = False  # --listen or PORTHOLE_LISTEN was set (else the default)

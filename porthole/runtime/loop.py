@@ -2,7 +2,11 @@
 
 Every part of porthole is driven from here: an object with on_io(mask), on_turn(),
 on_deadline(now) and abort(reason), as it needs them. One thread runs it; the only other
-thread porthole ever starts re-resolves a TCP daemon's name (connections.pool).
+thread porthole ever starts re-resolves a TCP daemon's name (connections.pool), and ends the
+loop's wait through a Waker when it is done.
+
+An idle loop sleeps: nothing wakes it but I/O, a signal, a Waker or its next deadline (Loop
+Rule 4), so an idle proxy costs no CPU between the few timers it really has.
 """
 from __future__ import annotations
 
@@ -50,9 +54,13 @@ class Loop:
             part that raised is aborted, and the loop goes on.
     Rule 2: a part has at most one deadline; setting one replaces the last. The heap may hold
             stale entries: an entry fires only while it is the part's scheduled one, and a part
-            whose deadline moved later is rescheduled, not fired.
+            whose deadline moved later is rescheduled, not fired. A stale entry never wakes the
+            loop: next_deadline() settles the ones at the top of the heap before a pass waits.
     Rule 3: a part with more work than one pass allows asks for a turn (soon()). select() does
             not block while turns are pending, and each pass gives each pending part one turn.
+    Rule 4: with no turn pending, a pass waits until the earliest deadline a part wants (or
+            max_wait, if it is given and sooner), and with none at all until I/O or a signal
+            comes: the loop has no tick of its own.
     """
 
     def __init__(self, log: Log, clock: Callable[[], float] = time.monotonic) -> None:
@@ -74,8 +82,8 @@ class Loop:
             self.selector.unregister(sock)
 
     def set_deadline(self, part: Any, when: float | None) -> None:
-        """Replace the part's deadline (None: none for now; its heap entry may stay, and costs
-        a wake-up at most, so that a deadline set again later needs no new entry)."""
+        """Replace the part's deadline (None: none for now; its heap entry may stay until it
+        reaches the top of the heap, so that a deadline set again soon needs no new entry)."""
         if when is None:
             self.wanted.pop(part, None)
             return
@@ -111,12 +119,15 @@ class Loop:
                 with contextlib.suppress(Exception):
                     abort("internal error")
 
-    def run_once(self, max_wait: float) -> int:
-        """One pass: ready I/O, then pending turns, then due deadlines. Returns how many
-        callbacks ran (0: nothing was ready)."""
+    def run_once(self, max_wait: float | None = None) -> int:
+        """One pass: ready I/O, then pending turns, then due deadlines (Rule 4: the wait ends at
+        the next deadline; None, no max_wait: no other limit). Returns how many callbacks ran
+        (0: nothing was ready)."""
         timeout = 0.0 if self.turns else max_wait
-        if self.heap:
-            timeout = min(timeout, max(0.0, self.heap[0][0] - self.clock()))
+        when = self.next_deadline()
+        if when is not None:
+            due = max(0.0, when - self.clock())
+            timeout = due if timeout is None else min(timeout, due)
         events = self.selector.select(timeout)
         self.passes += 1
         for key, mask in events:
@@ -125,6 +136,24 @@ class Loop:
         for part in turns:
             self.guard(part, part.on_turn)
         return len(events) + len(turns) + self.fire_deadlines(self.clock())
+
+    def next_deadline(self) -> float | None:
+        """The earliest deadline a part wants, or None (Rule 2): stale entries at the top of the
+        heap are dropped, and a part whose deadline moved later is rescheduled, as
+        fire_deadlines would do, but without waking up for them."""
+        while self.heap:
+            when, seq, part = self.heap[0]
+            if self.scheduled.get(part) != (when, seq):
+                heapq.heappop(self.heap)  # replaced or cancelled
+                continue
+            wanted = self.wanted.get(part)
+            if wanted is not None and wanted <= when:
+                return when
+            heapq.heappop(self.heap)
+            del self.scheduled[part]
+            if wanted is not None:
+                self._schedule(part, wanted)  # (may rebuild self.heap)
+        return None
 
     def fire_deadlines(self, now: float) -> int:
         fired = 0
@@ -173,6 +202,33 @@ class SignalPipe:
         for signum in self.SIGNALS:
             signal.signal(signum, signal.SIG_IGN)
         signal.set_wakeup_fd(-1)
+        self.loop.forget(self.reader)
+        self.reader.close()
+        self.writer.close()
+
+
+class Waker:
+    """Lets another thread end the loop's wait (Loop Rule 4: it may otherwise sleep until its
+    next deadline, or for good): wake() puts a byte on a socketpair the loop watches. Made on
+    the loop's thread; wake() may be called from any thread, also after close()."""
+
+    def __init__(self, loop: Loop) -> None:
+        self.loop = loop
+        self.reader, self.writer = socket.socketpair()
+        self.reader.setblocking(False)
+        self.writer.setblocking(False)
+        loop.watch(self.reader, selectors.EVENT_READ, self)
+
+    def wake(self) -> None:
+        with contextlib.suppress(OSError):  # full: a wake-up is pending anyway; closed: nothing to wake
+            self.writer.send(b"\0")
+
+    def on_io(self, mask: int) -> None:
+        with contextlib.suppress(BlockingIOError):
+            while self.reader.recv(4096):
+                pass
+
+    def close(self) -> None:
         self.loop.forget(self.reader)
         self.reader.close()
         self.writer.close()

@@ -1,5 +1,7 @@
 """TLS for listeners: the server context, and a transport a client connection reads and writes
-through (an SSLObject over memory BIOs, so the loop stays non-blocking).
+through (an SSLObject over memory BIOs, so the loop stays non-blocking). Imported only when a
+TLS listener is configured (app.wiring), and with it `ssl`: a plain proxy never loads OpenSSL.
+Its plain counterpart, PlainTransport, is in connections/client.py.
 """
 from __future__ import annotations
 
@@ -71,25 +73,6 @@ TLS_TRANSITIONS: Mapping[TlsState, frozenset[TlsState]] = {
 }
 
 
-class PlainTransport:
-    """A plain socket with TlsTransport's interface, so a ClientConnection has one code path."""
-
-    ciphertext = b""  # nothing waits between us and the socket
-    buffered = False  # nothing is held above it
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.recv, self.send = sock.recv, sock.send  # bound: no call of ours in between
-
-    def push(self) -> None:
-        pass
-
-    def close_write(self) -> bool:
-        with contextlib.suppress(OSError):
-            self.sock.shutdown(socket.SHUT_WR)
-        return True
-
-
 class TlsTransport:
     """TLS between one client's socket and its ClientConnection, in the loop and sans-I/O:
     ciphertext moves between the socket and two ssl.MemoryBIOs here, and an ssl.SSLObject turns
@@ -109,6 +92,8 @@ class TlsTransport:
     Rule 4: decrypted plaintext, or read ciphertext, that the SSLObject still holds is reported
             by `buffered`: the socket will not signal it again.
     """
+
+    Error = TlsError  # what handshake() raises (Rule 1): a ClientConnection catches it without importing us
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
         self.sock = sock

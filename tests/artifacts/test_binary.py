@@ -64,6 +64,24 @@ def test_version(porthole_binary):
     assert r.stdout.startswith("porthole %s " % proxy_version()), r.stdout
 
 
+def test_no_hook_of_pyinstallers_for_inspect_runs_at_each_start(porthole_binary):
+    """PyInstaller's run-time hook for inspect (it imports inspect and zipfile and reads
+    base_library.zip's index) ran at every start, every --healthcheck too, and was most of a
+    probe's CPU: build.sh freezes an empty one in its place (issue "(3 of 5)", item 1). (The
+    archive's table of contents is stored uncompressed, inside staticx's uncompressed archive.)"""
+    data = porthole_binary.read_bytes()
+    assert b"pyi_rth_porthole_inspect" in data
+    assert b"pyi_rth_inspect" not in data
+
+
+def test_healthcheck_exits_1_in_one_line_when_nothing_listens(porthole_binary):
+    port = support.free_port()
+    r = support.ProxyProcess(args=["--healthcheck", "--listen", "tcp://127.0.0.1:%d" % port],
+                             proxy_path=porthole_binary, rules=False).run(30)
+    assert r.returncode == 1
+    assert r.stderr.strip() == "porthole healthcheck: tcp://127.0.0.1:%d: [Errno 111] Connection refused" % port
+
+
 # --------------------------------------------------------------------------
 # running it
 

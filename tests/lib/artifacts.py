@@ -15,6 +15,10 @@ proxy_version() -> str                  porthole's VERSION, read as build.sh rea
 run_check(dockerd, image=IMAGE, arch=(), **extra) -> (exit status, summary)   ./build.sh check
 check_cli_through(host, direct, container_name, image)   the docker CLI reads through `host`
 listener_dir() / wait_socket(path) / wait_health(docker_direct, cid, want) / layer_entries(dockerd, image)
+image_config(dockerd, image) -> dict    the image's config as it holds it (`docker save`): what an engine
+                                        older than Docker 25 leaves out of `docker image inspect` too
+HEALTHCHECK_SCHEDULE                    the image's HEALTHCHECK, as its config holds it
+engine_api_version(dockerd) -> tuple    the daemon's API version, (1, 41) for Debian 12's 20.10
 """
 
 from __future__ import annotations
@@ -37,6 +41,10 @@ BUNDLE = REPO / "dist" / "porthole-root"  # the image's root, `./build.sh bundle
 IMAGE = "porthole-test/porthole:latest"
 SOCK_GID = support.DEFAULT_SOCK_GID
 HARDENED = ["--read-only", "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--network", "none"]
+SECOND = 10**9  # image configs count in nanoseconds
+# every 30 s, and every second while the container starts (Docker >= 25; issue "(3 of 5)", item 2)
+HEALTHCHECK_SCHEDULE = {"Test": ["CMD", "/porthole", "--healthcheck"], "Interval": 30 * SECOND, "Timeout": 5 * SECOND,
+                        "StartPeriod": 30 * SECOND, "StartInterval": 1 * SECOND, "Retries": 3}
 # what the build reads (build.sh's is_fresh): copied for the reproducibility builds, and a binary
 # older than any of them is rebuilt
 BUILD_INPUTS = ("proxy.py", *sorted(str(p.relative_to(REPO)) for p in (REPO / "porthole").rglob("*.py")),
@@ -171,3 +179,19 @@ def layer_entries(dockerd, image):
                     digest = hashlib.sha256(layer.extractfile(m).read()).hexdigest() if m.isfile() else None
                     entries[name] = (kind, m.mode & 0o7777, m.uid, m.gid, digest)
     return entries
+
+
+def image_config(dockerd, image):
+    """The image's config ("config" of its config blob) as the image holds it, from `docker save`:
+    an engine older than Docker 25 shows no Healthcheck.StartInterval in `docker image inspect`."""
+    saved = subprocess.run([support.DOCKER_CLI, "save", image], env=support.docker_env(dockerd.url),
+                           capture_output=True, timeout=120, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(saved)) as outer:
+        [entry] = json.load(outer.extractfile("manifest.json"))
+        return json.load(outer.extractfile(entry["Config"]))["config"]
+
+
+def engine_api_version(dockerd):
+    """The daemon's API version as a tuple: (1, 44) and later honour a health check's start interval."""
+    version = support.docker_cli(dockerd.url, "version", "--format", "{{.Server.APIVersion}}", check=True)
+    return tuple(int(part) for part in version.stdout.strip().split("."))

@@ -97,3 +97,11 @@ def test_watch_rules_is_finite_too():
     for value in ("nan", "inf", "-1"):
         with pytest.raises(UsageError, match="--watch-rules"):
             parse_settings([f"--watch-rules={value}"], {})
+
+
+def test_the_rules_are_looked_at_every_30_seconds_by_default():
+    """An idle proxy's only timer: one stat every 30 s, not every 5 s (issue "(3 of 5)", item 3;
+    docs/command-line.md says why)."""
+    assert parse_settings([], {}).watch_rules == 30.0
+    assert parse_settings([], {"PORTHOLE_WATCH_RULES": "5"}).watch_rules == 5.0
+    assert parse_settings(["--watch-rules", "0"], {}).watch_rules == 0.0

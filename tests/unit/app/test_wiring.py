@@ -227,3 +227,67 @@ def test_a_request_sent_with_the_connection_is_read_at_admission(harness):
     assert all(c is not None and c.rejection is None for c in burst)  # each took the last one's room
     assert [c.state for c in burst[:-1]] == [ClientState.CLOSED] * 4
     assert victim.state is ClientState.ACTIVE
+
+
+# ---- an idle proxy sleeps (issue "(3 of 5)", item 3): no tick, only the deadlines it really has
+
+
+@pytest.mark.parametrize("args, wait", [((), 30.0), (("--watch-rules", "0"), None), (("--watch-rules", "7"), 7.0)])
+def test_an_idle_proxy_sleeps_until_its_next_deadline(tmp_path, args, wait):
+    """Proxy.run waits until the rules watcher's next look (by default 30 s), or with no
+    watcher until I/O or a signal comes: it used to wake up every second."""
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps({"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/_ping"}]}}}))
+    clock = FakeClock()
+    settings = parse_settings(["--upstream", "unix:///nonexistent/d.sock", "--rules", str(rules), *args], {})
+    proxy = Proxy(settings, POLICY, Log("json", "debug", io.StringIO()), clock)
+    if proxy.rules_watcher is not None:
+        proxy.rules_watcher.start()
+    seen = []
+
+    def select(timeout=None):
+        seen.append(timeout)
+        if len(seen) == 3:
+            proxy.stopping = True  # no clients: run() returns after this pass
+        return []
+
+    proxy.loop.selector.select = select  # type: ignore[method-assign]
+    try:
+        assert proxy.run() == 0
+    finally:
+        proxy.loop.selector.close()
+    assert seen == [wait] * 3
+
+
+# ---- ssl is loaded only for a TLS listener (issue "(3 of 5)", item 3) ---------------------------
+
+BIND = """
+import io, json, sys
+from porthole.app.command_line import main  # the whole program, as proxy.py loads it
+from porthole.app.settings import parse_settings
+from porthole.app.wiring import Proxy
+from porthole.core.policy import load_policy
+from porthole.runtime.log import Log
+policy = load_policy(json.dumps({"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/_ping"}]}}}))
+settings = parse_settings(["--listen", sys.argv[1], "--upstream", "unix:///nonexistent/d.sock", "--watch-rules", "0"], {})
+loaded = "ssl" in sys.modules or "porthole.runtime.tls" in sys.modules
+Proxy(settings, policy, Log("json", "info", io.StringIO())).bind()
+print(json.dumps([loaded, "ssl" in sys.modules, "porthole.runtime.tls" in sys.modules]))
+"""
+
+
+def test_ssl_is_loaded_only_for_a_tls_listener(pki):
+    import subprocess
+    import sys
+
+    import support
+    tls = pki.listen_url(support.free_port(), mutual=False)
+    plain = "unix://%s/p.sock" % support.short_tmpdir("ph-ssl-")
+    seen = {}
+    for url in (plain, tls):
+        r = subprocess.run([sys.executable, "-c", BIND, url], cwd=support.REPO, capture_output=True, text=True,
+                           timeout=30)
+        assert r.returncode == 0, r.stderr
+        seen[url] = json.loads(r.stdout)
+    assert seen[plain] == [False, False, False]  # not at start, not for a plain listener
+    assert seen[tls] == [False, True, True]  # bind() loads them for the TLS listener

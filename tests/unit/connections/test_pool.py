@@ -85,6 +85,36 @@ def test_tcp_daemon_falls_back_to_its_next_address(make_env):
     assert pool.addresses[0] == good  # the refusing address now comes last
 
 
+def test_a_name_resolved_again_wakes_the_idle_loop_to_log_what_came_of_it(make_env, monkeypatch):
+    """The helper thread that resolves a TCP daemon's name again ends the loop's wait when it is
+    done (Pool Rule 4): the loop has no tick any more (Loop Rule 4), and the thread's log line
+    would otherwise wait for the next event of an idle proxy."""
+    env = make_env("--upstream", "tcp://docker.invalid:2375")
+    failures = iter([OSError("no such name (before the loop)"), OSError("no such name (in the thread)")])
+
+    def getaddrinfo(*args, **kwargs):
+        raise next(failures)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    env.log.pending = []  # as Proxy.run has it: lines wait for the end of the pass
+    pool = UpstreamPool(env.loop, env.settings, env.log)
+    env.log.flush()
+    with pytest.raises(OSError, match="cannot resolve"):
+        pool.acquire(Consumer(), h11.Request(method="GET", target="/_ping", headers=[("Host", "docker")]))
+    assert pool.waker is not None
+    started = time.monotonic()
+    assert env.loop.run_once(10.0) == 1  # the waker, well before 10 s
+    assert time.monotonic() - started < 5
+    env.log.flush()
+    failed = [e for e in env.log_events() if e["event"] == "upstream_resolve_failed"]
+    assert [e["error"] for e in failed] == ["no such name (before the loop)", "no such name (in the thread)"]
+    deadline = time.monotonic() + 5
+    while pool.resolving and time.monotonic() < deadline:  # the thread marks itself done after waking
+        time.sleep(0.01)
+    pool.close()
+    assert pool.waker is None  # closed with the pool once no thread is resolving
+
+
 @pytest.mark.parametrize("closing", [False, True])
 def test_a_framed_answer_pools_its_connection_as_h11_says_also_when_its_head_is_remembered(closing, monkeypatch, env, daemon):
     """Through a real UpstreamPool and Relay: a chunked answer porthole framed itself returns

@@ -8,6 +8,7 @@ import json
 import selectors
 import signal
 import socket
+import threading
 
 import pytest
 
@@ -15,7 +16,7 @@ from porthole.app.wiring import Proxy
 from porthole.core.policy import load_policy
 from porthole.runtime.config import Settings, parse_endpoint
 from porthole.runtime.log import Log
-from porthole.runtime.loop import Loop, SignalPipe, Timer
+from porthole.runtime.loop import Loop, SignalPipe, Timer, Waker
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -106,6 +107,72 @@ def test_loop_run_once_fires_by_fake_clock(env):
     env.clock.now += 5
     loop.run_once(0)
     assert part.fired == [env.clock.now]
+
+
+# ---- an idle loop sleeps until its next real deadline (Loop Rule 4; issue "(3 of 5)", item 3)
+
+def waits(loop):
+    """Record the timeout of every select() the loop makes (and report nothing ready)."""
+    seen = []
+
+    def select(timeout=None):
+        seen.append(timeout)
+        return []
+
+    loop.selector.select = select
+    return seen
+
+
+def test_an_idle_loop_waits_for_its_next_deadline_and_no_longer_ticks(env):
+    seen = waits(env.loop)
+    env.loop.run_once()
+    assert seen == [None]  # nothing due: it waits for I/O, for as long as it takes
+    part = Part()
+    env.loop.set_deadline(part, env.clock.now + 30)
+    env.loop.run_once()
+    assert seen[-1] == 30  # not 1 s: no tick of its own
+    env.loop.run_once(5.0)
+    assert seen[-1] == 5.0  # a max_wait sooner than the deadline still counts
+    env.clock.now += 30
+    env.loop.run_once()
+    assert seen[-1] == 0 and part.fired == [env.clock.now]
+
+
+def test_a_stale_heap_entry_never_wakes_the_loop(env):
+    seen = waits(env.loop)
+    moved, dropped, gone, kept = Part(), Part(), Part(), Part()
+    start = env.clock.now
+    env.loop.set_deadline(moved, start + 10)
+    env.loop.set_deadline(moved, start + 50)  # later: its entry at +10 stays in the heap
+    env.loop.set_deadline(dropped, start + 5)
+    env.loop.set_deadline(dropped, None)
+    env.loop.set_deadline(gone, start + 1)
+    env.loop.cancel(gone)
+    env.loop.set_deadline(kept, start + 70)
+    env.loop.run_once()
+    assert seen == [50]  # not 1, 5 or 10: those entries are stale
+    env.clock.now = start + 50
+    env.loop.run_once()
+    assert moved.fired == [start + 50] and seen[-1] == 0
+    env.loop.run_once()
+    assert seen[-1] == 20  # then kept's, at +70
+    assert not dropped.fired and not gone.fired and not kept.fired
+
+
+def test_a_waker_ends_the_wait_from_another_thread():
+    loop = Loop(Log("json", "debug", io.StringIO()))
+    waker = Waker(loop)
+    try:
+        threading.Timer(0.05, waker.wake).start()
+        assert loop.run_once() == 1  # would block for good without it: the test's timeout says so
+        waker.wake()
+        waker.wake()
+        assert loop.run_once(0) == 1  # the wake-ups are drained in one go
+        assert loop.run_once(0) == 0
+    finally:
+        waker.close()
+        loop.selector.close()
+    waker.wake()  # after close: nothing to wake, no error
 
 
 def test_loop_guard_logs_and_aborts(env):
