@@ -11,25 +11,11 @@ import support
 from support import assert_served, wait_until
 import fake_upstream as fu
 from fake_upstream import HttpClient, ConnectionClosed, build_request
+from policies import FANOUT_RULES
 
 pytestmark = pytest.mark.timeout(60)
 
-RULES = {
-    "version": 1,
-    "profiles": {
-        "default": {
-            "rules": [
-                {"method": "GET", "path": "/_ping"},
-                {"method": "GET", "path": "/version"},
-                {"method": "GET", "path": "/events"},
-                {"method": "GET", "path": "/containers/json"},
-            ],
-            # framing, fan-out and limits, not filtering (tests/daemon/test_filtering*.py): the fake
-            # daemon's filler events are not JSON, so they pass only unfiltered
-            "redact": [],
-        }
-    },
-}
+RULES = FANOUT_RULES
 
 MB = 1024 * 1024
 

@@ -5,24 +5,10 @@ import pytest
 
 import fake_upstream as fu
 from fake_upstream import ConnectionClosed, HttpClient, events_requests
+from policies import FANOUT_RULES
 from support import assert_served
 
-RULES = {
-    "version": 1,
-    "profiles": {
-        "default": {
-            "rules": [
-                {"method": "GET", "path": "/_ping"},
-                {"method": "GET", "path": "/version"},
-                {"method": "GET", "path": "/events"},
-                {"method": "GET", "path": "/containers/json"},
-            ],
-            # fan-out, not filtering (tests/daemon/test_filtering*.py): the fake daemon's filler
-            # events are not JSON, so they pass only unfiltered
-            "redact": [],
-        }
-    },
-}
+RULES = FANOUT_RULES
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ CLIENT_PROFILES, CLIENTS, CLIENTS_RULES  the per-client profiles example (rules.
 COALESCE_RULES                           coalescing on, and off in profile "solo"
 WARN_RULES                               a profile in "mode": "warn" beside an enforcing default
 DOCTOR_RULES                             two small profiles, one acknowledging logs
+FANOUT_RULES                             a few reads, nothing redacted: framing, fan-out and limits
 """
 
 from __future__ import annotations
@@ -117,3 +118,21 @@ DOCTOR_RULES = {"version": 1, "profiles": {
     "default": {"rules": [{"method": ["GET", "HEAD"], "path": "/_ping"}, {"method": "GET", "path": "/info"}]},
     "logs": {"extends": "default", "rules": [
         {"method": "GET", "path": "/containers/{id}/logs", "dangerous": True}]}}}
+
+
+FANOUT_RULES = {
+    "version": 1,
+    "profiles": {
+        "default": {
+            "rules": [
+                {"method": "GET", "path": "/_ping"},
+                {"method": "GET", "path": "/version"},
+                {"method": "GET", "path": "/events"},
+                {"method": "GET", "path": "/containers/json"},
+            ],
+            # framing, fan-out and limits, not filtering (tests/daemon/test_filtering*.py): the fake
+            # daemon's filler events are not JSON, so they pass only unfiltered
+            "redact": [],
+        }
+    },
+}
