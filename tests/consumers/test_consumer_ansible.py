@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -158,11 +159,18 @@ def assert_inventory(inventory: dict, w: dict) -> None:
     assert facts["ansible_connection"] == "community.docker.docker_api"
 
 
+def run_both(w: dict, tmp_path, docker_host: str) -> None:
+    """The playbook and the inventory at once (each is seconds of Ansible's start-up)."""
+    with ThreadPoolExecutor(2) as pool:
+        inventory = pool.submit(run_inventory, tmp_path, docker_host)
+        assert_info(run_playbook(info_playbook(w), tmp_path, docker_host), w)
+        assert_inventory(inventory.result(), w)
+
+
 def test_ansible_record(proxy_factory, world, tmp_path, record_property):
     url, docker_host = consumers.unix_listener(consumers.RECORD_PROFILE)
     proxy = proxy_factory(listen=[url], rules=consumers.record_rules_file())
-    assert_info(run_playbook(info_playbook(world), tmp_path, docker_host), world)
-    assert_inventory(run_inventory(tmp_path, docker_host), world)
+    run_both(world, tmp_path, docker_host)
     calls = consumers.stop_and_record(proxy)
     consumers.report("ansible community.docker", calls, record_property)
     consumers.assert_all_allowed(proxy, "ansible")
@@ -174,8 +182,7 @@ def test_ansible_record(proxy_factory, world, tmp_path, record_property):
 def test_ansible_preset(proxy_factory, world, tmp_path):
     url, docker_host = consumers.unix_listener(PRESET)
     proxy = proxy_factory(listen=[url])  # the shipped rules.json
-    assert_info(run_playbook(info_playbook(world), tmp_path, docker_host), world)
-    assert_inventory(run_inventory(tmp_path, docker_host), world)
+    run_both(world, tmp_path, docker_host)
     consumers.assert_all_allowed(proxy, "ansible")
 
 
