@@ -135,6 +135,14 @@ CONSUMERS = {
         # the Python SDK (docker-py): containers.list(), images.list()
         req("/containers/json", all="1", limit="-1", size="0", trunc_cmd="0"),
         req("/images/json", all="0", only_ids="0"),
+        # Ansible's community.docker (docker_image_info, docker_host_info) and python-on-whales
+        req("/images/json", all="0", only_ids="0", filters=F(reference=["porthole-test/busybox:latest"])),
+        req("/networks", filters=F()),
+    ],
+    "zabbix": PING + [
+        req("/info"), req("/containers/json", all="true"), req("/containers/json", all="false"),
+        req("/containers/{id}/json"), req("/containers/{id}/stats", stream="false"), req("/images/json"),
+        req("/system/df"),
     ],
 }
 PRESETS = list(CONSUMERS)
