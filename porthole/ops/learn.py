@@ -38,7 +38,7 @@ ENGINE_API_TEMPLATES = (
     "/images/json", "/images/search", "/images/get", "/images/{name*}/json", "/images/{name*}/history",
     "/images/{name*}/get",
     "/networks", "/networks/{id}", "/volumes", "/volumes/{name}",
-    "/swarm", "/swarm/unlockkey", "/nodes", "/nodes/{id}", "/services", "/services/{id}",
+    "/swarm", "/nodes", "/nodes/{id}", "/services", "/services/{id}",
     "/services/{id}/logs", "/tasks", "/tasks/{id}", "/tasks/{id}/logs", "/secrets", "/secrets/{id}",
     "/configs", "/configs/{id}", "/plugins", "/plugins/privileges", "/plugins/{name*}/json",
     "/exec/{id}/json", "/distribution/{name*}/json",

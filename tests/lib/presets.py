@@ -132,6 +132,7 @@ CONSUMERS = {
         req("/services/{id}", insertDefaults="true"), req("/tasks", filters=F(service=["web"])), req("/tasks/{id}"),
         req("/nodes"), req("/nodes", filters=F(role=["manager"])), req("/nodes/{id}"),
         req("/secrets"), req("/secrets", filters=F(name=["db"])), req("/secrets/{id}"),
+        req("/swarm"),  # docker swarm join-token, docker swarm ca
         # the Python SDK (docker-py): containers.list(), images.list()
         req("/containers/json", all="1", limit="-1", size="0", trunc_cmd="0"),
         req("/images/json", all="0", only_ids="0"),

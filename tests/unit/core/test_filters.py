@@ -253,6 +253,9 @@ def test_shared_event_filtering_gives_each_watcher_what_its_own_filter_gives(ste
     ("container list", [{"Labels": ["team=a"]}], "Labels"),
     ("volume list", {"Volumes": {"v": {}}}, "Volumes"),
     ("service", {"Spec": {"TaskTemplate": {"ContainerSpec": {"Env": {"A": "b"}}}}}, "Env"),
+    ("swarm", ["not", "an", "object"], "the answer"),
+    ("swarm", {"JoinTokens": "SWMTKN-1-x"}, "JoinTokens"),
+    ("swarm", {"JoinTokens": {}, "Spec": {"CAConfig": {"SigningCAKey": {"pem": "x"}}}}, "SigningCAKey"),
 ])
 def test_unexpected_shapes_fail_closed(kind, doc, where):
     scoped = Filtering(visible=(("team", "a"),))
@@ -363,6 +366,55 @@ def test_info_of_a_daemon_outside_a_swarm_is_unchanged():
     plain = {"ID": "x", "Containers": 2, "Swarm": {"NodeID": "", "LocalNodeState": "inactive"}}
     f = plan(Filtering(), "/info").filter
     assert f.document(copy.deepcopy(plain)) == plain and f.redacted == 0
+
+
+SWARM_TOKEN = "SWMTKN-1-3pu6hszjas19xyp7ghgosyx9k8atbfcr8p2is99znpy26u2lkl-1awxwuwd3z9j1z3puu7rcgdbx"
+SWARM_INSPECT = {  # dockerd's GET /swarm on a manager (api/types/swarm.Swarm)
+    "ID": "abajmipo7b4xz5ip2nrla6b11", "Version": {"Index": 10}, "CreatedAt": "2026-12-01T10:00:00Z",
+    "Spec": {"Name": "default", "Labels": {}, "Orchestration": {"TaskHistoryRetentionLimit": 5},
+             "Raft": {"SnapshotInterval": 10000}, "Dispatcher": {"HeartbeatPeriod": 5000000000},
+             "CAConfig": {"NodeCertExpiry": 7776000000000000, "SigningCACert": "-----BEGIN CERTIFICATE-----x"},
+             "TaskDefaults": {"LogDriver": {"Name": "splunk", "Options": {"splunk-token": "hunter2"}}},
+             "EncryptionConfig": {"AutoLockManagers": False}},
+    "TLSInfo": {"TrustRoot": "-----BEGIN CERTIFICATE-----y", "CertIssuerSubject": "MBMxETAP",
+                "CertIssuerPublicKey": "MFkwEwYH"},
+    "RootRotationInProgress": False, "DataPathPort": 4789, "DefaultAddrPool": ["10.0.0.0/8"], "SubnetSize": 24,
+    "JoinTokens": {"Worker": SWARM_TOKEN + "-worker", "Manager": SWARM_TOKEN + "-manager"},
+}
+
+
+def test_get_swarm_loses_its_join_tokens_and_keeps_the_rest():
+    """(issue 21: item 2) swarm-tokens, on by default, removes JoinTokens.Worker and .Manager (keys
+    kept, as every redaction); log-options the task defaults' options, as in /info."""
+    for method in ("GET", "HEAD"):
+        p = plan(Filtering(), "/v1.41/swarm", method)
+        assert p.filter is not None and p.filter.kind == "swarm" and p.method == "GET"
+    f = plan(Filtering(), "/swarm").filter
+    out = f.document(copy.deepcopy(SWARM_INSPECT))
+    assert out["JoinTokens"] == {"Worker": "", "Manager": ""}
+    assert "SWMTKN" not in json.dumps(out) and "hunter2" not in json.dumps(out)
+    expected = copy.deepcopy(SWARM_INSPECT)
+    expected["JoinTokens"] = {"Worker": "", "Manager": ""}
+    expected["Spec"]["TaskDefaults"]["LogDriver"]["Options"] = {"splunk-token": ""}
+    assert out == expected and f.redacted == 3
+    again = plan(Filtering(), "/swarm").filter
+    assert again.document(copy.deepcopy(out)) == out and again.redacted == 0  # idempotent
+
+
+def test_get_swarm_loses_a_ca_signing_key_should_the_spec_carry_one():
+    doc = copy.deepcopy(SWARM_INSPECT)
+    doc["Spec"]["CAConfig"]["SigningCAKey"] = "-----BEGIN EC PRIVATE KEY-----" + SECRET
+    out, _ = run(Filtering(frozenset({"swarm-tokens"})), "swarm", doc)
+    assert out["Spec"]["CAConfig"]["SigningCAKey"] == "" and SECRET not in json.dumps(out)
+    assert out["Spec"]["TaskDefaults"]["LogDriver"]["Options"] == {"splunk-token": "hunter2"}  # not log-options
+
+
+def test_get_swarm_is_relayed_untouched_only_without_swarm_tokens_and_log_options():
+    assert plan(Filtering(frozenset()), "/swarm").filter is None
+    assert plan(Filtering(frozenset({"env", "commands"})), "/swarm").filter is None
+    assert plan(Filtering(frozenset({"log-options"})), "/swarm").filter is not None
+    assert plan(Filtering(), "/swarm/unlockkey").filter is None  # (never forwarded: decide refuses it)
+    assert plan(Filtering(), "/libpod/swarm").filter is None  # (no such libpod endpoint)
 
 
 def test_filtered_answers_and_head_as_get():

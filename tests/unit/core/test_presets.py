@@ -105,7 +105,7 @@ DANGEROUS_SAMPLES = {
     "/containers/{name*}/logs": "/containers/c1/logs?stdout=1", "/services/{name*}/logs": "/services/s1/logs?stdout=1",
     "/tasks/{name*}/logs": "/tasks/t1/logs?stdout=1", "/containers/{name*}/top": "/containers/c1/top",
     "/containers/{name*}/changes": "/containers/c1/changes", "/images/get": "/images/get?names=busybox",
-    "/images/{name*}/get": "/images/busybox/get", "/swarm": "/swarm", "/swarm/unlockkey": "/swarm/unlockkey",
+    "/images/{name*}/get": "/images/busybox/get",
     "/configs": "/configs", "/configs/{id*}": "/configs/c1", "/exec/{id*}/json": "/exec/e1/json",
     "/distribution/{name*}/json": "/distribution/busybox/json", "/images/search": "/images/search?term=x",
     "/plugins/privileges": "/plugins/privileges?remote=x",
@@ -137,6 +137,17 @@ def test_writes_and_unacknowledged_dangerous_reads_are_refused(preset):
                 templates_overlap(parse_template(template), parse_template(a)) for a in acknowledged)
             if not allowed_here:
                 assert reason is not None, (preset, method, target)
+
+
+@pytest.mark.parametrize("preset", sorted(SHIPPED.profiles))
+def test_get_swarm_passes_only_without_its_join_tokens_and_the_unlock_key_never(preset):
+    """(issue 21: item 2) GET /swarm is an ordinary read where the profile redacts swarm-tokens
+    (docker-cli, monitoring); /swarm/unlockkey is refused by every profile."""
+    for method in ("GET", "HEAD"):
+        assert "never forwarded" in refusal(method, "/v1.41/swarm/unlockkey", profile=preset)
+    if refusal("GET", "/v1.41/swarm", profile=preset) is None:
+        assert "swarm-tokens" in SHIPPED.filtering[preset].redact, preset
+    assert (refusal("GET", "/swarm", profile=preset) is None) == (preset in ("docker-cli", "monitoring")), preset
 
 
 @pytest.mark.parametrize("preset", PRESETS + ["default", "monitoring", "log-reader"])
