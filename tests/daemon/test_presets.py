@@ -62,7 +62,7 @@ def test_consumer_requests_work_end_to_end(preset, preset_proxy, victim, busybox
         concrete = dict(values)
         if path.startswith("/networks/"):
             concrete["{id}"] = "none"
-        if path.split("/")[1] in ("services", "tasks", "nodes", "secrets", "plugins"):
+        if path.split("/")[1] in ("services", "tasks", "nodes", "secrets", "plugins", "swarm"):
             concrete["{id}"] = concrete["{name*}"] = "x1"  # no swarm here: the daemon answers 503/404
         for target in (render(path, query, version=None, shape="map", values=concrete),
                        render(path, query, version="1.41", shape="list", values=concrete)):
@@ -70,6 +70,17 @@ def test_consumer_requests_work_end_to_end(preset, preset_proxy, victim, busybox
             assert answer.status != 403, (preset, method, target, answer.body[:300])
             if concrete["{id}"] != "x1":  # swarm endpoints: 503 "not a swarm manager" is dockerd's answer
                 assert answer.status in (200, 204), (preset, method, target, answer.status, answer.body[:300])
+
+
+@pytest.mark.docker
+def test_get_swarm_outside_a_swarm_is_the_daemons_own_503(preset_proxy, dockerd):
+    """(issue 21: item 2) docker-cli allows GET /swarm; the suite's daemon is not a swarm manager,
+    and its 503 reaches the client byte for byte (answers other than 2xx are not filtered)."""
+    direct = fu.get(dockerd.socket_path, "/v1.41/swarm")
+    assert direct.status == 503 and b"not a swarm manager" in direct.body, direct
+    through = fu.get(preset_proxy.sockets["docker-cli"], "/v1.41/swarm")
+    assert (through.status, through.body) == (direct.status, direct.body), through
+    assert through.header("content-type") == direct.header("content-type")
 
 
 @pytest.mark.docker
