@@ -84,6 +84,25 @@ def test_get_swarm_outside_a_swarm_is_the_daemons_own_503(preset_proxy, dockerd)
 
 
 @pytest.mark.docker
+def test_netdata_names_a_nomad_task_from_the_variables_it_keeps(preset_proxy, containers, busybox_image):
+    """(issue 21: item 3) Netdata's cgroup name resolution reads NOMAD_NAMESPACE, NOMAD_JOB_NAME,
+    NOMAD_TASK_NAME and NOMAD_SHORT_ALLOC_ID from Config.Env (cgroup-name.sh.in): through the
+    netdata preset their values pass, and every other variable's value is still redacted."""
+    nomad = {"NOMAD_NAMESPACE": "default", "NOMAD_JOB_NAME": "cons2job", "NOMAD_TASK_NAME": "api",
+             "NOMAD_SHORT_ALLOC_ID": "1f2e3d4c"}
+    secret = "s3cr3t-" + str(time.time_ns())
+    container = containers(busybox_image, name="cons2-nomad-alloc",
+                           environment={**nomad, "NOMAD_TOKEN": secret, "DB_PASSWORD": secret})
+    answer = ask(preset_proxy.sockets["netdata"], "GET", f"/v1.41/containers/{container.id}/json")
+    assert answer.status == 200 and secret.encode() not in answer.body, answer
+    env = dict(item.partition("=")[::2] for item in answer.json()["Config"]["Env"])
+    assert {name: env[name] for name in nomad} == nomad
+    assert env["NOMAD_TOKEN"] == env["DB_PASSWORD"] == ""
+    # what netdata then names it (containerResolution in cgroup-name/container_runtime.go)
+    assert "-".join(env[name] for name in nomad) == "default-cons2job-api-1f2e3d4c"
+
+
+@pytest.mark.docker
 def test_head_ping_through_every_preset(preset_proxy):
     for name, path in preset_proxy.sockets.items():
         answer = ask(path, "HEAD", "/_ping")

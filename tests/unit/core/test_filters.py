@@ -769,3 +769,83 @@ def test_a_committed_images_container_is_not_named_under_a_scope():
     out, f = run_scoped(SCOPED, "image", image)
     assert "Container" not in out and "ContainerConfig" not in out and f.hidden == 1
     assert run_scoped(Filtering(), "image", image)[0]["Container"] == "c" * 64
+
+
+# ---------------------------------------------------------------------------------------------
+# "keep": {"env": [...]}: the values a consumer needs (issue 21: item 3)
+
+def test_keep_env_loads_patterns_and_is_not_inherited():
+    policy = policy_with({"rules": RULE, "keep": {"env": ["NOMAD_JOB_NAME", "NOMAD_*", "X?[0-9]"]}},
+                         {"child": {"extends": "p", "rules": [{"method": "GET", "path": "/info"}]}})
+    assert policy.filtering["p"].keep_env == ("NOMAD_JOB_NAME", "NOMAD_*", "X?[0-9]")
+    assert policy.filtering["child"].keep_env == ()  # goes with "redact": a child redacts the defaults, all of them
+
+
+@pytest.mark.parametrize("keep, message", [
+    ({"env": []}, "non-empty list"), ({"env": "NOMAD_*"}, "non-empty list"), ({"env": [1]}, "non-empty list"),
+    ({"env": [""]}, "not a variable name"), ({"env": ["A=B"]}, "not a variable name"),
+    ({"env": ["A B"]}, "not a variable name"), ({"env": ["A\nB"]}, "not a variable name"),
+    ({"env": ["*"]}, "keeps every variable"), ({"env": ["**?"]}, "keeps every variable"),
+    ({"env": ["A", "A"]}, "twice"), ({"log-options": ["x"]}, "must be"), (["NOMAD_*"], "must be"),
+    ({}, "must be"),
+])
+def test_keep_env_patterns_are_checked(keep, message):
+    with pytest.raises(PolicyError, match=message) as info:
+        policy_with({"rules": RULE, "keep": keep})
+    assert "$.profiles.p.keep" in str(info.value)
+
+
+def test_keep_env_needs_env_redacted():
+    with pytest.raises(PolicyError, match="does not redact env"):
+        policy_with({"rules": RULE, "redact": ["log-options"], "keep": {"env": ["NOMAD_*"]}})
+
+
+def test_kept_variables_keep_their_values_and_no_other_does():
+    doc = inspect_doc()
+    doc["Config"]["Env"] = ["NOMAD_JOB_NAME=cons2job", "NOMAD_TASK_NAME=api", f"NOMAD_TOKEN_x={SECRET}",
+                            f"NOMAD={SECRET}", f"nomad_job_name={SECRET}", f"XNOMAD_JOB_NAME={SECRET}",
+                            f"NOMAD_JOB_NAMES={SECRET}", f"DB_PASSWORD={SECRET}", "UNSET"]
+    filtering = Filtering(keep_env=("NOMAD_JOB_NAME", "NOMAD_TASK_*"))
+    out, f = run(filtering, "container", doc)
+    assert out["Config"]["Env"] == ["NOMAD_JOB_NAME=cons2job", "NOMAD_TASK_NAME=api", "NOMAD_TOKEN_x=", "NOMAD=",
+                                    "nomad_job_name=", "XNOMAD_JOB_NAME=", "NOMAD_JOB_NAMES=", "DB_PASSWORD=", "UNSET"]
+    assert SECRET not in json.dumps(out["Config"]["Env"]) and f.redacted == 6 + 2 + 2  # (+ log and volume options)
+    assert run(filtering, "container", out)[0] == out  # idempotent
+
+
+def test_keep_env_reaches_every_name_value_list_and_no_recorded_text():
+    """Services' and tasks' ContainerSpec.Env keep the same names; build steps (text the daemon
+    recorded) lose their values whatever "keep" says."""
+    filtering = Filtering(keep_env=("KEEP",))
+    service = {"Spec": {"TaskTemplate": {"ContainerSpec": {"Env": ["KEEP=v", f"OTHER={SECRET}"]}}}}
+    out, _ = run(filtering, "service", service)
+    assert out["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"] == ["KEEP=v", "OTHER="]
+    image = {"Config": {"Env": ["KEEP=v"], "OnBuild": [f"ENV KEEP={SECRET}"]},
+             "History": [{"created_by": f"/bin/sh -c #(nop)  ENV KEEP={SECRET}"}]}
+    out, _ = run(filtering, "image", image)
+    assert out["Config"]["Env"] == ["KEEP=v"] and SECRET not in json.dumps(out)
+
+
+def _glob(pattern: str, name: str) -> bool:
+    """The oracle, written out: * any run, ? one character, anything else itself."""
+    if not pattern:
+        return not name
+    if pattern[0] == "*":
+        return any(_glob(pattern[1:], name[i:]) for i in range(len(name) + 1))
+    return bool(name) and pattern[0] in ("?", name[0]) and _glob(pattern[1:], name[1:])
+
+
+env_names = st.text(alphabet="ABNOMD_a1", min_size=1, max_size=6)
+env_patterns = st.text(alphabet="ABNOMD_a1*?", min_size=1, max_size=5).filter(lambda p: p.strip("*?") or "*" not in p)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(env_names, secret_text), max_size=6), st.lists(env_patterns, min_size=1, max_size=3, unique=True))
+def test_property_a_kept_name_keeps_its_value_and_no_other_value_passes(variables, patterns):
+    filtering = Filtering(keep_env=tuple(patterns))
+    doc = {"Config": {"Env": [f"{name}={value}" for name, value in variables], "Labels": {}}}
+    out, _ = run(filtering, "container", doc)
+    for (name, value), item in zip(variables, out["Config"]["Env"]):
+        kept = any(_glob(pattern, name) for pattern in patterns)
+        assert item == (f"{name}={value}" if kept else f"{name}="), (patterns, name)
+    assert run(filtering, "container", out)[0] == out

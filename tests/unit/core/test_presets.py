@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from policies import SHIPPED, facts, refusal, shipped_document
 from porthole.core.decide import decide
 from porthole.core.guards import DANGEROUS_READS, parse_template, templates_overlap
-from porthole.core.policy import PolicyError, load_policy
+from porthole.core.policy import PolicyError, describe_policy, load_policy
 from porthole.core.target import Refusal, canonicalize_target
 from presets import ACKNOWLEDGED, CONSUMERS, LOG_READER_DOCKER_LOGS, PRESETS, F, render, spellings
 
@@ -287,3 +287,18 @@ def test_a_rules_file_cannot_open_libpod_dangerous_reads_unacknowledged():
     document["profiles"]["podman"]["rules"].append({"method": "GET", "path": "/libpod/containers/{name}/logs"})
     with pytest.raises(Exception, match="dangerous read"):
         load_policy(json.dumps(document))
+
+
+# ---- netdata keeps the Nomad variables its name resolution reads (issue 21: item 3) -----------
+
+# netdata's src/collectors/cgroups.plugin/cgroup-name.sh.in (parse_docker_like_inspect_output) and
+# cgroup-name/container_runtime.go (parseDockerLikeInspectValues) read exactly these four from
+# Config.Env, and name a container NAMESPACE-JOB-TASK-SHORT_ALLOC_ID when all four are set.
+NETDATA_NOMAD = ("NOMAD_NAMESPACE", "NOMAD_JOB_NAME", "NOMAD_TASK_NAME", "NOMAD_SHORT_ALLOC_ID")
+
+
+def test_netdata_keeps_exactly_the_nomad_variables_it_reads():
+    filtering = SHIPPED.filtering["netdata"]
+    assert filtering.keep_env == NETDATA_NOMAD and "env" in filtering.redact
+    assert all(SHIPPED.filtering[name].keep_env == () for name in SHIPPED.profiles if name != "netdata")
+    assert "keeps the values of environment variables: " + ", ".join(NETDATA_NOMAD) in describe_policy(SHIPPED)
