@@ -111,6 +111,7 @@ CONSUMERS = {
             filters=F(label=["com.docker.compose.project=demo"])),
         req("/containers/{id}/json"), req("/images/{name*}/json"), req("/images/{name*}/json", manifests="1"),
         req("/images/{name*}/json", platform='{"architecture":"amd64","os":"linux"}'),
+        req("/volumes/{name}"),  # docker-compose v1: a project's named volumes
     ],
     "docker-cli": PING + [
         req("/version"), req("/info"), req("/events", filters=F(type=["container"])),
