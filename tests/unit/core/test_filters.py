@@ -417,6 +417,21 @@ def test_get_swarm_is_relayed_untouched_only_without_swarm_tokens_and_log_option
     assert plan(Filtering(), "/libpod/swarm").filter is None  # (no such libpod endpoint)
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["Worker", "Manager", "Other"]), secret_text, max_size=3), junk,
+       st.none() | secret_text, options)
+def test_property_no_join_token_survives_get_swarm_and_filtering_is_idempotent(tokens, extra, key, log_options):
+    doc = copy.deepcopy(SWARM_INSPECT)
+    doc["JoinTokens"], doc["Extra"] = tokens, extra
+    doc["Spec"]["TaskDefaults"]["LogDriver"]["Options"] = log_options
+    if key is not None:
+        doc["Spec"]["CAConfig"]["SigningCAKey"] = key
+    once, _ = run(Filtering(), "swarm", doc)
+    assert "ZQX" not in json.dumps(once) and set(once["JoinTokens"]) == set(tokens)
+    twice, second = run(Filtering(), "swarm", once)
+    assert twice == once and second.redacted == 0
+
+
 def test_filtered_answers_and_head_as_get():
     default = Filtering()
     p = plan(default, "/v1.41/containers/web/json", "HEAD")
