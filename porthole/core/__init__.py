@@ -8,7 +8,8 @@ opens with the invariants it enforces.
   target.py   canonicalize_target: the one reading of a request target (what is matched is
               exactly what is forwarded).
   guards.py   path templates; NEVER_FORWARDED (no rules file can allow them); DANGEROUS_READS
-              (only a rule that says "dangerous": true).
+              (only a rule that says "dangerous": true); REDACTED_READS (dangerous unless the
+              profile redacts what makes them so: GET /swarm's join tokens).
   clients.py  which profile each client connection gets (rules.json's "clients").
   policy.py   rules.json, strictly validated into a Policy: GET and HEAD rules only.
   decide.py   decide: a request's facts in, a Decision or a Refusal out; forwarded_request:

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import h11
 
+from porthole.core.filters import DEFAULT_FILTERING
 from porthole.core.guards import dangerous_reason, never_forwarded_reason
 from porthole.core.policy import ALLOWED_METHODS, Policy, Rule
 from porthole.core.target import CONTROL_BYTES, Refusal, Target, canonicalize_target
@@ -178,7 +179,8 @@ def decide(policy: Policy, facts: RequestFacts, allow_hosts: frozenset[str] = fr
     index = policy.indexes.get(facts.profile)  # type: ignore[attr-defined]
     if index is None:
         raise Refusal(403, f"the listener's profile {facts.profile!r} is not in {policy.source}")
-    danger = dangerous_reason(target.segments)
+    # (a REDACTED_READS path is dangerous unless this profile redacts it: guards.py invariant 3)
+    danger = dangerous_reason(target.segments, policy.filtering.get(facts.profile, DEFAULT_FILTERING).redact)
     query_problem = None
     for rule in index.matches(target.segments):
         if facts.method in rule.methods:
@@ -214,7 +216,8 @@ def decide_with_mode(policy: Policy, facts: RequestFacts, allow_hosts: frozenset
         # The stand-in names no path: a client's path never becomes a label or any other state
         # that outlives the request (the metrics label a would_deny by its learned template).
         rule = Rule(facts.profile, -1, frozenset({facts.method}), WOULD_DENY_PATH, (), None,
-                    dangerous_reason(target.segments) is not None)
+                    dangerous_reason(target.segments, policy.filtering.get(facts.profile, DEFAULT_FILTERING).redact)
+                    is not None)
         return Decision(target, rule, is_streaming(target), would_deny=refusal.reason)
 
 

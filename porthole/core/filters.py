@@ -71,6 +71,8 @@ class ResponseFilter(ObjectFilter):
             return self.disk_usage(doc)
         if kind == "info":
             return self.info(doc)
+        if kind == "swarm":
+            return self.swarm(doc)
         if kind in ("plugin", "config", "network"):
             return getattr(self, kind)(doc)
         if kind in ("plugin list", "config list", "network list"):
@@ -136,6 +138,18 @@ class ResponseFilter(ObjectFilter):
         for key, value in (("number", total), ("running", running), ("paused", paused), ("stopped", stopped)):
             if key in store:
                 store[key] = value
+        return doc
+
+    def swarm(self, doc: Any) -> Any:
+        """GET /swarm: swarm-tokens removes the join tokens (JoinTokens.Worker and .Manager: with
+        one, a machine joins the swarm) and a CA signing key should the spec carry one (dockerd
+        leaves it out); log-options the task defaults' log driver options, as in /info."""
+        if "swarm-tokens" in self.redact:
+            self._values(doc, "JoinTokens", "the answer")
+            self._blank(_at(doc, "Spec.CAConfig"), "SigningCAKey", "Spec.CAConfig")
+        if "log-options" in self.redact:
+            where = "Spec.TaskDefaults.LogDriver"
+            self._values(_at(doc, where), "Options", where)
         return doc
 
     def event_line(self, line: bytes) -> bytes:
@@ -222,6 +236,8 @@ def classify_for_filter(segments: Sequence[str]) -> tuple[str | None, str | None
         return ("pod list" if s[1:] == ("json",) else "pod" if n == 3 and s[2] == "json" else None), None
     if head == "generate" or (head == "quadlets" and s[-1] == "file"):
         return "generated", None
+    if s == ("swarm",) and not libpod:
+        return "swarm", None
     if s in (("system", "df"), ("info",), ("events",)):
         return {"system": "disk usage", "info": "info", "events": "events"}[head], None
     return None, None
@@ -242,6 +258,7 @@ _REDACTIONS_FOR = {
     "volume": {"volume-options", "host-paths"},
     "disk usage": {"env", "commands", "host-paths", "volume-options"},
     "info": {"log-options"},  # a swarm manager's task defaults (ResponseFilter.info)
+    "swarm": {"swarm-tokens", "log-options"},
     "plugin": {"env", "commands"},
     "config": {"config-data"},
     "network": set(),

@@ -11,7 +11,11 @@ Invariants:
   2. A DANGEROUS_READS path is forwarded only by a rule that says "dangerous": true: load_policy
      refuses a rule overlapping a dangerous read without it (and one that says it needlessly),
      and decide checks it again for every request.
-  3. The guards' placeholders are '{name*}' because the daemon routes names with '.*':
+  3. A REDACTED_READS path is dangerous unless the profile's "redact" names its redaction: for
+     such a profile it is an ordinary read (the filter removes what made it dangerous, failing
+     closed); for any other it is a DANGEROUS_READS path (invariant 2). Callers that do not
+     name the profile's redactions get the stricter answer.
+  4. The guards' placeholders are '{name*}' because the daemon routes names with '.*':
      'web/db' is one container name to it.
 """
 from __future__ import annotations
@@ -89,6 +93,7 @@ NEVER_FORWARDED = {
     "/debug/{path*}": "/debug exposes the daemon's profiler",
     "/session": "/session hijacks the connection for BuildKit",
     "/grpc": "/grpc hijacks the connection for BuildKit",
+    "/swarm/unlockkey": "the swarm unlock key decrypts the raft log",
 }
 # Reads that are not harmless: forwarded only by a rule that says "dangerous": true.
 DANGEROUS_READS = {
@@ -101,8 +106,6 @@ DANGEROUS_READS = {
     "/containers/{name*}/changes": "changes lists every path the container wrote or deleted",
     "/images/get": "images/get dumps whole images",
     "/images/{name*}/get": "images/get dumps whole images",
-    "/swarm": "GET /swarm returns the swarm join tokens",
-    "/swarm/unlockkey": "the swarm unlock key decrypts the raft log",
     "/configs": "config objects carry their data",
     "/configs/{id*}": "config objects carry their data",
     "/exec/{id*}/json": "exec inspect reveals command lines of other clients",
@@ -122,6 +125,10 @@ DANGEROUS_READS = {
     "/libpod/exec/{id*}/json": "exec inspect reveals command lines of other clients",
     "/libpod/secrets/{name*}/json": "secret inspect returns the secret's data with showsecret=true",
     "/libpod/volumes/{name*}/export": "volume export streams the volume's content",
+}
+# Dangerous unless the profile redacts what makes them so (invariant 3): path -> (redaction, why).
+REDACTED_READS = {
+    "/swarm": ("swarm-tokens", "GET /swarm returns the swarm join tokens"),
 }
 
 
@@ -144,18 +151,28 @@ class TemplateIndex:
 
 NEVER_TEMPLATES = [(parse_template(t), why) for t, why in NEVER_FORWARDED.items()]
 DANGEROUS_TEMPLATES = [(parse_template(t), why) for t, why in DANGEROUS_READS.items()]
+REDACTED_TEMPLATES = [(parse_template(t), guard) for t, guard in REDACTED_READS.items()]
 _NEVER_INDEX = TemplateIndex(NEVER_TEMPLATES)
 _DANGEROUS_INDEX = TemplateIndex(DANGEROUS_TEMPLATES)
+_REDACTED_INDEX = TemplateIndex(REDACTED_TEMPLATES)
+NOT_REDACTING: frozenset[str] = frozenset()  # the stricter answer: every REDACTED_READS path is dangerous
 
 
 def never_forwarded_reason(segments: Sequence[str]) -> str | None:
     return next(iter(_NEVER_INDEX.matches(segments)), None)
 
 
-def dangerous_reason(segments: Sequence[str]) -> str | None:
-    return next(iter(_DANGEROUS_INDEX.matches(segments)), None)
+def dangerous_reason(segments: Sequence[str], redact: frozenset[str] = NOT_REDACTING) -> str | None:
+    """Why the path is a dangerous read for a profile that redacts `redact`, or None."""
+    why = next(iter(_DANGEROUS_INDEX.matches(segments)), None)
+    if why is None:
+        why = next((why for redaction, why in _REDACTED_INDEX.matches(segments) if redaction not in redact), None)
+    return why
 
 
-def dangerous_overlaps(template: Template) -> list[str]:
-    """Why each dangerous read a rule's template can match is dangerous ([] for none)."""
-    return [why for guard, why in DANGEROUS_TEMPLATES if templates_overlap(template, guard)]
+def dangerous_overlaps(template: Template, redact: frozenset[str] = NOT_REDACTING) -> list[str]:
+    """Why each dangerous read a rule's template can match is dangerous, for a profile that
+    redacts `redact` ([] for none)."""
+    return ([why for guard, why in DANGEROUS_TEMPLATES if templates_overlap(template, guard)]
+            + [why for guard, (redaction, why) in REDACTED_TEMPLATES
+               if redaction not in redact and templates_overlap(template, guard)])

@@ -10,6 +10,9 @@ Invariants (those of filters.py, for one object):
 """
 from __future__ import annotations
 
+import fnmatch
+import functools
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
@@ -25,13 +28,16 @@ REDACTIONS: Mapping[str, str] = {
     "volume-options": "volume driver options (a CIFS volume's password=), in volumes and in mounts",
     "exec-commands": "the command line of exec_create/exec_start events",
     "config-data": "the content of swarm configs (Spec.Data)",
+    "swarm-tokens": "the swarm join tokens (worker and manager) of GET /swarm, and a CA signing key should its spec "
+                    "carry one: keys kept",
     "commands": "container command lines (Path, Args, Cmd, Entrypoint, healthcheck test, Command, Podman's "
                 "CreateCommand), a plugin's arguments",
     "host-paths": "host paths: mount sources, binds, storage-driver directories, log and volume paths",
 }
 # What a profile without "redact" removes. "commands" and "host-paths" are opt-in: `docker ps`
 # shows COMMAND and `docker inspect` mounts, and neither is usually a secret.
-DEFAULT_REDACTIONS = frozenset({"env", "log-options", "volume-options", "exec-commands", "config-data"})
+DEFAULT_REDACTIONS = frozenset({"env", "log-options", "volume-options", "exec-commands", "config-data",
+                                "swarm-tokens"})
 Label = tuple[str, str | None]  # docker's label filter: ("key", None) or ("key", "value")
 
 
@@ -41,6 +47,12 @@ class Filtering:
 
     redact: frozenset[str] = DEFAULT_REDACTIONS
     visible: tuple[Label, ...] = ()  # every label must match; () sees everything
+    keep_env: tuple[str, ...] = ()  # patterns (parse_env_pattern) of variables whose values env keeps
+
+    @property
+    def kept_env(self) -> re.Pattern[str] | None:
+        """What matches the name of a variable whose value env redaction keeps; None: none."""
+        return env_keeper(self.keep_env) if self.keep_env else None
 
     def label_filters(self) -> list[str]:
         return [key if value is None else f"{key}={value}" for key, value in self.visible]
@@ -52,6 +64,22 @@ def parse_label_filter(text: str) -> Label:
     if not key or key != key.strip() or CONTROL_BYTES.search(text.encode("utf-8", "replace")):
         raise ValueError(f"{text!r} is not a label filter (key or key=value)")
     return key, value if equals else None
+
+
+def parse_env_pattern(text: str) -> str:
+    """A variable name or a glob of names ('NOMAD_*': * ? and [...] as fnmatch, matched against
+    the whole name, case-sensitive); ValueError says what is wrong."""
+    if not text or "=" in text or any(c.isspace() or not c.isprintable() for c in text):
+        raise ValueError(f"{text!r} is not a variable name or a glob of names (no '=', spaces or control characters)")
+    if "*" in text and not text.strip("*?"):
+        raise ValueError(f"{text!r} keeps every variable: leave env out of redact instead")
+    return text
+
+
+@functools.lru_cache(maxsize=64)
+def env_keeper(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """One expression for the patterns: .match(name) is a whole-name match of one of them."""
+    return re.compile("|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in patterns))
 
 
 def labels_match(labels: Any, wanted: Sequence[Label], where: str) -> bool:
@@ -102,6 +130,7 @@ class ObjectFilter:
     def __init__(self, filtering: Filtering, kind: str, name: str | None = None) -> None:
         self.redact = filtering.redact
         self.visible = filtering.visible
+        self.kept_env = filtering.kept_env  # env keeps the values of these variables
         self.kind = kind
         self.name = name  # the object as the client named it, for a 404's message
         self.redacted = 0  # values removed
@@ -112,11 +141,12 @@ class ObjectFilter:
 
     def _env(self, container: Any, key: str, where: str) -> None:
         values = _array(_object(container, where).get(key), f"{where}.{key}")
+        kept = self.kept_env
         for i, item in enumerate(values):
             if not isinstance(item, str):
                 raise TransformError(f"{where}.{key}[{i}] is not a string")
             name, equals, value = item.partition("=")
-            if equals and value:
+            if equals and value and not (kept is not None and kept.match(name)):
                 values[i] = name + "="
                 self.redacted += 1
 

@@ -7,9 +7,10 @@ Invariants:
   2. Anything unknown, missing or mistyped refuses the whole file, with its JSON path in the
      message ($.profiles.NAME.rules[3].path): a policy is never half-loaded, and a reload that
      fails keeps the policy in force.
-  3. Every rule is checked against the guards at load (guards.py invariants 1 and 2).
+  3. Every rule is checked against the guards at load (guards.py invariants 1 to 3), a
+     REDACTED_READS path against the redactions of every profile the rule ends up in.
   4. A profile's filtering defaults to DEFAULT_REDACTIONS: redaction is on unless a profile
-     says otherwise.
+     says otherwise. What it keeps ("keep") goes with its own "redact": neither is inherited.
 """
 from __future__ import annotations
 
@@ -20,9 +21,9 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from porthole.core.clients import ClientRule, load_client_rules
-from porthole.core.objects import DEFAULT_REDACTIONS, Filtering, Label, REDACTIONS, parse_label_filter
+from porthole.core.objects import DEFAULT_REDACTIONS, Filtering, Label, REDACTIONS, parse_env_pattern, parse_label_filter
 from porthole.core.filters import DEFAULT_FILTERING
-from porthole.core.guards import (NEVER_FORWARDED, NEVER_TEMPLATES, Template, TemplateIndex,
+from porthole.core.guards import (NEVER_FORWARDED, NEVER_TEMPLATES, REDACTED_TEMPLATES, Template, TemplateIndex,
                                   dangerous_overlaps, parse_template, templates_overlap)
 from porthole.core.target import QUERY_KEY, Target
 
@@ -127,12 +128,13 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
     descriptions: dict[str, str] = {}
     redactions: dict[str, frozenset[str]] = {}
     scopes: dict[str, tuple[Label, ...] | None] = {}
+    keeps: dict[str, tuple[str, ...]] = {}
     modes: dict[str, str] = {}
     for name, body in raw_profiles.items():
         where = f"$.profiles.{name}"
         if not _PROFILE_NAME.fullmatch(name):
             raise fail(where, "profile names are lowercase letters, digits, '-' and '_'")
-        check_keys(body, where, {"rules"}, {"description", "extends", "redact", "visible", "mode", "coalesce"})
+        check_keys(body, where, {"rules"}, {"description", "extends", "redact", "keep", "visible", "mode", "coalesce"})
         if not isinstance(body.get("coalesce", True), bool):
             raise fail(where + ".coalesce", "must be true or false")
         if not isinstance(body.get("description", ""), str):
@@ -151,6 +153,7 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
         own_rules[name] = [_load_rule(raw, name, i, f"{where}.rules[{i}]", fail)
                            for i, raw in enumerate(body["rules"])]
         redactions[name], scopes[name] = _load_filtering(body, where, fail)
+        keeps[name] = _load_keep(body, redactions[name], where, fail)
     profiles: dict[str, tuple[Rule, ...]] = {}
     filtering: dict[str, Filtering] = {}
     uncoalesced: set[str] = set()
@@ -174,7 +177,8 @@ def load_policy(text: str, source: str = "rules.json") -> Policy:
         # A visible scope is inherited (leaving it out never widens what a child sees); a
         # profile without "redact" redacts the defaults, whatever its parent turned off.
         scope = next((scopes[member] for member in chain if scopes[member] is not None), ())
-        filtering[name] = Filtering(redactions[name], scope)
+        filtering[name] = Filtering(redactions[name], scope, keeps[name])  # "keep" goes with "redact"
+        _check_redacted_reads(rules, filtering[name].redact, f"$.profiles.{name}", fail)
         own = [raw_profiles[member]["coalesce"] for member in chain if "coalesce" in raw_profiles[member]]
         if own and own[0] is False:  # inherited through extends unless the profile sets it
             uncoalesced.add(name)
@@ -228,6 +232,38 @@ def _load_filtering(body: dict, where: str, fail: Any) -> tuple[frozenset[str], 
         raise fail(where + ".visible.labels", str(exc)) from None
 
 
+def _check_redacted_reads(rules: list[Rule], redact: frozenset[str], where: str, fail: Any) -> None:
+    """guards.py invariant 3: a rule (own or inherited) that can match a REDACTED_READS path is
+    an ordinary read only where the profile redacts it; elsewhere it must say "dangerous"."""
+    for rule in rules:
+        risky = [] if rule.dangerous else dangerous_overlaps(rule.template, redact)
+        if risky:
+            missing = next(r for t, (r, _) in REDACTED_TEMPLATES if templates_overlap(rule.template, t)
+                           and r not in redact)
+            raise fail(where, f"rule {rule.label}: {rule.path} is a dangerous read ({risky[0]}) unless the profile "
+                              f"redacts {missing!r}: add it to \"redact\", or add \"dangerous\": true to the rule")
+
+
+def _load_keep(body: dict, redactions: frozenset[str], where: str, fail: Any) -> tuple[str, ...]:
+    """A profile's "keep": {"env": [patterns]}: the variables whose values env redaction keeps."""
+    keep = body.get("keep")
+    if keep is None:
+        return ()
+    if not isinstance(keep, dict) or set(keep) != {"env"}:
+        raise fail(where + ".keep", 'must be {"env": ["NAME" or "GLOB*", ...]}')
+    patterns = keep["env"]
+    if not isinstance(patterns, list) or not patterns or not all(isinstance(item, str) for item in patterns):
+        raise fail(where + ".keep.env", 'must be a non-empty list of variable names or globs ("NOMAD_*")')
+    if "env" not in redactions:
+        raise fail(where + ".keep.env", "keeps nothing: the profile does not redact env")
+    if len(set(patterns)) != len(patterns):
+        raise fail(where + ".keep.env", "lists a pattern twice")
+    try:
+        return tuple(parse_env_pattern(item) for item in patterns)
+    except ValueError as exc:
+        raise fail(where + ".keep.env", str(exc)) from None
+
+
 def _load_rule(raw: Any, profile: str, index: int, where: str, fail: Any) -> Rule:
     if not isinstance(raw, dict):
         raise fail(where, "must be an object")
@@ -271,11 +307,11 @@ def _load_rule(raw: Any, profile: str, index: int, where: str, fail: Any) -> Rul
     for guard, why in NEVER_TEMPLATES:
         if templates_overlap(template, guard):
             raise fail(where + ".path", f"matches a path that is never forwarded ({why})")
-    risky = dangerous_overlaps(template)
+    risky = dangerous_overlaps(template, frozenset(REDACTIONS))  # whatever the profile redacts
     if risky and not dangerous:
         raise fail(where, f"{raw['path']} is a dangerous read ({risky[0]}); "
                           "add \"dangerous\": true to acknowledge it")
-    if dangerous and not risky:
+    if dangerous and not dangerous_overlaps(template):  # (a REDACTED_READS path may say it)
         raise fail(where + ".dangerous", f"{raw['path']} is not a dangerous read; remove the flag")
     return Rule(profile, index, frozenset(methods), raw["path"], template, query, dangerous)
 
@@ -294,6 +330,8 @@ def describe_policy(policy: Policy) -> str:
             lines.append(f"  {'|'.join(sorted(rule.methods)):<8} {rule.path}  ({query}){flag}")
         filtering = policy.filtering.get(name, DEFAULT_FILTERING)
         lines.append("  redacts: " + (", ".join(r for r in REDACTIONS if r in filtering.redact) or "nothing"))
+        if filtering.keep_env:
+            lines.append("  keeps the values of environment variables: " + ", ".join(filtering.keep_env))
         if filtering.visible:
             lines.append("  sees only containers, services and tasks labelled: "
                          + ", ".join(filtering.label_filters()))

@@ -20,7 +20,7 @@ import h11
 from porthole.connections.upstream import upstream_error_message
 from porthole.core.objects import DEFAULT_REDACTIONS, REDACTIONS
 from porthole.core.filters import DEFAULT_FILTERING
-from porthole.core.guards import dangerous_overlaps
+from porthole.core.guards import REDACTED_TEMPLATES, dangerous_overlaps, templates_overlap
 from porthole.core.policy import Policy, Rule
 from porthole.ops.probe import blocking_get
 from porthole.runtime.config import Endpoint, Settings
@@ -416,7 +416,12 @@ def check_redaction(facts: HostFacts) -> list[Finding]:
     used = {l.profile for l in facts.listeners} | {c.profile for c in facts.policy.clients}
     for profile in sorted(facts.policy.profiles):
         filtering = facts.policy.filtering.get(profile, DEFAULT_FILTERING)
-        missing = [r for r in REDACTIONS if r in DEFAULT_REDACTIONS and r not in filtering.redact]
+        # A REDACTED_READS redaction (swarm-tokens) matters only to a profile whose rules reach its path.
+        reached = {redaction for rule in facts.policy.profiles[profile]
+                   for template, (redaction, _) in REDACTED_TEMPLATES if templates_overlap(rule.template, template)}
+        guarded = {redaction for _, (redaction, _) in REDACTED_TEMPLATES}
+        missing = [r for r in REDACTIONS if r in DEFAULT_REDACTIONS and r not in filtering.redact
+                   and (r not in guarded or r in reached)]
         if not missing:
             continue
         scope = f" (it sees only containers labelled {', '.join(filtering.label_filters())})" if filtering.visible else ""

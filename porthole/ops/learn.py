@@ -38,7 +38,7 @@ ENGINE_API_TEMPLATES = (
     "/images/json", "/images/search", "/images/get", "/images/{name*}/json", "/images/{name*}/history",
     "/images/{name*}/get",
     "/networks", "/networks/{id}", "/volumes", "/volumes/{name}",
-    "/swarm", "/swarm/unlockkey", "/nodes", "/nodes/{id}", "/services", "/services/{id}",
+    "/swarm", "/nodes", "/nodes/{id}", "/services", "/services/{id}",
     "/services/{id}/logs", "/tasks", "/tasks/{id}", "/tasks/{id}/logs", "/secrets", "/secrets/{id}",
     "/configs", "/configs/{id}", "/plugins", "/plugins/privileges", "/plugins/{name*}/json",
     "/exec/{id}/json", "/distribution/{name*}/json",
@@ -250,12 +250,16 @@ class Learner:
 
 def kept_restrictions(policy: Policy, served_under: set[str]) -> dict[str, Any]:
     """What a learned profile keeps of the profiles its client was served under (Learner Rule 3):
-    every redaction of any of them, every label of their scopes (all must match), and warn
-    mode only if all of them were in warn mode. With none known, the policy's own profiles'
-    restrictions all together: never less than any of them."""
+    every redaction of any of them, the environment variables all of them keep ("keep"), every
+    label of their scopes (all must match), and warn mode only if all of them were in warn mode.
+    With none known, the policy's own profiles' restrictions all together: never less than any
+    of them."""
     names = sorted(served_under) or sorted(policy.profiles)
     filterings = [policy.filtering.get(name, DEFAULT_FILTERING) for name in names]
     kept: dict[str, Any] = {"redact": sorted(set().union(*(f.redact for f in filterings)))}
+    kept_by_all = [p for p in filterings[0].keep_env if all(p in f.keep_env for f in filterings)]
+    if kept_by_all:  # (each of them redacts env, so the union does)
+        kept["keep"] = {"env": kept_by_all}
     labels = list(dict.fromkeys(label for f in filterings for label in f.label_filters()))
     if labels:
         kept["visible"] = {"labels": labels}

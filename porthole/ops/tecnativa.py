@@ -43,7 +43,7 @@ TECNATIVA_SECTIONS: dict[str, tuple[SectionRead, ...]] = {
     "SERVICES": (_S("/services"), _S("/services/{id}"), _S("/services/{id}/logs", gate="ALLOW_LOGS")),
     "TASKS": (_S("/tasks"), _S("/tasks/{id}"), _S("/tasks/{id}/logs", gate="ALLOW_LOGS")),
     "NODES": (_S("/nodes"), _S("/nodes/{id}")),
-    "SWARM": (_S("/swarm"), _S("/swarm/unlockkey")),
+    "SWARM": (_S("/swarm"),),  # its join tokens redacted (swarm-tokens); /swarm/unlockkey is never forwarded
     "SECRETS": (_S("/secrets"), _S("/secrets/{id}")),
     "CONFIGS": (_S("/configs"), _S("/configs/{id}")),
     "PLUGINS": (_S("/plugins"), _S("/plugins/{name*}/json"), _S("/plugins/privileges")),
@@ -142,6 +142,8 @@ def tecnativa_policy(variables: Mapping[str, str]) -> DropIn:
         raise UsageError(
             "porthole never forwards writes: " + "; ".join(f"{n}=1 asks for {TECNATIVA_WRITES[n]}" for n in writes)
             + ". Set them to 0 or remove them; a consumer that needs writes cannot use porthole.")
+    # (imported here: --healthcheck reads the settings, this module among them, and stays lean)
+    from porthole.core.objects import DEFAULT_REDACTIONS
     rules: list[dict[str, Any]] = []
     notes: list[str] = []
     for section, reads in TECNATIVA_SECTIONS.items():
@@ -152,7 +154,7 @@ def tecnativa_policy(variables: Mapping[str, str]) -> DropIn:
                 notes.append(f"{section}=1: GET {read.path} left out: it needs {read.gate}=1 too")
                 continue
             template = parse_template(read.path)
-            risky = dangerous_overlaps(template)
+            risky = dangerous_overlaps(template, DEFAULT_REDACTIONS)  # (the policy's one profile redacts these)
             if risky and read.gate is None:
                 notes.append(f"{section}=1: GET {read.path} left out: a dangerous read ({risky[0]}) "
                              "that no variable acknowledges; use a rules file to allow it")

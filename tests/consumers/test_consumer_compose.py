@@ -42,17 +42,26 @@ SERVICE = """\
     network_mode: none
     stop_signal: SIGKILL
 """
+NAMED_VOLUME = """\
+    volumes: ["data:/data"]
+"""
+VOLUMES = """\
+volumes:
+  data: {}
+"""
 
 
 class Project:
-    """A compose project on disk, brought up on the daemon's DIRECT socket."""
+    """A compose project on disk, brought up on the daemon's DIRECT socket (with `named_volume`,
+    its services mount the project's named volume `data`)."""
 
-    def __init__(self, directory: Path, image: str):
+    def __init__(self, directory: Path, image: str, named_volume: bool = False):
         self.name = "ph" + uuid.uuid4().hex[:8]
         self.directory = directory
         self.file = directory / "compose.yaml"
-        services = "".join(SERVICE.format(name=s, image=image) for s in SERVICES)
-        self.file.write_text(COMPOSE_FILE.format(services=services))
+        services = "".join(SERVICE.format(name=s, image=image) + (NAMED_VOLUME if named_volume else "")
+                           for s in SERVICES)
+        self.file.write_text(COMPOSE_FILE.format(services=services) + (VOLUMES if named_volume else ""))
 
     def run(self, compose: str, docker_host: str, *args, check: bool = True) -> subprocess.CompletedProcess:
         env = support.docker_env(docker_host, {"COMPOSE_PROJECT_NAME": self.name})
@@ -76,6 +85,17 @@ def project(dockerd, busybox_image, tmp_path_factory):
         yield p
     finally:
         p.run(COMPOSE_V1, dockerd.url, "down", "--timeout", "1", check=False)
+
+
+@pytest.fixture(scope="module")
+def volume_project(dockerd, busybox_image, tmp_path_factory):
+    """A project whose services mount a named volume (compose v1 inspects it on every command)."""
+    p = Project(tmp_path_factory.mktemp("compose-volume"), busybox_image, named_volume=True)
+    p.run(COMPOSE_V1, dockerd.url, "up", "-d", "--no-build")
+    try:
+        yield p
+    finally:
+        p.run(COMPOSE_V1, dockerd.url, "down", "--volumes", "--timeout", "1", check=False)
 
 
 def compose_binaries():
@@ -150,3 +170,14 @@ def test_compose_preset_refuses_top(compose, project, proxy_factory):
     refused = consumers.refusals(proxy)
     assert refused and all("/top" in l["target"] and l["status"] == 403 for l in refused), refused
     assert all("dangerous" in (l.get("reason") or "") for l in refused), refused
+
+
+@pytest.mark.parametrize("compose", compose_binaries())
+def test_compose_preset_reads_a_project_with_a_named_volume(compose, volume_project, proxy_factory):
+    """(issue 21: item 4) docker-compose v1 inspects the project's named volumes
+    (GET /volumes/{name}) before ps and images: the compose preset allows it."""
+    require(compose)
+    url, docker_host = consumers.unix_listener("compose")
+    proxy = proxy_factory(listen=[url])  # the shipped rules.json
+    assert_read_commands(volume_project, compose, docker_host)
+    consumers.assert_all_allowed(proxy, "compose")

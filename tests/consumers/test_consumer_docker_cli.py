@@ -14,6 +14,7 @@ import docker
 import pytest
 
 import consumers
+import fake_upstream as fu
 import support
 
 pytestmark = [pytest.mark.docker, pytest.mark.timeout(150)]
@@ -129,3 +130,25 @@ def test_docker_cli_preset_refuses_dangerous_reads(proxy_factory, world):
         assert "dangerous" in r.stderr, r.stderr
     refused = consumers.refusals(proxy)
     assert sorted(l["target"].rsplit("/", 1)[-1].split("?")[0] for l in refused) == ["logs", "top"], refused
+
+
+@pytest.mark.parametrize("quiet", [False, True], ids=["command", "quiet"])
+def test_swarm_join_token_through_the_docker_cli_preset_shows_no_token(quiet, upstream, proxy_factory):
+    """(issue 21: item 2) `docker swarm join-token worker` reads GET /swarm and prints
+    JoinTokens.Worker: through porthole it prints the join command with an empty token (-q: an
+    empty line). The upstream is the fake daemon answering as a swarm manager: the suite's real
+    daemon is never put into swarm mode."""
+    fu.swarm_manager(upstream)
+    url, docker_host = consumers.unix_listener("docker-cli")
+    proxy = proxy_factory(listen=[url], upstream=upstream.url)  # the shipped rules.json
+    for role in ("worker", "manager"):
+        args = ["swarm", "join-token", *(["-q"] if quiet else []), role]
+        result = support.docker_cli(docker_host, *args)
+        assert result.returncode == 0, (args, result.stdout, result.stderr)
+        assert "SWMTKN" not in result.stdout + result.stderr, result.stdout
+        if quiet:
+            assert result.stdout.strip() == "", result.stdout
+        else:
+            assert "docker swarm join --token  10.0.0.1:2377" in result.stdout, result.stdout
+    assert any(q.path == "/swarm" for q in upstream.requests)
+    consumers.assert_all_allowed(proxy, "docker-cli")

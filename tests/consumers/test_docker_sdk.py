@@ -16,6 +16,8 @@ import uuid
 import docker
 import pytest
 
+import consumers
+import fake_upstream as fu
 import support
 
 from porthole.core.objects import Filtering
@@ -279,3 +281,20 @@ def test_volume_create_refused(client, shared_proxy, docker_direct):
     assert sorted(v.name for v in docker_direct.volumes.list()) == before
     with pytest.raises(docker.errors.NotFound):
         docker_direct.volumes.get(name)
+
+
+@pytest.mark.parametrize("profile", ["monitoring", "docker-cli"])
+def test_inspect_swarm_through_porthole_has_no_join_tokens(profile, upstream, proxy_factory):
+    """(issue 21: item 2) Ansible's docker_swarm_info, docker_node_info and
+    docker_swarm_service_info ask docker-py's inspect_swarm first (check_if_swarm_manager: any
+    error reads "must run on swarm manager node"). Through the monitoring and docker-cli presets
+    it answers, without the join tokens (the fake daemon as a swarm manager)."""
+    fu.swarm_manager(upstream)
+    url, docker_host = consumers.unix_listener(profile)
+    proxy_factory(listen=[url], upstream=upstream.url)  # the shipped rules.json
+    api = docker.APIClient(base_url=docker_host, version="1.41", timeout=30)
+    try:
+        swarm = api.inspect_swarm()
+    finally:
+        api.close()
+    assert swarm["ID"] == fu.SWARM["ID"] and swarm["JoinTokens"] == {"Worker": "", "Manager": ""}

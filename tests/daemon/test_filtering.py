@@ -141,3 +141,31 @@ def _stream(conn, event):
         if not conn.send(fu.chunk(event(i))) or not conn.sleep(0.02):
             return False
     return True
+
+
+# ---- GET /swarm: the join tokens never pass (issue 21: item 2) ---------------------------------
+
+def shipped_rules_with(**profiles):
+    document = {"version": 1, "profiles": {"default": {"rules": [{"method": ["GET", "HEAD"], "path": "/swarm"}]},
+                                           **profiles}}
+    return support.write_rules(document)
+
+
+def test_get_swarm_through_porthole_has_no_join_token(start_proxy, upstream):
+    fu.swarm_manager(upstream)
+    p = start_proxy(rules=shipped_rules_with())
+    for method in ("GET", "HEAD"):
+        r = fu.get(p.addr, "/v1.41/swarm", method=method)
+        assert r.status == 200, r
+        assert b"SWMTKN" not in r.body
+    r = fu.get(p.addr, "/v1.41/swarm")
+    assert r.json()["JoinTokens"] == {"Worker": "", "Manager": ""}
+    assert r.json()["TLSInfo"] == fu.SWARM["TLSInfo"] and r.json()["ID"] == fu.SWARM["ID"]
+
+
+@pytest.mark.parametrize("body", [b"SWMTKN-1-" + SECRET.encode(), b'{"JoinTokens": "SWMTKN-1-' + SECRET.encode() + b'"}'])
+def test_a_swarm_answer_that_cannot_be_filtered_is_a_502(start_proxy, upstream, body):
+    upstream.route("/swarm", serve(body))
+    p = start_proxy(rules=shipped_rules_with())
+    r = fu.get(p.addr, "/v1.41/swarm")
+    assert r.status == 502 and SECRET.encode() not in r.body and b"SWMTKN" not in r.body, r

@@ -62,7 +62,7 @@ def test_consumer_requests_work_end_to_end(preset, preset_proxy, victim, busybox
         concrete = dict(values)
         if path.startswith("/networks/"):
             concrete["{id}"] = "none"
-        if path.split("/")[1] in ("services", "tasks", "nodes", "secrets", "plugins"):
+        if path.split("/")[1] in ("services", "tasks", "nodes", "secrets", "plugins", "swarm"):
             concrete["{id}"] = concrete["{name*}"] = "x1"  # no swarm here: the daemon answers 503/404
         for target in (render(path, query, version=None, shape="map", values=concrete),
                        render(path, query, version="1.41", shape="list", values=concrete)):
@@ -70,6 +70,36 @@ def test_consumer_requests_work_end_to_end(preset, preset_proxy, victim, busybox
             assert answer.status != 403, (preset, method, target, answer.body[:300])
             if concrete["{id}"] != "x1":  # swarm endpoints: 503 "not a swarm manager" is dockerd's answer
                 assert answer.status in (200, 204), (preset, method, target, answer.status, answer.body[:300])
+
+
+@pytest.mark.docker
+def test_get_swarm_outside_a_swarm_is_the_daemons_own_503(preset_proxy, dockerd):
+    """(issue 21: item 2) docker-cli allows GET /swarm; the suite's daemon is not a swarm manager,
+    and its 503 reaches the client byte for byte (answers other than 2xx are not filtered)."""
+    direct = fu.get(dockerd.socket_path, "/v1.41/swarm")
+    assert direct.status == 503 and b"not a swarm manager" in direct.body, direct
+    through = fu.get(preset_proxy.sockets["docker-cli"], "/v1.41/swarm")
+    assert (through.status, through.body) == (direct.status, direct.body), through
+    assert through.header("content-type") == direct.header("content-type")
+
+
+@pytest.mark.docker
+def test_netdata_names_a_nomad_task_from_the_variables_it_keeps(preset_proxy, containers, busybox_image):
+    """(issue 21: item 3) Netdata's cgroup name resolution reads NOMAD_NAMESPACE, NOMAD_JOB_NAME,
+    NOMAD_TASK_NAME and NOMAD_SHORT_ALLOC_ID from Config.Env (cgroup-name.sh.in): through the
+    netdata preset their values pass, and every other variable's value is still redacted."""
+    nomad = {"NOMAD_NAMESPACE": "default", "NOMAD_JOB_NAME": "cons2job", "NOMAD_TASK_NAME": "api",
+             "NOMAD_SHORT_ALLOC_ID": "1f2e3d4c"}
+    secret = "s3cr3t-" + str(time.time_ns())
+    container = containers(busybox_image, name="cons2-nomad-alloc",
+                           environment={**nomad, "NOMAD_TOKEN": secret, "DB_PASSWORD": secret})
+    answer = ask(preset_proxy.sockets["netdata"], "GET", f"/v1.41/containers/{container.id}/json")
+    assert answer.status == 200 and secret.encode() not in answer.body, answer
+    env = dict(item.partition("=")[::2] for item in answer.json()["Config"]["Env"])
+    assert {name: env[name] for name in nomad} == nomad
+    assert env["NOMAD_TOKEN"] == env["DB_PASSWORD"] == ""
+    # what netdata then names it (containerResolution in cgroup-name/container_runtime.go)
+    assert "-".join(env[name] for name in nomad) == "default-cons2job-api-1f2e3d4c"
 
 
 @pytest.mark.docker

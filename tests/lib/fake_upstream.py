@@ -532,6 +532,39 @@ def docker_daemon(conn, req):
     return True
 
 
+# A swarm manager's answers (the suite's real daemon is never put into swarm mode): GET /swarm
+# with its join tokens, /info naming the node, the node's inspect with its manager address.
+SWARM_JOIN_TOKENS = {"Worker": "SWMTKN-1-3pu6hszjas19xyp7ghgosyx9k8atbfcr8p2is99znpy26u2lkl-1awxwuwd3z9j1z3puu7rcgdbx",
+                     "Manager": "SWMTKN-1-3pu6hszjas19xyp7ghgosyx9k8atbfcr8p2is99znpy26u2lkl-7p73s1dx5in4tatdymyhg9hu2"}
+SWARM_NODE_ID = "24ifsmvkjbyhk0nn8xzzq1pwy"
+SWARM = {"ID": "abajmipo7b4xz5ip2nrla6b11", "Version": {"Index": 10}, "CreatedAt": "2026-12-01T10:00:00Z",
+         "UpdatedAt": "2026-12-01T10:00:00Z",
+         "Spec": {"Name": "default", "Labels": {}, "Orchestration": {"TaskHistoryRetentionLimit": 5},
+                  "Raft": {"SnapshotInterval": 10000, "KeepOldSnapshots": 0, "LogEntriesForSlowFollowers": 500,
+                           "ElectionTick": 10, "HeartbeatTick": 1},
+                  "Dispatcher": {"HeartbeatPeriod": 5000000000}, "CAConfig": {"NodeCertExpiry": 7776000000000000},
+                  "TaskDefaults": {}, "EncryptionConfig": {"AutoLockManagers": False}},
+         "TLSInfo": {"TrustRoot": "-----BEGIN CERTIFICATE-----\nMIIBajCCARCgAwIBAgIU\n-----END CERTIFICATE-----\n",
+                     "CertIssuerSubject": "MBMxETAPBgNVBAMTCHN3YXJtLWNh", "CertIssuerPublicKey": "MFkwEwYHKoZIzj0C"},
+         "RootRotationInProgress": False, "DataPathPort": 4789, "DefaultAddrPool": ["10.0.0.0/8"], "SubnetSize": 24,
+         "JoinTokens": SWARM_JOIN_TOKENS}
+
+
+def swarm_manager(up):
+    """Route `up` (a FakeUpstream) to answer as a swarm manager: /swarm, /info, /nodes/{id}."""
+    up.route("/swarm", lambda conn, req: conn.send(json_response(req, SWARM)))
+    up.route("/info", lambda conn, req: conn.send(json_response(req, {
+        "ID": "fake", "Containers": 0, "ServerVersion": "24.0.7",
+        "Swarm": {"NodeID": SWARM_NODE_ID, "NodeAddr": "10.0.0.1", "LocalNodeState": "active",
+                  "ControlAvailable": True, "Error": "", "RemoteManagers": [{"NodeID": SWARM_NODE_ID,
+                                                                             "Addr": "10.0.0.1:2377"}]}})))
+    up.route("/nodes/" + SWARM_NODE_ID, lambda conn, req: conn.send(json_response(req, {
+        "ID": SWARM_NODE_ID, "Version": {"Index": 9}, "Spec": {"Role": "manager", "Availability": "active"},
+        "Description": {"Hostname": "manager1"}, "Status": {"State": "ready", "Addr": "10.0.0.1"},
+        "ManagerStatus": {"Leader": True, "Reachability": "reachable", "Addr": "10.0.0.1:2377"}})))
+    return up
+
+
 # ---------------------------------------------------------------------------
 # scriptable misbehaviours: each factory returns a handler
 

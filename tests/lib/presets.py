@@ -111,6 +111,7 @@ CONSUMERS = {
             filters=F(label=["com.docker.compose.project=demo"])),
         req("/containers/{id}/json"), req("/images/{name*}/json"), req("/images/{name*}/json", manifests="1"),
         req("/images/{name*}/json", platform='{"architecture":"amd64","os":"linux"}'),
+        req("/volumes/{name}"),  # docker-compose v1: a project's named volumes
     ],
     "docker-cli": PING + [
         req("/version"), req("/info"), req("/events", filters=F(type=["container"])),
@@ -132,6 +133,7 @@ CONSUMERS = {
         req("/services/{id}", insertDefaults="true"), req("/tasks", filters=F(service=["web"])), req("/tasks/{id}"),
         req("/nodes"), req("/nodes", filters=F(role=["manager"])), req("/nodes/{id}"),
         req("/secrets"), req("/secrets", filters=F(name=["db"])), req("/secrets/{id}"),
+        req("/swarm"),  # docker swarm join-token, docker swarm ca
         # the Python SDK (docker-py): containers.list(), images.list()
         req("/containers/json", all="1", limit="-1", size="0", trunc_cmd="0"),
         req("/images/json", all="0", only_ids="0"),

@@ -1,6 +1,8 @@
 """porthole/core/decide.py: what decide() makes of a request under a policy (the shipped
 rules.json, or policies made on the spot), host acceptance, streaming, and the request forwarded
 upstream. Pure functions, no sockets."""
+import json
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -10,13 +12,15 @@ from porthole.core.decide import (
     NotReadOnly,
     RequestFacts,
     decide,
+    decide_with_mode,
     forwarded_request,
     host_is_acceptable,
     is_known_finite,
     is_streaming,
 )
 from porthole.core.guards import DANGEROUS_READS, NEVER_FORWARDED, parse_template, template_matches
-from porthole.core.policy import PolicyError
+from porthole.core.objects import Filtering, REDACTIONS
+from porthole.core.policy import Policy, PolicyError, Rule, load_policy
 from porthole.core.target import Refusal, canonicalize_target
 
 # ---- the shipped default profile ------------------------------------------------------------
@@ -165,6 +169,56 @@ def test_no_policy_forwards_a_write_or_a_guarded_path(rules, method, path, heade
     assert not any(template_matches(parse_template(t), segments) for t in NEVER_FORWARDED)
     if any(template_matches(parse_template(t), segments) for t in DANGEROUS_READS):
         assert decision.rule.dangerous
+
+
+# ---- GET /swarm: dangerous unless the profile redacts its join tokens (issue 21: item 2) -------
+
+def swarm_policy(redact: frozenset, dangerous: bool = False, mode: str = "enforce") -> Policy:
+    """A policy built by hand, past load_policy's checks: what decide does on its own."""
+    rules = {"p": (Rule("p", 0, frozenset({"GET"}), "/swarm", parse_template("/swarm"), None, dangerous),),
+             "w": (Rule("w", 0, frozenset({"GET"}), "/_ping", parse_template("/_ping"), None, False),)}
+    return Policy("test", rules, filtering={"p": Filtering(redact), "w": Filtering(redact)}, modes={"w": mode})
+
+
+def test_get_swarm_is_forwarded_by_a_plain_rule_only_where_the_tokens_are_redacted():
+    assert decide(swarm_policy(frozenset({"swarm-tokens"})), facts("GET", "/v1.41/swarm", profile="p"))
+    assert decide(swarm_policy(frozenset(), dangerous=True), facts("GET", "/swarm", profile="p"))
+    for redact in (frozenset(), frozenset(REDACTIONS) - {"swarm-tokens"}):
+        with pytest.raises(Refusal, match="dangerous read .GET /swarm returns the swarm join tokens") as info:
+            decide(swarm_policy(redact), facts("GET", "/v1.41/swarm", profile="p"))  # defence in depth
+        assert info.value.kind == "dangerous"
+
+
+def test_warn_mode_forwards_get_swarm_only_where_the_tokens_are_redacted():
+    """A warn profile forwards what its rules refuse, never a dangerous read: GET /swarm is one
+    for a profile that does not redact swarm-tokens."""
+    forwarded = decide_with_mode(swarm_policy(frozenset({"swarm-tokens"}), mode="warn"), facts("GET", "/swarm", profile="w"))
+    assert forwarded.would_deny and not forwarded.rule.dangerous
+    with pytest.raises(Refusal, match="dangerous read"):
+        decide_with_mode(swarm_policy(frozenset(), mode="warn"), facts("GET", "/swarm", profile="w"))
+    with pytest.raises(Refusal, match="never forwarded"):
+        decide_with_mode(swarm_policy(frozenset({"swarm-tokens"}), mode="warn"), facts("GET", "/swarm/unlockkey", profile="w"))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.fixed_dictionaries({"method": st.just("GET"),
+                                       "path": st.sampled_from(["/swarm", "/{x}", "/swarm/{x}", "/_ping", "/info"])},
+                                      optional={"dangerous": st.booleans()}), min_size=1, max_size=3),
+       st.none() | st.lists(st.sampled_from(sorted(REDACTIONS)), unique=True),
+       st.sampled_from(["enforce", "warn"]), st.sampled_from(["/swarm", "/v1.41/swarm", "/swarm/unlockkey", "/SWARM"]))
+def test_no_policy_hands_out_the_swarm_join_tokens_or_unlock_key(rules, redact, mode, target):
+    profile = {"rules": rules, "mode": mode, **({} if redact is None else {"redact": redact})}
+    try:
+        policy = load_policy(json.dumps({"version": 1, "profiles": {"default": profile}}))
+    except PolicyError:
+        return
+    try:
+        decision = decide_with_mode(policy, facts("GET", target))
+    except Refusal:
+        return
+    assert decision.target.segments != ("swarm", "unlockkey")
+    if decision.target.segments == ("swarm",):  # ("SWARM",): not a path dockerd routes (a would_deny)
+        assert "swarm-tokens" in policy.filtering["default"].redact or decision.rule.dangerous
 
 
 def test_only_http_1_0_and_1_1():

@@ -253,6 +253,9 @@ def test_shared_event_filtering_gives_each_watcher_what_its_own_filter_gives(ste
     ("container list", [{"Labels": ["team=a"]}], "Labels"),
     ("volume list", {"Volumes": {"v": {}}}, "Volumes"),
     ("service", {"Spec": {"TaskTemplate": {"ContainerSpec": {"Env": {"A": "b"}}}}}, "Env"),
+    ("swarm", ["not", "an", "object"], "the answer"),
+    ("swarm", {"JoinTokens": "SWMTKN-1-x"}, "JoinTokens"),
+    ("swarm", {"JoinTokens": {}, "Spec": {"CAConfig": {"SigningCAKey": {"pem": "x"}}}}, "SigningCAKey"),
 ])
 def test_unexpected_shapes_fail_closed(kind, doc, where):
     scoped = Filtering(visible=(("team", "a"),))
@@ -363,6 +366,70 @@ def test_info_of_a_daemon_outside_a_swarm_is_unchanged():
     plain = {"ID": "x", "Containers": 2, "Swarm": {"NodeID": "", "LocalNodeState": "inactive"}}
     f = plan(Filtering(), "/info").filter
     assert f.document(copy.deepcopy(plain)) == plain and f.redacted == 0
+
+
+SWARM_TOKEN = "SWMTKN-1-3pu6hszjas19xyp7ghgosyx9k8atbfcr8p2is99znpy26u2lkl-1awxwuwd3z9j1z3puu7rcgdbx"
+SWARM_INSPECT = {  # dockerd's GET /swarm on a manager (api/types/swarm.Swarm)
+    "ID": "abajmipo7b4xz5ip2nrla6b11", "Version": {"Index": 10}, "CreatedAt": "2026-12-01T10:00:00Z",
+    "Spec": {"Name": "default", "Labels": {}, "Orchestration": {"TaskHistoryRetentionLimit": 5},
+             "Raft": {"SnapshotInterval": 10000}, "Dispatcher": {"HeartbeatPeriod": 5000000000},
+             "CAConfig": {"NodeCertExpiry": 7776000000000000, "SigningCACert": "-----BEGIN CERTIFICATE-----x"},
+             "TaskDefaults": {"LogDriver": {"Name": "splunk", "Options": {"splunk-token": "hunter2"}}},
+             "EncryptionConfig": {"AutoLockManagers": False}},
+    "TLSInfo": {"TrustRoot": "-----BEGIN CERTIFICATE-----y", "CertIssuerSubject": "MBMxETAP",
+                "CertIssuerPublicKey": "MFkwEwYH"},
+    "RootRotationInProgress": False, "DataPathPort": 4789, "DefaultAddrPool": ["10.0.0.0/8"], "SubnetSize": 24,
+    "JoinTokens": {"Worker": SWARM_TOKEN + "-worker", "Manager": SWARM_TOKEN + "-manager"},
+}
+
+
+def test_get_swarm_loses_its_join_tokens_and_keeps_the_rest():
+    """(issue 21: item 2) swarm-tokens, on by default, removes JoinTokens.Worker and .Manager (keys
+    kept, as every redaction); log-options the task defaults' options, as in /info."""
+    for method in ("GET", "HEAD"):
+        p = plan(Filtering(), "/v1.41/swarm", method)
+        assert p.filter is not None and p.filter.kind == "swarm" and p.method == "GET"
+    f = plan(Filtering(), "/swarm").filter
+    out = f.document(copy.deepcopy(SWARM_INSPECT))
+    assert out["JoinTokens"] == {"Worker": "", "Manager": ""}
+    assert "SWMTKN" not in json.dumps(out) and "hunter2" not in json.dumps(out)
+    expected = copy.deepcopy(SWARM_INSPECT)
+    expected["JoinTokens"] = {"Worker": "", "Manager": ""}
+    expected["Spec"]["TaskDefaults"]["LogDriver"]["Options"] = {"splunk-token": ""}
+    assert out == expected and f.redacted == 3
+    again = plan(Filtering(), "/swarm").filter
+    assert again.document(copy.deepcopy(out)) == out and again.redacted == 0  # idempotent
+
+
+def test_get_swarm_loses_a_ca_signing_key_should_the_spec_carry_one():
+    doc = copy.deepcopy(SWARM_INSPECT)
+    doc["Spec"]["CAConfig"]["SigningCAKey"] = "-----BEGIN EC PRIVATE KEY-----" + SECRET
+    out, _ = run(Filtering(frozenset({"swarm-tokens"})), "swarm", doc)
+    assert out["Spec"]["CAConfig"]["SigningCAKey"] == "" and SECRET not in json.dumps(out)
+    assert out["Spec"]["TaskDefaults"]["LogDriver"]["Options"] == {"splunk-token": "hunter2"}  # not log-options
+
+
+def test_get_swarm_is_relayed_untouched_only_without_swarm_tokens_and_log_options():
+    assert plan(Filtering(frozenset()), "/swarm").filter is None
+    assert plan(Filtering(frozenset({"env", "commands"})), "/swarm").filter is None
+    assert plan(Filtering(frozenset({"log-options"})), "/swarm").filter is not None
+    assert plan(Filtering(), "/swarm/unlockkey").filter is None  # (never forwarded: decide refuses it)
+    assert plan(Filtering(), "/libpod/swarm").filter is None  # (no such libpod endpoint)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["Worker", "Manager", "Other"]), secret_text, max_size=3), junk,
+       st.none() | secret_text, options)
+def test_property_no_join_token_survives_get_swarm_and_filtering_is_idempotent(tokens, extra, key, log_options):
+    doc = copy.deepcopy(SWARM_INSPECT)
+    doc["JoinTokens"], doc["Extra"] = tokens, extra
+    doc["Spec"]["TaskDefaults"]["LogDriver"]["Options"] = log_options
+    if key is not None:
+        doc["Spec"]["CAConfig"]["SigningCAKey"] = key
+    once, _ = run(Filtering(), "swarm", doc)
+    assert "ZQX" not in json.dumps(once) and set(once["JoinTokens"]) == set(tokens)
+    twice, second = run(Filtering(), "swarm", once)
+    assert twice == once and second.redacted == 0
 
 
 def test_filtered_answers_and_head_as_get():
@@ -717,3 +784,83 @@ def test_a_committed_images_container_is_not_named_under_a_scope():
     out, f = run_scoped(SCOPED, "image", image)
     assert "Container" not in out and "ContainerConfig" not in out and f.hidden == 1
     assert run_scoped(Filtering(), "image", image)[0]["Container"] == "c" * 64
+
+
+# ---------------------------------------------------------------------------------------------
+# "keep": {"env": [...]}: the values a consumer needs (issue 21: item 3)
+
+def test_keep_env_loads_patterns_and_is_not_inherited():
+    policy = policy_with({"rules": RULE, "keep": {"env": ["NOMAD_JOB_NAME", "NOMAD_*", "X?[0-9]"]}},
+                         {"child": {"extends": "p", "rules": [{"method": "GET", "path": "/info"}]}})
+    assert policy.filtering["p"].keep_env == ("NOMAD_JOB_NAME", "NOMAD_*", "X?[0-9]")
+    assert policy.filtering["child"].keep_env == ()  # goes with "redact": a child redacts the defaults, all of them
+
+
+@pytest.mark.parametrize("keep, message", [
+    ({"env": []}, "non-empty list"), ({"env": "NOMAD_*"}, "non-empty list"), ({"env": [1]}, "non-empty list"),
+    ({"env": [""]}, "not a variable name"), ({"env": ["A=B"]}, "not a variable name"),
+    ({"env": ["A B"]}, "not a variable name"), ({"env": ["A\nB"]}, "not a variable name"),
+    ({"env": ["*"]}, "keeps every variable"), ({"env": ["**?"]}, "keeps every variable"),
+    ({"env": ["A", "A"]}, "twice"), ({"log-options": ["x"]}, "must be"), (["NOMAD_*"], "must be"),
+    ({}, "must be"),
+])
+def test_keep_env_patterns_are_checked(keep, message):
+    with pytest.raises(PolicyError, match=message) as info:
+        policy_with({"rules": RULE, "keep": keep})
+    assert "$.profiles.p.keep" in str(info.value)
+
+
+def test_keep_env_needs_env_redacted():
+    with pytest.raises(PolicyError, match="does not redact env"):
+        policy_with({"rules": RULE, "redact": ["log-options"], "keep": {"env": ["NOMAD_*"]}})
+
+
+def test_kept_variables_keep_their_values_and_no_other_does():
+    doc = inspect_doc()
+    doc["Config"]["Env"] = ["NOMAD_JOB_NAME=cons2job", "NOMAD_TASK_NAME=api", f"NOMAD_TOKEN_x={SECRET}",
+                            f"NOMAD={SECRET}", f"nomad_job_name={SECRET}", f"XNOMAD_JOB_NAME={SECRET}",
+                            f"NOMAD_JOB_NAMES={SECRET}", f"DB_PASSWORD={SECRET}", "UNSET"]
+    filtering = Filtering(keep_env=("NOMAD_JOB_NAME", "NOMAD_TASK_*"))
+    out, f = run(filtering, "container", doc)
+    assert out["Config"]["Env"] == ["NOMAD_JOB_NAME=cons2job", "NOMAD_TASK_NAME=api", "NOMAD_TOKEN_x=", "NOMAD=",
+                                    "nomad_job_name=", "XNOMAD_JOB_NAME=", "NOMAD_JOB_NAMES=", "DB_PASSWORD=", "UNSET"]
+    assert SECRET not in json.dumps(out["Config"]["Env"]) and f.redacted == 6 + 2 + 2  # (+ log and volume options)
+    assert run(filtering, "container", out)[0] == out  # idempotent
+
+
+def test_keep_env_reaches_every_name_value_list_and_no_recorded_text():
+    """Services' and tasks' ContainerSpec.Env keep the same names; build steps (text the daemon
+    recorded) lose their values whatever "keep" says."""
+    filtering = Filtering(keep_env=("KEEP",))
+    service = {"Spec": {"TaskTemplate": {"ContainerSpec": {"Env": ["KEEP=v", f"OTHER={SECRET}"]}}}}
+    out, _ = run(filtering, "service", service)
+    assert out["Spec"]["TaskTemplate"]["ContainerSpec"]["Env"] == ["KEEP=v", "OTHER="]
+    image = {"Config": {"Env": ["KEEP=v"], "OnBuild": [f"ENV KEEP={SECRET}"]},
+             "History": [{"created_by": f"/bin/sh -c #(nop)  ENV KEEP={SECRET}"}]}
+    out, _ = run(filtering, "image", image)
+    assert out["Config"]["Env"] == ["KEEP=v"] and SECRET not in json.dumps(out)
+
+
+def _glob(pattern: str, name: str) -> bool:
+    """The oracle, written out: * any run, ? one character, anything else itself."""
+    if not pattern:
+        return not name
+    if pattern[0] == "*":
+        return any(_glob(pattern[1:], name[i:]) for i in range(len(name) + 1))
+    return bool(name) and pattern[0] in ("?", name[0]) and _glob(pattern[1:], name[1:])
+
+
+env_names = st.text(alphabet="ABNOMD_a1", min_size=1, max_size=6)
+env_patterns = st.text(alphabet="ABNOMD_a1*?", min_size=1, max_size=5).filter(lambda p: p.strip("*?") or "*" not in p)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(env_names, secret_text), max_size=6), st.lists(env_patterns, min_size=1, max_size=3, unique=True))
+def test_property_a_kept_name_keeps_its_value_and_no_other_value_passes(variables, patterns):
+    filtering = Filtering(keep_env=tuple(patterns))
+    doc = {"Config": {"Env": [f"{name}={value}" for name, value in variables], "Labels": {}}}
+    out, _ = run(filtering, "container", doc)
+    for (name, value), item in zip(variables, out["Config"]["Env"]):
+        kept = any(_glob(pattern, name) for pattern in patterns)
+        assert item == (f"{name}={value}" if kept else f"{name}="), (patterns, name)
+    assert run(filtering, "container", out)[0] == out

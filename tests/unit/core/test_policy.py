@@ -5,7 +5,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from policies import COALESCE_RULES, REPO, allowed, shipped_document
+from policies import COALESCE_RULES, REPO, allowed, refusal, shipped_document
 
 from porthole.core.policy import PolicyError, load_policy
 
@@ -190,3 +190,51 @@ def test_the_same_keys_with_values_of_their_type_load():
     policy = load_policy(document(profile_extra={"extends": "base", "redact": ["env"], "description": "d"},
                                   rule_extra={"comment": "c"}), "rules.json")
     assert policy.profiles["default"][-1].query == {"size": frozenset({"0"})}
+
+
+# ---- GET /swarm: an ordinary read only where the join tokens are redacted (issue 21: item 2) ----
+
+SWARM_RULE = {"method": "GET", "path": "/swarm"}
+
+
+def swarm_profiles(**profiles) -> str:
+    return json.dumps({"version": 1, "profiles": {"default": {"rules": [{"method": "GET", "path": "/_ping"}]},
+                                                  **profiles}})
+
+
+def test_get_swarm_needs_no_flag_where_the_profile_redacts_swarm_tokens():
+    policy = load_policy(swarm_profiles(p={"rules": [SWARM_RULE]}))
+    assert "swarm-tokens" in policy.filtering["p"].redact
+    assert allowed("GET", "/v1.41/swarm", profile="p", policy=policy)
+    policy = load_policy(swarm_profiles(p={"rules": [SWARM_RULE], "redact": ["swarm-tokens"]}))
+    assert allowed("GET", "/swarm", profile="p", policy=policy)
+    # A profile that turns swarm-tokens off may still read GET /swarm, acknowledged as dangerous;
+    # the flag is allowed (not "needless") on a profile that redacts the tokens too.
+    acknowledged = dict(SWARM_RULE, dangerous=True)
+    policy = load_policy(swarm_profiles(p={"rules": [acknowledged], "redact": []}, q={"rules": [acknowledged]}))
+    assert allowed("GET", "/swarm", profile="p", policy=policy)
+    assert allowed("GET", "/swarm", profile="q", policy=policy)
+
+
+@pytest.mark.parametrize("profiles, where", [
+    ({"p": {"rules": [SWARM_RULE], "redact": ["env"]}}, "$.profiles.p"),
+    ({"p": {"rules": [SWARM_RULE], "redact": []}}, "$.profiles.p"),
+    # inherited: the rule is checked against the redactions of the profile it ends up in
+    ({"p": {"rules": [SWARM_RULE]}, "child": {"extends": "p", "rules": [{"method": "GET", "path": "/info"}],
+                                             "redact": ["env"]}}, "$.profiles.child"),
+])
+def test_get_swarm_without_swarm_tokens_is_a_dangerous_read(profiles, where):
+    with pytest.raises(PolicyError) as info:
+        load_policy(swarm_profiles(**profiles), "rules.json")
+    text = str(info.value)
+    assert text.startswith(f"rules.json: {where}: ") and "join tokens" in text and "'swarm-tokens'" in text, text
+
+
+@pytest.mark.parametrize("rule", [
+    {"method": "GET", "path": "/swarm/unlockkey"}, {"method": "GET", "path": "/swarm/unlockkey", "dangerous": True},
+    {"method": "GET", "path": "/swarm/{what}"}, {"method": ["GET", "HEAD"], "path": "/swarm/{a*}", "dangerous": True},
+])
+def test_the_swarm_unlock_key_is_never_forwarded_whatever_the_rules_say(rule):
+    with pytest.raises(PolicyError, match="never forwarded .the swarm unlock key"):
+        load_policy(swarm_profiles(p={"rules": [rule], "redact": []}))
+    assert "never forwarded" in refusal("GET", "/v1.41/swarm/unlockkey", profile="docker-cli")

@@ -14,7 +14,7 @@ from hypothesis import given, settings, strategies as st
 from policies import SHIPPED, facts, refusal, shipped_document
 from porthole.core.decide import decide
 from porthole.core.guards import DANGEROUS_READS, parse_template, templates_overlap
-from porthole.core.policy import PolicyError, load_policy
+from porthole.core.policy import PolicyError, describe_policy, load_policy
 from porthole.core.target import Refusal, canonicalize_target
 from presets import ACKNOWLEDGED, CONSUMERS, LOG_READER_DOCKER_LOGS, PRESETS, F, render, spellings
 
@@ -105,7 +105,7 @@ DANGEROUS_SAMPLES = {
     "/containers/{name*}/logs": "/containers/c1/logs?stdout=1", "/services/{name*}/logs": "/services/s1/logs?stdout=1",
     "/tasks/{name*}/logs": "/tasks/t1/logs?stdout=1", "/containers/{name*}/top": "/containers/c1/top",
     "/containers/{name*}/changes": "/containers/c1/changes", "/images/get": "/images/get?names=busybox",
-    "/images/{name*}/get": "/images/busybox/get", "/swarm": "/swarm", "/swarm/unlockkey": "/swarm/unlockkey",
+    "/images/{name*}/get": "/images/busybox/get",
     "/configs": "/configs", "/configs/{id*}": "/configs/c1", "/exec/{id*}/json": "/exec/e1/json",
     "/distribution/{name*}/json": "/distribution/busybox/json", "/images/search": "/images/search?term=x",
     "/plugins/privileges": "/plugins/privileges?remote=x",
@@ -137,6 +137,17 @@ def test_writes_and_unacknowledged_dangerous_reads_are_refused(preset):
                 templates_overlap(parse_template(template), parse_template(a)) for a in acknowledged)
             if not allowed_here:
                 assert reason is not None, (preset, method, target)
+
+
+@pytest.mark.parametrize("preset", sorted(SHIPPED.profiles))
+def test_get_swarm_passes_only_without_its_join_tokens_and_the_unlock_key_never(preset):
+    """(issue 21: item 2) GET /swarm is an ordinary read where the profile redacts swarm-tokens
+    (docker-cli, monitoring); /swarm/unlockkey is refused by every profile."""
+    for method in ("GET", "HEAD"):
+        assert "never forwarded" in refusal(method, "/v1.41/swarm/unlockkey", profile=preset)
+    if refusal("GET", "/v1.41/swarm", profile=preset) is None:
+        assert "swarm-tokens" in SHIPPED.filtering[preset].redact, preset
+    assert (refusal("GET", "/swarm", profile=preset) is None) == (preset in ("docker-cli", "monitoring")), preset
 
 
 @pytest.mark.parametrize("preset", PRESETS + ["default", "monitoring", "log-reader"])
@@ -276,3 +287,18 @@ def test_a_rules_file_cannot_open_libpod_dangerous_reads_unacknowledged():
     document["profiles"]["podman"]["rules"].append({"method": "GET", "path": "/libpod/containers/{name}/logs"})
     with pytest.raises(Exception, match="dangerous read"):
         load_policy(json.dumps(document))
+
+
+# ---- netdata keeps the Nomad variables its name resolution reads (issue 21: item 3) -----------
+
+# netdata's src/collectors/cgroups.plugin/cgroup-name.sh.in (parse_docker_like_inspect_output) and
+# cgroup-name/container_runtime.go (parseDockerLikeInspectValues) read exactly these four from
+# Config.Env, and name a container NAMESPACE-JOB-TASK-SHORT_ALLOC_ID when all four are set.
+NETDATA_NOMAD = ("NOMAD_NAMESPACE", "NOMAD_JOB_NAME", "NOMAD_TASK_NAME", "NOMAD_SHORT_ALLOC_ID")
+
+
+def test_netdata_keeps_exactly_the_nomad_variables_it_reads():
+    filtering = SHIPPED.filtering["netdata"]
+    assert filtering.keep_env == NETDATA_NOMAD and "env" in filtering.redact
+    assert all(SHIPPED.filtering[name].keep_env == () for name in SHIPPED.profiles if name != "netdata")
+    assert "keeps the values of environment variables: " + ", ".join(NETDATA_NOMAD) in describe_policy(SHIPPED)

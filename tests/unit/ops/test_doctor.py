@@ -192,6 +192,18 @@ def test_dangerous_reads_and_redaction_checks():
     assert severities(found) == ["warning", "info"]
     assert "profile 'default' (in use) does not redact log-options, volume-options" in found[0].message
     assert "profile 'spare' does not redact env" in found[1].message
+    assert "swarm-tokens" not in found[0].message + found[1].message  # (neither reaches GET /swarm)
+
+
+def test_swarm_tokens_matter_to_a_profile_that_reaches_get_swarm():
+    """(issue 21: item 2) A profile written before swarm-tokens existed ("redact" without it) is
+    not reported for it unless a rule of it reaches GET /swarm (acknowledged as dangerous)."""
+    old = ["env", "log-options", "volume-options", "exec-commands", "config-data"]
+    document = {"version": 1, "profiles": {
+        "default": {"rules": [{"method": "GET", "path": "/_ping"}], "redact": old},
+        "swarm": {"rules": [{"method": "GET", "path": "/swarm", "dangerous": True}], "redact": old}}}
+    found = check_redaction(host_facts(policy=policy(document)))
+    assert severities(found) == ["info"] and "profile 'swarm' does not redact swarm-tokens" in found[0].message
 
 
 def test_exit_status_and_formats():

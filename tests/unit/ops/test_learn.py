@@ -374,6 +374,18 @@ def test_a_client_served_under_two_profiles_keeps_both_restrictions():
     assert after.modes.get(profile) == "enforce"
 
 
+def test_a_learned_profile_keeps_only_the_variables_every_profile_of_its_client_keeps():
+    """(issue 21: item 3) netdata's client keeps its NOMAD_* values in the profile learned for it."""
+    nomad = ["NOMAD_JOB_NAME", "NOMAD_TASK_NAME"]
+    base = policy(n={"redact": ["env"], "keep": {"env": nomad}, "rules": [PING]},
+                  m={"redact": ["env"], "keep": {"env": ["NOMAD_JOB_NAME", "OTHER_*"]}, "rules": [PING]})
+    after, document, _ = learned(base, (ClientFacts(uid=7), "n", b"/_ping"), (ClientFacts(uid=8), "n", b"/_ping"),
+                                 (ClientFacts(uid=8), "m", b"/_ping"))
+    profiles = {entry["match"]["uid"]: entry["profile"] for entry in document["clients"]}
+    assert after.filtering[profiles[7]].keep_env == tuple(nomad)
+    assert after.filtering[profiles[8]].keep_env == ("NOMAD_JOB_NAME",)
+
+
 def test_warn_is_kept_only_where_it_was():
     base = policy(w={"mode": "warn", "rules": [PING]})
     after, document, _ = learned(base, (ClientFacts(uid=7), "w", b"/_ping"))
@@ -391,7 +403,10 @@ def test_a_client_that_cannot_be_written_leaves_the_others_written():
 LABELS = st.lists(st.sampled_from(["team=a", "team=b", "tier", "env=prod"]), unique=True, min_size=1, max_size=2)
 PROFILE = st.fixed_dictionaries({"redact": st.lists(st.sampled_from(sorted(REDACTIONS)), unique=True),
                                  "mode": st.sampled_from(["enforce", "warn"])},
-                                optional={"visible": LABELS.map(lambda labels: {"labels": labels})})
+                                optional={"visible": LABELS.map(lambda labels: {"labels": labels}),
+                                          "keep": st.lists(st.sampled_from(["A", "B_*", "C?"]), unique=True,
+                                                           min_size=1).map(lambda names: {"env": names})}).map(
+    lambda body: body if "env" in body["redact"] else {k: v for k, v in body.items() if k != "keep"})
 
 
 @settings(max_examples=60, deadline=None)
@@ -404,6 +419,8 @@ def test_property_never_less_restricted_than_any_profile_it_was_served_under(pro
     mine = document["clients"][0]["profile"]
     for name in names:
         assert after.filtering[mine].redact >= base.filtering[name].redact
+        if "env" in base.filtering[name].redact:
+            assert set(after.filtering[mine].keep_env) <= set(base.filtering[name].keep_env)
         assert set(after.filtering[mine].visible) >= set(base.filtering[name].visible)
         if base.modes.get(name) == "enforce":
             assert after.modes.get(mine) == "enforce"

@@ -12,6 +12,7 @@ from policies import allowed
 
 from porthole.app.settings import parse_settings
 from porthole.core.guards import DANGEROUS_READS, parse_template, templates_overlap
+from porthole.core.objects import Filtering
 from porthole.core.policy import load_policy
 from porthole.ops.tecnativa import (
     TECNATIVA_GATES,
@@ -76,7 +77,6 @@ def test_a_gate_without_its_section_opens_nothing():
 
 
 @pytest.mark.parametrize("variable, refused", [
-    ("SWARM", ["/swarm", "/swarm/unlockkey"]),
     ("CONFIGS", ["/configs", "/configs/c1"]),
     ("DISTRIBUTION", ["/distribution/busybox/json"]),
     ("EXEC", ["/exec/e1/json"]),
@@ -100,13 +100,23 @@ def test_every_section_opens_its_reads():
         assert allowed("GET", target, policy=policy), target
 
 
+def test_swarm_opens_get_swarm_without_its_join_tokens_and_never_the_unlock_key():
+    """(issue 21: item 2) GET /swarm is an ordinary read for a profile that redacts swarm-tokens,
+    as the drop-in's one profile does; /swarm/unlockkey is never forwarded."""
+    policy, notes = policy_for(SWARM="1")
+    assert allowed("GET", "/swarm", policy=policy)
+    assert "swarm-tokens" in policy.filtering.get("default", Filtering()).redact
+    assert not allowed("GET", "/swarm/unlockkey", policy=policy)
+    assert not any("/swarm" in note for note in notes), notes
+
+
 def test_every_rule_is_get_or_head_and_every_guard_holds():
     everything = {name: "1" for name in TECNATIVA_SECTIONS}
     everything.update({gate: "1" for gate in TECNATIVA_GATES})
     policy, _ = policy_for(**everything)
     for rule in policy.profiles["default"]:
         assert rule.methods <= {"GET", "HEAD"}, rule
-    for target in ("/session", "/grpc", "/debug/pprof", "/containers/web/attach/ws"):
+    for target in ("/session", "/grpc", "/debug/pprof", "/containers/web/attach/ws", "/swarm/unlockkey"):
         assert not allowed("GET", target, policy=policy), target
     for method in ("POST", "PUT", "DELETE"):
         assert not allowed(method, "/containers/web/start", policy=policy)
