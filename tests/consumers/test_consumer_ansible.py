@@ -186,7 +186,6 @@ def test_ansible_preset(proxy_factory, world, tmp_path):
     consumers.assert_all_allowed(proxy, "ansible")
 
 
-@pytest.mark.xfail(strict=True, reason="GET /swarm is allowed by the swarm-tokens change")
 def test_ansible_swarm_info_preset(proxy_factory, tmp_path):
     """On a daemon that is no swarm, docker_swarm_info fails as it does on the daemon itself
     ("must run on swarm manager node", docker_swarm_active false): its `GET /swarm` must reach

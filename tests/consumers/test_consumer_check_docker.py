@@ -77,7 +77,6 @@ def test_check_docker_preset(proxy_factory, world):
     consumers.assert_all_allowed(proxy, "check_docker")
 
 
-@pytest.mark.xfail(strict=True, reason="GET /swarm is allowed by the swarm-tokens change")
 def test_check_swarm_on_a_daemon_that_is_no_swarm(proxy_factory):
     url, docker_host = consumers.unix_listener("docker-cli")
     proxy = proxy_factory(listen=[url])
