@@ -53,7 +53,8 @@ MAX_IMAGE_BYTES="${PORTHOLE_MAX_IMAGE_BYTES:-22000000}"
 HEALTH_START_INTERVAL_NS=1000000000
 TEST_PACKAGES=(python3 python3-venv python3-dev docker.io busybox-static util-linux procps
                patchelf binutils systemd podman openssl file
-               prometheus docker-compose)  # real consumers (tests/test_consumer_*.py)
+               prometheus docker-compose  # real consumers (tests/test_consumer_*.py)
+               openssh-server openssh-client)  # porthole --stdio as an SSH forced command (tests/consumers/test_ssh_stdio.py)
 BUILD_PACKAGES=(python3 python3-venv python3-dev patchelf binutils
                 musl-tools scons patch)  # staticx's bootloader, rebuilt with patches/
 # PyPI has staticx wheels for x86-64 only: elsewhere pip builds it from its (hash-checked)
