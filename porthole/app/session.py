@@ -8,8 +8,9 @@ StdioBridge relays stdin and stdout to the other end.
 Invariants:
 Rule 1: nothing but the client connection's bytes reaches stdout, and the log never goes to
         stderr (which sshd hands to the SSH client): runtime.log.log_stream.
-Rule 2: stdin's end reaches the client connection only between requests (StdioBridge Rule 2):
-        checked after every loop pass, the only time a connection's state changes.
+Rule 2: stdin's end reaches the client connection only between requests or during a stream
+        (StdioBridge Rule 2): checked after every loop pass, the only time a connection's
+        state changes.
 Rule 3: the process ends once the client connection is closed and the bridge finished
         (StdioBridge Rule 4), exit status 0.
 """
@@ -24,7 +25,7 @@ from typing import Callable, Mapping
 from porthole import VERSION
 from porthole.app.wiring import Proxy
 from porthole.connections.client import ClientConnection
-from porthole.connections.stdio import StdioBridge, between_requests
+from porthole.connections.stdio import StdioBridge, input_may_end
 from porthole.core.clients import ClientFacts
 from porthole.core.policy import Policy
 from porthole.runtime.config import Settings, UsageError
@@ -95,7 +96,7 @@ class StdioProxy(Proxy):
 
     def run_pass(self, max_wait: float | None = None) -> None:
         bridge, session = self.bridge, self.session
-        if bridge is not None and bridge.input_done and session in self.clients and between_requests(session):
+        if bridge is not None and bridge.input_done and session in self.clients and input_may_end(session):
             bridge.end_input()  # Rule 2
         self.log.flush()
         self.loop.run_once(max_wait)  # until I/O, a signal or the next deadline (Loop Rule 4)

@@ -10,9 +10,11 @@ Rule 1: bytes keep their order each way, and at most BRIDGE_BUFFER bytes wait ea
         they come from is not read while they do. Back-pressure thus reaches the client
         connection, whose own rules (write stalls, paused streams) apply as on any socket.
 Rule 2: stdin's end reaches the client connection (shutdown SHUT_WR) only through end_input(),
-        which the owner calls once the connection is between requests (between_requests):
-        a client that closes its input after its request still gets the whole answer (a
-        socket's client that half-closes mid-exchange is taken as gone; stdin's end is not).
+        which the owner calls once the connection may see it (input_may_end): between
+        requests, so that a client that closes its input after its request still gets the
+        whole answer (a socket's client that half-closes mid-exchange is taken as gone), or
+        during a stream, which then ends as when its client leaves: as `docker system
+        dial-stdio` and dockerd do, so a stream whose client was killed is not kept for nobody.
 Rule 3: stdout failing (EPIPE, or a hang-up seen while idle: the SSH session ended) closes the
         pair at once: the client connection sees its client leave.
 Rule 4: the bridge is finished once the pair ended and everything it sent went to stdout, or
@@ -244,10 +246,13 @@ class StdioBridge:
         self.stdout.close()
 
 
-def between_requests(client: ClientConnection) -> bool:
-    """Whether `client` may see its input end now without an answer being cut (Rule 2): no
-    exchange, no request waiting to be parsed, nothing unread on its socket."""
-    if client.exchange is not None or client.reader.pending or client in client.loop.turns:
+def input_may_end(client: ClientConnection) -> bool:
+    """Whether `client` may see its input end now (Rule 2): it streams (the stream ends), or no
+    finite answer would be cut: no exchange, no request waiting to be parsed, nothing unread on
+    its socket."""
+    if client.exchange is not None:
+        return client.exchange.streaming
+    if client.reader.pending or client in client.loop.turns:
         return False
     try:
         return not client.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # b"": closed anyway

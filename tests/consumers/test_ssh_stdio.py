@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 import uuid
 
 import docker
@@ -128,6 +129,43 @@ def test_python_sdk_over_ssh(bed, monkeypatch, use_ssh_client):
         assert info.value.status_code == 403 and "porthole:" in (info.value.explanation or "")
     finally:
         client.close()
+
+
+def test_a_killed_docker_events_leaves_no_session_behind(bed):
+    """The CLI killed, its ssh sees its input close and nothing else: the stream ends and the
+    forced command exits, though no event ever came."""
+    def sessions() -> set:
+        return {pid for pid, command in bed.user_processes().items() if "proxy.py" in command}
+
+    before = sessions()  # (an SDK test's idle connection may still hold one)
+    events = subprocess.Popen([support.DOCKER_CLI, "events"], env=bed.env({"DOCKER_HOST": bed.url("cli")}),
+                              stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert support.wait_until(lambda: sessions() - before, 20)
+        ours = sessions() - before
+        time.sleep(1)  # the stream is under way
+    finally:
+        events.kill()
+        events.wait(10)
+    assert support.wait_until(lambda: not ours & sessions(), 20), bed.user_processes()
+    ended = [l for l in porthole_log(bed) if l.get("event") == "request" and "/events" in l["target"]]
+    assert ended and (ended[-1]["decision"], ended[-1]["ended"]) == ("allow", "client closed"), ended
+
+
+def test_input_closed_during_a_stream_ends_the_session(bed):
+    """ssh's input closes (its client went away without killing it): the stream ends and the
+    session with it, as `docker system dial-stdio` and dockerd do, though no event ever came."""
+    ssh = subprocess.Popen(["ssh", "-T", "cli"], env=bed.env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           stderr=subprocess.DEVNULL)
+    try:
+        ssh.stdin.write(b"GET /events HTTP/1.1\r\nHost: docker\r\n\r\n")
+        ssh.stdin.flush()
+        assert ssh.stdout.read(12) == b"HTTP/1.1 200"
+        ssh.stdin.close()
+        assert ssh.wait(20) == 0
+    finally:
+        ssh.kill()
+        ssh.wait(10)
 
 
 def test_only_http_reaches_stdout_and_nothing_stderr(bed):

@@ -9,6 +9,7 @@ $HOME) and records each command line it was given.
     bed.env()        # HOME, PATH for the docker CLI, the SDK (paramiko or the ssh binary)
     bed.url("cli")   # ssh://<user>@cli:<port>: the key comes from the ssh_config
     bed.ssh_commands()   # every command line the clients gave `ssh`
+    bed.user_processes()  # the test user's processes (forced commands still running)
     bed.stop()       # sshd stopped, the user and its group removed
 
 Nothing listens anywhere but 127.0.0.1.
@@ -158,6 +159,17 @@ class SshTestbed:
             return (self.home / "ssh-commands.log").read_text().splitlines()
         except FileNotFoundError:
             return []
+
+    def user_processes(self) -> dict:
+        """The test user's processes now, pid: command line (forced commands still running)."""
+        uid, found = _uid(self.user), {}
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                if os.stat("/proc/" + pid).st_uid == uid:
+                    found[int(pid)] = Path("/proc/%s/cmdline" % pid).read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                pass
+        return found
 
     def log(self) -> str:
         try:

@@ -18,7 +18,8 @@ from porthole.runtime.log import Log
 
 POLICY = load_policy(json.dumps({"version": 1, "profiles": {
     "default": {"rules": [{"method": "GET", "path": "/_ping"}]},
-    "ops": {"rules": [{"method": "GET", "path": "/_ping"}, {"method": "GET", "path": "/info"}]}},
+    "ops": {"rules": [{"method": "GET", "path": "/_ping"}, {"method": "GET", "path": "/info"},
+                      {"method": "GET", "path": "/events"}]}},
     "clients": [{"match": {"ssh_user": pwd.getpwuid(os.getuid()).pw_name}, "profile": "ops"}]}))
 PING = b"GET /_ping HTTP/1.1\r\nHost: x\r\n\r\n"
 SSH = {"SSH_CONNECTION": "192.0.2.7 40022 192.0.2.1 22", "SSH_ORIGINAL_COMMAND": "docker system dial-stdio"}
@@ -147,3 +148,24 @@ def test_session_facts():
     assert facts == ClientFacts() and peer == "stdio uid=4242" and fields["ssh_user"] is None
     facts, peer, _ = session_facts({"SSH_CONNECTION": "192.0.2.7 1 192.0.2.1 22", "USER": "root"}, uid=2**31 - 5)
     assert facts == ClientFacts(ssh_user=None) and peer == f"ssh uid={2**31 - 5}@192.0.2.7:1"  # $USER is not trusted
+
+
+def test_input_ending_during_a_stream_ends_it(session):
+    """Rule 2: a killed `docker events` leaves ssh's input closed and nothing else: the stream ends
+    as when its client leaves (as dial-stdio and dockerd do), and the session with it."""
+    s = session()
+    os.write(s.stdin_w, b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    s.run()
+    upstream = s.daemon.accept()
+    read_available(upstream)
+    upstream.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"3\r\n{}\n\r\n")
+    s.run()
+    data, _ = s.stdout()
+    assert data.startswith(b"HTTP/1.1 200 ") and not s.proxy.ended
+    os.close(s.stdin_w)
+    s.run(30)
+    assert s.proxy.ended
+    s.proxy.wind_down("test")
+    line = next(l for l in s.logs() if l["event"] == "request")
+    assert (line["decision"], line["ended"], line["status"]) == ("allow", "client closed", 200)

@@ -2,13 +2,17 @@
 a Loop with a fake clock; between_requests on a real ClientConnection."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 
 import pytest
-from parts import GET, finite_answer, read_available
+from parts import EVENTS, GET, finite_answer, read_available
 
-from porthole.connections.stdio import BRIDGE_BUFFER, StdioBridge, between_requests
+from porthole.core.decide import decide
+from porthole.core.policy import load_policy
+
+from porthole.connections.stdio import BRIDGE_BUFFER, StdioBridge, input_may_end
 
 
 class Pipes:
@@ -183,17 +187,52 @@ def test_devnull_and_files_are_read_in_turns(env, tmp_path):
     assert bridge.finished and out.read_bytes() == b"answer"
 
 
-def test_between_requests(env):
-    """Rule 2's condition: no exchange, nothing parsed or unread waiting."""
+def test_input_may_end(env):
+    """Rule 2's condition: no exchange, nothing parsed or unread waiting; or a stream."""
     client, peer = env.client()
-    assert between_requests(client)
+    assert input_may_end(client)
     peer.sendall(GET[:10])
-    assert not between_requests(client)  # unread on its socket
+    assert not input_may_end(client)  # unread on its socket
     env.run()
-    assert not between_requests(client)  # part of a head
+    assert not input_may_end(client)  # part of a head
     peer.sendall(GET[10:])
     env.run()
-    assert client.exchange is not None and not between_requests(client)
+    assert client.exchange is not None and not input_may_end(client)
     finite_answer(b"ok")(client, client.exchange)
     env.run()
-    assert between_requests(client)
+    assert input_may_end(client)
+    peer.sendall(EVENTS)
+    env.run()
+    assert client.exchange is not None and not input_may_end(client)  # not known to stream yet
+    client.exchange.decision = decide(load_policy(json.dumps({"version": 1, "profiles": {"default": {"rules": [
+        {"method": "GET", "path": "/events"}]}}})), client.exchange.facts)
+    assert client.exchange.streaming and input_may_end(client)
+
+
+def test_stdin_and_stdout_as_one_socket(env):
+    """sshd built without pipes gives a socketpair end as stdin and stdout: half-closed input
+    still gets its answer; the other end closing ends the bridge."""
+    sshd, ours = socket.socketpair()
+    stdin, stdout = os.dup(ours.fileno()), os.dup(ours.fileno())
+    ours.close()
+    pair, far = socket.socketpair()
+    far.setblocking(False)
+    env.sockets += [sshd, far]
+    bridge = StdioBridge(env.loop, pair, 30.0, stdin, stdout)
+    sshd.sendall(GET)
+    sshd.shutdown(socket.SHUT_WR)
+    for _ in range(5):
+        env.loop.run_once(0)
+    assert read_available(far) == (GET, None) and bridge.input_done and not bridge.finished
+    far.sendall(b"answer")
+    for _ in range(5):
+        env.loop.run_once(0)
+    sshd.settimeout(2)
+    assert sshd.recv(100) == b"answer"
+    sshd.close()
+    for _ in range(5):
+        env.loop.run_once(0)
+    far.sendall(b"more")  # the next write fails, if the hang-up was not seen already
+    for _ in range(5):
+        env.loop.run_once(0)
+    assert bridge.finished
