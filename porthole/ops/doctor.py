@@ -97,13 +97,16 @@ class HostFacts:
 
 @dataclass(frozen=True)
 class SshKeyFacts:
-    """One authorized_keys file of a member of the socket's group: its keys with and without a
-    forced command (command="..."), or why it could not be read."""
+    """One authorized_keys file of a member of the socket's group: its keys without a forced
+    command (command="..."), with one but with port forwarding left on (neither restrict nor
+    no-port-forwarding: `ssh -L` reaches the socket, the forced command notwithstanding), with
+    both, or why it could not be read."""
 
     user: str
     path: str
     unforced: int = 0
     forced: int = 0
+    forwarding: int = 0
     error: str | None = None
 
 
@@ -124,17 +127,20 @@ def authorized_keys_facts(user: str, home: str) -> list[SshKeyFacts]:
         except OSError as exc:
             found.append(SshKeyFacts(user, path, error=exc.strerror or str(exc)))
             continue
-        forced = unforced = 0
+        forced = unforced = forwarding = 0
         for line in text.splitlines():
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
             options = "" if _KEY_TYPE.match(line) else (_KEY_OPTIONS.match(line) or _KEY_OPTIONS.match("")).group(0)
-            if re.search(r'(?:^|,)command="', options, re.IGNORECASE):
+            if not re.search(r'(?:^|,)command="', options, re.IGNORECASE):
+                unforced += 1
+            elif (re.search(r"(?:^|,)(?:no-port-forwarding|restrict)(?:,|$)", options, re.IGNORECASE)
+                  and not re.search(r"(?:^|,)port-forwarding(?:,|$)", options, re.IGNORECASE)):
                 forced += 1
             else:
-                unforced += 1
-        found.append(SshKeyFacts(user, path, unforced, forced))
+                forwarding += 1
+        found.append(SshKeyFacts(user, path, unforced, forced, forwarding))
     return found
 
 
@@ -496,6 +502,11 @@ def check_ssh_keys(facts: HostFacts) -> list[Finding]:
                                     f"a member of group {group}, log in without a forced command: each can use the "
                                     f"docker socket directly (root on this host); force porthole --stdio on them "
                                     f"(docs/ssh.md)"))
+        elif keys.forwarding:
+            findings.append(Finding("warning", "ssh keys", f"{keys.path}: {keys.forwarding} key(s) of {keys.user}, "
+                                    f"a member of group {group}, force a command but allow port forwarding: "
+                                    f"ssh -L reaches the docker socket directly, unless sshd_config forbids it; "
+                                    f"add restrict or no-port-forwarding (docs/ssh.md)"))
         elif keys.forced:
             findings.append(Finding("ok", "ssh keys", f"{keys.path}: each of {keys.user}'s {keys.forced} key(s) "
                                                       f"runs a forced command"))
