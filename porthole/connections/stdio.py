@@ -32,6 +32,7 @@ import select
 import selectors
 import socket
 import stat
+
 from porthole.connections.client import ClientConnection
 from porthole.core.wire import READ_CHUNK
 from porthole.runtime.loop import Loop
@@ -242,8 +243,8 @@ class StdioBridge:
         self.loop.cancel(self)
         self.loop.forget(self.pair)
         self.pair.close()
+        self.stdout.close()  # (stdin last: on a terminal both share one blocking mode, and stdin saw it first)
         self.stdin.close()
-        self.stdout.close()
 
 
 def input_may_end(client: ClientConnection) -> bool:

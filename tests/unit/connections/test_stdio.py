@@ -236,3 +236,17 @@ def test_stdin_and_stdout_as_one_socket(env):
     for _ in range(5):
         env.loop.run_once(0)
     assert bridge.finished
+
+
+def test_a_shared_descriptions_blocking_mode_is_restored(env):
+    """Rule 4: stdin and stdout on one terminal (or socket) share their blocking mode: it is
+    blocking again once the bridge is done."""
+    shared, other = socket.socketpair()
+    env.sockets += [shared, other]
+    stdin, stdout = os.dup(shared.fileno()), os.dup(shared.fileno())
+    pair, far = socket.socketpair()
+    env.sockets.append(far)
+    bridge = StdioBridge(env.loop, pair, 30.0, stdin, stdout)
+    assert not os.get_blocking(shared.fileno())
+    bridge.finish()
+    assert os.get_blocking(shared.fileno())
