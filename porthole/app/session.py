@@ -42,7 +42,7 @@ def session_facts(environ: Mapping[str, str], uid: int | None = None) -> tuple[C
     uid = os.getuid() if uid is None else uid
     connection = environ.get("SSH_CONNECTION")  # "client-address client-port server-address server-port"
     if not connection:
-        return ClientFacts(), f"stdio uid={uid}", {"ssh_user": None, "ssh_connection": None}
+        return ClientFacts(), f"stdio uid={uid}", {"ssh_user": None, "ssh_connection": None, "ssh_command": None}
     try:
         user: str | None = pwd.getpwuid(uid).pw_name
     except KeyError:
