@@ -41,7 +41,7 @@ def test_syslog_datagrams_carry_facility_severity_tag_and_the_line(syslog):
 
 
 def test_syslog_never_blocks_a_full_receiver_drops(syslog):
-    path, sock = syslog
+    path, _ = syslog
     stream = SyslogStream(path)
     log = Log("text", "info", stream)
     for n in range(5000):  # nobody reads: the socket's queue fills
