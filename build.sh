@@ -54,7 +54,8 @@ HEALTH_START_INTERVAL_NS=1000000000
 TEST_PACKAGES=(python3 python3-venv python3-dev docker.io busybox-static util-linux procps
                patchelf binutils systemd podman openssl file
                prometheus docker-compose  # real consumers (tests/consumers/test_consumer_*.py)
-               ansible python3-requests zabbix-agent2)  # community.docker runs on /usr/bin/python3: its requests
+               ansible python3-requests zabbix-agent2  # community.docker runs on /usr/bin/python3: its requests
+               openssh-server openssh-client)  # porthole --stdio as an SSH forced command (tests/consumers/test_ssh_stdio.py)
 BUILD_PACKAGES=(python3 python3-venv python3-dev patchelf binutils
                 musl-tools scons patch)  # staticx's bootloader, rebuilt with patches/
 # PyPI has staticx wheels for x86-64 only: elsewhere pip builds it from its (hash-checked)

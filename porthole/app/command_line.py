@@ -16,7 +16,7 @@ from porthole.core.policy import PolicyError, describe_policy, load_policy
 from porthole.ops.doctor import DoctorPaths, doctor
 from porthole.ops.tecnativa import tecnativa_policy
 from porthole.runtime.config import UsageError, rules_label
-from porthole.runtime.log import Log
+from porthole.runtime.log import Log, log_stream
 
 
 def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
@@ -57,11 +57,19 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
               "/var/run/docker.sock) ..., or setpriv --reuid 65532 --regid 65532 "
               "--groups <socket gid>. Pass --allow-root to override.", file=sys.stderr)
         return 2
-    log = Log(settings.log_format, settings.log_level)
+    try:
+        log = Log(settings.log_format, settings.log_level, log_stream(settings.log_file, settings.stdio is not None))
+    except OSError as exc:
+        print(f"porthole: --log-file {settings.log_file}: cannot open: {exc.strerror}", file=sys.stderr)
+        return 2
     log("info", "policy_source", rules=policy.source, why=settings.policy_reason)
     for note in notes:
         log("warning", "dropin_left_out", note=note)
-    proxy = Proxy(settings, policy, log)
+    if settings.stdio is not None:
+        from porthole.app.session import StdioProxy  # (only a --stdio session needs it)
+        proxy: Proxy = StdioProxy(settings, policy, log, os.environ if environ is None else environ)
+    else:
+        proxy = Proxy(settings, policy, log)
     try:
         proxy.bind()
     except UsageError as exc:

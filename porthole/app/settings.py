@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from porthole.ops.tecnativa import dropin_variables, tecnativa_log_level, tecnativa_upstream
-from porthole.runtime.config import (DEFAULT_LISTEN, DEFAULT_UPSTREAM, WATCH_RULES_SECONDS, Settings, UsageError,
+from porthole.runtime.config import (DEFAULT_LISTEN, DEFAULT_UPSTREAM, WATCH_RULES_SECONDS, Endpoint, Settings, UsageError,
                                      default_rules_path, parse_endpoint, parse_metrics_endpoint)
 from porthole.runtime.log import LOG_LEVELS
 
@@ -63,6 +63,12 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
                         help="learn mode: forward what the rules refuse (logged as would_deny; never what porthole "
                              "always refuses, nor unacknowledged dangerous reads) and write the rules each client "
                              "used to PATH")
+    parser.add_argument("--stdio", action="store_true",
+                        help="serve one client connection on stdin and stdout, e.g. as an SSH forced command "
+                             "(docs/ssh.md); no --listen")
+    parser.add_argument("--profile", metavar="NAME", help="--stdio: the rules profile (default 'default')")
+    parser.add_argument("--log-file", metavar="PATH",
+                        help="append the log to PATH instead of stderr (with --stdio: instead of syslog)")
     for name, kind, default, text in _NUMERIC_OPTIONS:
         parser.add_argument(f"--{name}", type=kind, metavar="N", help=f"{text} (default {default})")
     modes = parser.add_mutually_exclusive_group()
@@ -110,13 +116,15 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         raise UsageError("PORTHOLE_LOG_FORMAT must be json or text")
     if log_level not in LOG_LEVELS:
         raise UsageError("PORTHOLE_LOG_LEVEL must be debug, info, warning or error")
-    listeners = tuple(parse_endpoint(url, listener=True) for url in listen_urls)
+    stdio = stdio_endpoint(args, env("profile"))
+    metrics_url = None if stdio else args.metrics or env("metrics")
+    listeners = () if stdio else tuple(parse_endpoint(url, listener=True) for url in listen_urls)
     upstream = parse_endpoint(args.upstream or env("upstream") or tecnativa_upstream(dropin_values.get("SOCKET_PATH"))
                               or DEFAULT_UPSTREAM, listener=False)
     hosts = frozenset(h.lower() for h in (args.allow_host or env_list("allow-hosts")))
-    state_file = args.state_file or env("state-file")
-    metrics_url = args.metrics or env("metrics")
+    state_file = None if stdio else args.state_file or env("state-file")  # a session must not replace the proxy's
     learn_path = args.learn or env("learn")
+    log_file = args.log_file or env("log-file")
     watch_rules = args.watch_rules
     if watch_rules is None and env("watch-rules") is not None:
         try:
@@ -135,5 +143,24 @@ def parse_settings(argv: Sequence[str], environ: Mapping[str, str]) -> Settings:
         watch_rules=watch_rules,
         mode=args.mode or "run", log_format_given=bool(args.log_format or env("log-format")),
         metrics=parse_metrics_endpoint(metrics_url) if metrics_url else None,
-        learn_path=Path(learn_path) if learn_path else None, **numbers,
+        learn_path=Path(learn_path) if learn_path else None, stdio=stdio,
+        log_file=Path(log_file) if log_file else None, **numbers,
     )
+
+
+def stdio_endpoint(args: argparse.Namespace, profile_variable: str | None) -> Endpoint | None:
+    """--stdio: the one client connection's stand-in for a listener (its profile), or None.
+    A process serving one SSH session has no listener of its own: --listen and --metrics are
+    refused with it; PORTHOLE_LISTEN and PORTHOLE_METRICS, which may be set for the whole
+    host, are ignored."""
+    if not args.stdio:
+        if args.profile is not None:
+            raise UsageError("--profile is for --stdio; a listener takes ?profile=NAME")
+        return None
+    if args.listen:
+        raise UsageError("--stdio serves stdin and stdout: it takes no --listen")
+    if args.metrics:
+        raise UsageError("--stdio serves one connection and exits: it takes no --metrics")
+    if args.mode == "healthcheck":
+        raise UsageError("--healthcheck asks a listener; --stdio has none")
+    return Endpoint("stdio:", "stdio", profile=args.profile or profile_variable or "default")

@@ -142,13 +142,17 @@ class Proxy:
         while not self.stopping or self.clients:
             self.log.flush()
             self.loop.run_once()  # until I/O, a signal or the next deadline: no tick (Loop Rule 4)
+        return self.wind_down("all connections closed")
+
+    def wind_down(self, reason: str) -> int:
+        """The loop is over: close the pool, write what was learned, log the end. Returns 0."""
         self.pool.close()
         if self.learning is not None and self.learning.pending:  # learned during the grace period
             self.learning.write("shutdown")
         self.remove_state_file()
         if self.signals is not None:
             self.signals.close()
-        self.log("info", "shutdown", reason="all connections closed")
+        self.log("info", "shutdown", reason=reason)
         self.log.flush()
         self.log.pending = None
         return 0

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import socket
 import stat
 from dataclasses import dataclass
@@ -91,6 +92,61 @@ class HostFacts:
     allow_root: bool
     listeners: tuple[Endpoint, ...]
     policy: Policy
+    ssh_keys: tuple[SshKeyFacts, ...] = ()  # the socket group's members' authorized_keys
+
+
+@dataclass(frozen=True)
+class SshKeyFacts:
+    """One authorized_keys file of a member of the socket's group: its keys without a forced
+    command (command="..."), with one but with port forwarding left on (neither restrict nor
+    no-port-forwarding: `ssh -L` reaches the socket, the forced command notwithstanding), with
+    both, or why it could not be read."""
+
+    user: str
+    path: str
+    unforced: int = 0
+    forced: int = 0
+    forwarding: int = 0
+    error: str | None = None
+
+
+_KEY_OPTIONS = re.compile(r'(?:[^\s"]|"(?:[^"\\]|\\.)*")*')  # an authorized_keys line's first field
+_KEY_TYPE = re.compile(r"(ssh-|ecdsa-|sk-)")
+
+
+def authorized_keys_facts(user: str, home: str) -> list[SshKeyFacts]:
+    """Count the keys in HOME/.ssh/authorized_keys(2) that run a forced command and those that do
+    not (sshd's default AuthorizedKeysFile; another one set in sshd_config is not read)."""
+    found = []
+    for name in ("authorized_keys", "authorized_keys2"):
+        path = os.path.join(home, ".ssh", name)
+        try:
+            text = Path(path).read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            continue
+        except OSError as exc:
+            found.append(SshKeyFacts(user, path, error=exc.strerror or str(exc)))
+            continue
+        forced = unforced = forwarding = 0
+        for line in text.splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            options = "" if _KEY_TYPE.match(line) else (_KEY_OPTIONS.match(line) or _KEY_OPTIONS.match("")).group(0)
+            if not re.search(r'(?:^|,)command="', options, re.IGNORECASE):
+                unforced += 1
+            elif (re.search(r"(?:^|,)(?:no-port-forwarding|restrict)(?:,|$)", options, re.IGNORECASE)
+                  and not re.search(r"(?:^|,)port-forwarding(?:,|$)", options, re.IGNORECASE)):
+                forced += 1
+            else:
+                forwarding += 1
+        found.append(SshKeyFacts(user, path, unforced, forced, forwarding))
+    return found
+
+
+def ssh_key_facts(members: Sequence[str], passwd_file: str) -> tuple[SshKeyFacts, ...]:
+    homes = {fields[0]: fields[5] for fields in _colon_file(passwd_file) if len(fields) >= 6}
+    return tuple(facts for user in members if homes.get(user) for facts in authorized_keys_facts(user, homes[user]))
 
 
 def _flag_value(argv: Sequence[str], i: int, names: Sequence[str]) -> tuple[str | None, int]:
@@ -253,11 +309,13 @@ def gather_host_facts(settings: Settings, policy: Policy, paths: DoctorPaths) ->
     upstream = settings.upstream
     daemons, seen = find_daemons(paths, upstream)
     options, error = daemon_security_options(upstream)
+    sock = socket_facts(upstream.path, paths.group, paths.passwd) if upstream.kind == "unix" else None
     return HostFacts(
-        upstream=upstream, socket=socket_facts(upstream.path, paths.group, paths.passwd) if upstream.kind == "unix" else None,
+        upstream=upstream, socket=sock,
         daemons=tuple(daemons), dockerd_processes=seen, proc_root=paths.proc,
         security_options=options, daemon_error=error, euid=os.geteuid(), allow_root=settings.allow_root,
-        listeners=settings.listeners, policy=policy)
+        listeners=settings.listeners, policy=policy,
+        ssh_keys=ssh_key_facts(sock.group_members, paths.passwd) if sock is not None else ())
 
 
 # The checks: pure functions of HostFacts.
@@ -435,9 +493,34 @@ def check_redaction(facts: HostFacts) -> list[Finding]:
     return findings
 
 
+def check_ssh_keys(facts: HostFacts) -> list[Finding]:
+    """A key of a member of the socket's group logs in with a shell that can use the socket: root
+    on this host, unless its authorized_keys line forces a command (porthole --stdio)."""
+    group = facts.socket.group_name if facts.socket is not None else None
+    findings = []
+    for keys in facts.ssh_keys:
+        if keys.error is not None:
+            findings.append(Finding("info", "ssh keys", f"{keys.path} ({keys.user}, group {group}): not read: "
+                                                        f"{keys.error}; run --doctor as root to check it"))
+        elif keys.unforced:
+            findings.append(Finding("warning", "ssh keys", f"{keys.path}: {keys.unforced} key(s) of {keys.user}, "
+                                    f"a member of group {group}, log in without a forced command: each can use the "
+                                    f"docker socket directly (root on this host); force porthole --stdio on them "
+                                    f"(docs/ssh.md)"))
+        elif keys.forwarding:
+            findings.append(Finding("warning", "ssh keys", f"{keys.path}: {keys.forwarding} key(s) of {keys.user}, "
+                                    f"a member of group {group}, force a command but allow port forwarding: "
+                                    f"ssh -L reaches the docker socket directly, unless sshd_config forbids it; "
+                                    f"add restrict or no-port-forwarding (docs/ssh.md)"))
+        elif keys.forced:
+            findings.append(Finding("ok", "ssh keys", f"{keys.path}: each of {keys.user}'s {keys.forced} key(s) "
+                                                      f"runs a forced command"))
+    return findings
+
+
 DOCTOR_CHECKS: tuple[Callable[[HostFacts], list[Finding]], ...] = (
     check_docker_socket, check_daemon_reachable, check_daemon_tcp, check_userns, check_root,
-    check_listeners, check_dangerous_reads, check_redaction)
+    check_listeners, check_dangerous_reads, check_redaction, check_ssh_keys)
 
 
 def doctor_exit_status(findings: Sequence[Finding]) -> int:

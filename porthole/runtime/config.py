@@ -27,7 +27,7 @@ class Endpoint:
     """Where to listen or connect: a TCP host/port or a unix socket path."""
 
     url: str
-    kind: str  # "tcp" or "unix"
+    kind: str  # "tcp" or "unix"; "stdio" for --stdio's one connection
     host: str = ""
     port: int = 0
     path: str = ""
@@ -142,6 +142,8 @@ class Settings:
     metrics: Endpoint | None = None  # --metrics: where GET /metrics is served
     log_format_given: bool = False  # --log-format or PORTHOLE_LOG_FORMAT was set (--doctor: JSON only then)
     learn_path: Path | None = None  # --learn: every profile would-denies, the rules used are written here
+    stdio: Endpoint | None = None  # --stdio: one connection on stdin/stdout with this profile; no listeners
+    log_file: Path | None = None  # --log-file: the log goes here, not to stderr (nor, with --stdio, syslog)
 
 
 def default_rules_path(environ: Mapping[str, str] | None = None) -> Path:

@@ -211,6 +211,19 @@ def test_builtin_rules_named_by_the_program(porthole_binary):
     assert "_MEI" not in r.stdout + r.stderr
 
 
+def test_stdio_session(porthole_binary, upstream):
+    """--stdio in the executable: the answers, and only they, on stdout; nothing on stderr (it
+    would reach the SSH client); a request refused; exit 0 at stdin's end."""
+    request = (b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n"
+               b"POST /containers/create HTTP/1.1\r\nHost: docker\r\nContent-Length: 0\r\n\r\n")
+    r = subprocess.run([str(porthole_binary), "--stdio", "--allow-root", "--upstream", upstream.url], input=request,
+                       capture_output=True, timeout=60, cwd="/", env={"PATH": "/usr/bin:/bin"})
+    assert (r.returncode, r.stderr) == (0, b"")
+    assert r.stdout.startswith(b"HTTP/1.1 200 ") and b"HTTP/1.1 403 " in r.stdout, r.stdout
+    assert b'"porthole: method POST is never forwarded' in r.stdout
+    assert [req.method for req in upstream.requests] == ["GET"]
+
+
 # --------------------------------------------------------------------------
 # ./build.sh run
 

@@ -25,6 +25,7 @@ build_busybox_image(docker_url) -> str  image tag
 run_sleeper(client, image, **kw)        create+start a `--network none` container (direct socket!)
 put_file(container, path, data) / read_file(container, path) -> bytes   via the container's client
 tar_of(name, data, mode=0o644, mtime=0) -> bytes   a tar archive of one file
+stage_proxy(proxy_py, workdir) -> argv  proxy.py, porthole/ and h11 copied where any user reads them
 class ProxyProcess                      the one way to start the proxy (proxy.py, the frozen
                                         binary or a wrapper command; non-root by default):
                                         `with p.running()`, start()/wait_ready()/stop_problems()/
@@ -719,6 +720,21 @@ def _copy_tree_readable(src: Path, dst: Path) -> None:
             os.chmod(os.path.join(root, f), 0o644)
 
 
+def stage_proxy(proxy_py: Path, workdir: Path) -> list:
+    """Copy proxy.py, the porthole package beside it and the test venv's h11 into `workdir`,
+    readable by any user: the command line that runs it (python, workdir/proxy.py)."""
+    shutil.copy2(proxy_py, workdir / "proxy.py")
+    os.chmod(workdir / "proxy.py", 0o644)
+    package = proxy_py.parent / "porthole"  # the code proxy.py runs
+    if package.is_dir():
+        _copy_tree_readable(package, workdir / "porthole")
+    import h11  # the test venv's h11
+
+    _copy_tree_readable(Path(h11.__file__).resolve().parent, workdir / "h11")
+    python = getattr(sys, "_base_executable", None) or sys.executable
+    return [python, str(workdir / "proxy.py")]
+
+
 class ProxyProcess:
     """The proxy as a subprocess: the one way the tests start it.
 
@@ -790,16 +806,7 @@ class ProxyProcess:
             os.chmod(self.workdir / "porthole", 0o755)
             program = [str(self.workdir / "porthole")]
         else:
-            shutil.copy2(self.proxy_src, self.workdir / "proxy.py")
-            os.chmod(self.workdir / "proxy.py", 0o644)
-            package = self.proxy_src.parent / "porthole"  # the code proxy.py runs
-            if package.is_dir():
-                _copy_tree_readable(package, self.workdir / "porthole")
-            import h11  # the test venv's h11
-
-            _copy_tree_readable(Path(h11.__file__).resolve().parent, self.workdir / "h11")
-            python = getattr(sys, "_base_executable", None) or sys.executable
-            program = [python, str(self.workdir / "proxy.py")]
+            program = stage_proxy(self.proxy_src, self.workdir)
             env.update({"PYTHONPATH": str(self.workdir), "PYTHONDONTWRITEBYTECODE": "1",
                         "PYTHONUNBUFFERED": "1"})
         default_rules = self.proxy_src.parent / "rules.json"  # beside a $PH_TEST_PROXY_PY

@@ -105,3 +105,34 @@ def test_the_rules_are_looked_at_every_30_seconds_by_default():
     assert parse_settings([], {}).watch_rules == 30.0
     assert parse_settings([], {"PORTHOLE_WATCH_RULES": "5"}).watch_rules == 5.0
     assert parse_settings(["--watch-rules", "0"], {}).watch_rules == 0.0
+
+
+# ---- --stdio ----------------------------------------------------------------------------------
+
+def test_stdio_has_no_listener_and_a_profile():
+    s = parse_settings(["--stdio", "--profile", "docker-cli", "--upstream", "unix:///run/d.sock"],
+                       {"PORTHOLE_LISTEN": "tcp://0.0.0.0:2375", "PORTHOLE_STATE_FILE": "/run/p.json",
+                        "PORTHOLE_METRICS": "tcp://127.0.0.1:9100"})
+    assert s.listeners == () and s.state_file is None and s.metrics is None  # the host's variables: not ours
+    assert (s.stdio.kind, s.stdio.profile, s.upstream.path) == ("stdio", "docker-cli", "/run/d.sock")
+    assert parse_settings(["--stdio"], {}).stdio.profile == "default"
+    assert parse_settings(["--stdio"], {"PORTHOLE_PROFILE": "monitoring"}).stdio.profile == "monitoring"
+    assert parse_settings([], {"PORTHOLE_PROFILE": "monitoring"}).stdio is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stdio", "--listen", "tcp://127.0.0.1:2375"], "--stdio serves stdin and stdout: it takes no --listen"),
+    (["--stdio", "--metrics", "tcp://127.0.0.1:9100"], "no --metrics"),
+    (["--stdio", "--healthcheck"], "--stdio has none"),
+    (["--profile", "docker-cli"], "--profile is for --stdio"),
+])
+def test_stdio_usage_errors(argv, message):
+    with pytest.raises(UsageError) as info:
+        parse_settings(argv, {})
+    assert message in str(info.value)
+
+
+def test_log_file():
+    assert parse_settings(["--log-file", "/var/log/p.log"], {}).log_file == Path("/var/log/p.log")
+    assert parse_settings([], {"PORTHOLE_LOG_FILE": "/l"}).log_file == Path("/l")
+    assert parse_settings([], {}).log_file is None

@@ -180,7 +180,7 @@ def test_schema_describes_clients():
     assert "clients" in schema["properties"]
     entry = schema["$defs"]["client"]
     assert set(entry["properties"]) == {"match", "profile", "comment"}
-    assert set(entry["properties"]["match"]["properties"]) == {"uid", "gid", "address", "cert_cn"}
+    assert set(entry["properties"]["match"]["properties"]) == {"uid", "gid", "address", "cert_cn", "ssh_user"}
 
 
 # ---- properties ---------------------------------------------------------------------------------
@@ -193,14 +193,17 @@ UIDS = [0, 1, 2]
 NETWORKS = ["10.0.0.0/30", "10.0.0.0/31", "10.0.0.2/31", "10.0.0.1/32", "10.0.0.3/32", "0.0.0.0/0",
             "::1/128", "::/0"]
 CNS = ["a", "b"]
+SSH_USERS = ["monitor", "ci"]
 UNIVERSE = (
+    [ClientFacts(ssh_user=u) for u in SSH_USERS + ["zz"]] + [ClientFacts()] +
     [ClientFacts(uid=u, gid=g) for u, g in itertools.product(UIDS + [99], UIDS + [99])]
     + [ClientFacts(address=ip(a), cert_cn=c) for a, c in itertools.product(
         ["10.0.0.0", "10.0.0.1", "10.0.0.2", "10.0.0.3", "192.0.2.1", "::1", "2001:db8::1"], CNS + ["zz", None])]
 )
 unix_match = st.fixed_dictionaries({}, optional={"uid": st.sampled_from(UIDS), "gid": st.sampled_from(UIDS)})
 tcp_match = st.fixed_dictionaries({}, optional={"address": st.sampled_from(NETWORKS), "cert_cn": st.sampled_from(CNS)})
-entries = st.lists(st.fixed_dictionaries({"match": unix_match.filter(bool) | tcp_match.filter(bool),
+ssh_match = st.fixed_dictionaries({"ssh_user": st.sampled_from(SSH_USERS)})
+entries = st.lists(st.fixed_dictionaries({"match": unix_match.filter(bool) | tcp_match.filter(bool) | ssh_match,
                                           "profile": st.sampled_from(sorted(PROFILES))}), max_size=7)
 
 
@@ -250,6 +253,48 @@ def test_schema_accepts_the_issue_example_and_refuses_mixed_kinds():
     jsonschema.validate(RULES, schema)
     for bad in ({"match": {"uid": 1, "address": "10.0.0.1"}, "profile": "traefik"},
                 {"match": {}, "profile": "traefik"}, {"match": {"uid": -1}, "profile": "traefik"},
+                {"match": {"ssh_user": "ci", "uid": 1}, "profile": "traefik"},
+                {"match": {"ssh_user": "ci", "address": "10.0.0.1"}, "profile": "traefik"},
+                {"match": {"ssh_user": "a b"}, "profile": "traefik"},
                 {"match": {"uid": 1}}):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(dict(RULES, clients=[bad]), schema)
+
+
+# ---- ssh_user: --stdio sessions under sshd ------------------------------------------------------
+
+SSH_CLIENTS = [{"match": {"ssh_user": "monitor"}, "profile": "prometheus"},
+               {"match": {"uid": 1000}, "profile": "traefik"},
+               {"match": {"ssh_user": "ci"}, "profile": "homepage"}]
+
+
+@pytest.mark.parametrize("facts, profile, rule", [
+    (ClientFacts(ssh_user="monitor"), "prometheus", "clients[0]"),
+    (ClientFacts(ssh_user="ci"), "homepage", "clients[2]"),
+    (ClientFacts(ssh_user="Monitor"), "dozzle", None),  # exact: the session's --profile
+    (ClientFacts(), "dozzle", None),  # --stdio not under sshd
+    (ClientFacts(uid=1000), "traefik", "clients[1]"),  # a unix peer is never an SSH user
+])
+def test_ssh_user_picks_the_profile_of_a_stdio_session(facts, profile, rule):
+    chosen, entry = choose_profile(policy(SSH_CLIENTS).clients, facts, "dozzle")
+    assert (chosen, entry.label if entry else None) == (profile, rule)
+
+
+@pytest.mark.parametrize("match, message", [
+    ({"ssh_user": "ci", "uid": 5}, "ssh_user (--stdio sessions under sshd) never holds with uid"),
+    ({"ssh_user": "ci", "cert_cn": "ci"}, "never holds with"),
+    ({"ssh_user": ""}, "must be a user name"),
+    ({"ssh_user": "ci\nroot"}, "must be a user name"),
+    ({"ssh_user": 5}, "must be a user name"),
+])
+def test_bad_ssh_user_entries_are_refused(match, message):
+    with pytest.raises(PolicyError) as info:
+        policy([{"match": match, "profile": "traefik"}])
+    assert message in str(info.value)
+
+
+def test_a_repeated_ssh_user_entry_can_never_match():
+    with pytest.raises(PolicyError) as info:
+        policy([{"match": {"ssh_user": "ci"}, "profile": "traefik"}, {"match": {"ssh_user": "ci"}, "profile": "homepage"}])
+    assert "$.clients[1]: can never match: every client it matches is matched first by $.clients[0]" in str(info.value)
+    assert "ssh_user='ci'" in describe_policy(policy(SSH_CLIENTS))

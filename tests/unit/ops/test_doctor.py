@@ -13,7 +13,8 @@ import pytest
 
 from policies import DOCTOR_RULES, load_document
 from porthole.core.policy import Policy
-from porthole.ops.doctor import (DaemonFacts, DoctorPaths, Finding, HostFacts, SocketFacts, check_daemon_tcp,
+from porthole.ops.doctor import (DaemonFacts, DoctorPaths, Finding, HostFacts, SocketFacts, SshKeyFacts,
+                                 check_daemon_tcp, check_ssh_keys, ssh_key_facts,
                                  check_dangerous_reads, check_docker_socket, check_listeners, check_redaction,
                                  check_root, check_userns, daemon_serves, doctor_exit_status, find_daemons,
                                  format_findings, parse_dockerd_command_line, socket_facts)
@@ -218,3 +219,38 @@ def test_exit_status_and_formats():
     document = json.loads(format_findings([ok, warning], as_json=True))
     assert document["exit"] == 1 and document["counts"]["warning"] == 1
     assert document["findings"][1] == {"severity": "warning", "check": "c", "message": "hmm"}
+
+
+# ---------------------------------------------------------------------------------------------
+# SSH keys of the socket group's members (docs/ssh.md)
+
+def test_ssh_keys_without_a_forced_command_are_warned_about(tmp_path):
+    homes = {}
+    for user, lines in {
+        "alice": ['ssh-ed25519 AAAA alice@laptop', '# a comment', '',
+                  'no-pty,no-port-forwarding,command="porthole --stdio --profile docker-cli" ssh-ed25519 AAAB ci'],
+        "bob": ['restrict,command="porthole --stdio",from="10.0.0.0/8" ssh-ed25519 AAAC monitor',
+                'from="10.1.0.1",restrict,command="echo \\"a, command=\\"" ecdsa-sha2-nistp256 AAAD x'],
+        "carol": ['from="10.0.0.1,command=\\"x\\"" ssh-rsa AAAE tricky', 'environment="A=b" ssh-ed25519 AAAF'],
+        "erin": ['command="porthole --stdio" ssh-ed25519 AAAG forwards',
+                 'restrict,port-forwarding,command="porthole --stdio" ssh-ed25519 AAAH forwards again'],
+    }.items():
+        home = tmp_path / user
+        (home / ".ssh").mkdir(parents=True)
+        (home / ".ssh" / "authorized_keys").write_text("\n".join(lines) + "\n")
+        homes[user] = home
+    (tmp_path / "dave" / ".ssh").mkdir(parents=True)  # no authorized_keys
+    passwd = tmp_path / "passwd"
+    passwd.write_text("".join(f"{u}:x:{1000 + i}:{1000 + i}::{tmp_path / u}:/bin/sh\n"
+                              for i, u in enumerate(["alice", "bob", "carol", "dave", "erin"])))
+    keys = ssh_key_facts(["alice", "bob", "carol", "dave", "erin", "nobody-listed"], str(passwd))
+    assert [(k.user, k.unforced, k.forced, k.forwarding) for k in keys] == [
+        ("alice", 1, 1, 0), ("bob", 0, 2, 0), ("carol", 2, 0, 0), ("erin", 0, 0, 2)]
+    sock = SocketFacts("/s", 0o660, 0, 999, "docker", ("alice", "bob", "carol", "erin"))
+    findings = check_ssh_keys(host_facts(socket=sock, ssh_keys=keys))
+    assert severities(findings) == ["warning", "ok", "warning", "warning"]
+    assert "1 key(s) of alice, a member of group docker, log in without a forced command" in findings[0].message
+    assert "2 key(s) of erin, a member of group docker, force a command but allow port forwarding" in findings[3].message
+    unreadable = check_ssh_keys(host_facts(socket=sock, ssh_keys=(SshKeyFacts("eve", "/home/eve/.ssh/authorized_keys",
+                                                                                error="Permission denied"),)))
+    assert severities(unreadable) == ["info"]
