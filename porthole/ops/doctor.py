@@ -423,7 +423,7 @@ def check_listeners(facts: HostFacts) -> list[Finding]:
     reads). `clients` entries only pick profiles: a client they do not match still gets the
     listener's own."""
     findings, name = [], "listeners"
-    tcp_entries = [c for c in facts.policy.clients if c.network is not None or c.cert_cn is not None]
+    tcp_entries = [c for c in facts.policy.clients if c.network is not None or c.certified is not None]
     for endpoint in facts.listeners:
         dangerous = _acknowledged(facts.policy, endpoint.profile)
         if endpoint.kind == "unix":

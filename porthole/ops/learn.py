@@ -58,7 +58,9 @@ _LEARN_KINDS = {"cert_cn": 0, "uid": 1, "address": 2}  # the order of their `cli
 @dataclass(frozen=True)
 class LearnedClient:
     """Who asked, as a `clients` match: a verified certificate's CN, else the unix uid, else the
-    TCP address. Not the gid: the same program is often started with another primary group."""
+    TCP address, for clients without a certificate only ("certificate": false: a mutual-TLS
+    client from that address that was never seen keeps its listener's profile). Not the gid:
+    the same program is often started with another primary group."""
 
     kind: str  # "cert_cn", "uid" or "address"
     value: str
@@ -68,6 +70,8 @@ class LearnedClient:
         return f"{self.kind}={self.value}"
 
     def match(self) -> dict[str, Any]:
+        if self.kind == "address":
+            return {"address": self.value, "certificate": False}
         return {self.kind: int(self.value) if self.kind == "uid" else self.value}
 
     def client_rule(self, index: int, profile: str) -> ClientRule:
@@ -75,7 +79,7 @@ class LearnedClient:
             return ClientRule(index, profile, uid=int(self.value))
         if self.kind == "cert_cn":
             return ClientRule(index, profile, cert_cn=self.value)
-        return ClientRule(index, profile, network=ipaddress.ip_network(self.value))
+        return ClientRule(index, profile, network=ipaddress.ip_network(self.value), certificate=False)
 
     def profile_stem(self) -> str:
         """learned-uid-1000, learned-cn-traefik, learned-127-0-0-1, learned-ipv6-1."""
@@ -212,9 +216,9 @@ class Learner:
             if not uses:
                 notes.append(f"{client.label}: no profile learned: nothing it asked for was forwarded")
                 served = sorted(self.profiles.get(client, ()))
-                if len(served) == 1 and served[0] in profiles:  # Rule 3: it keeps what it had, and no
-                    kept.append(client.client_rule(len(entries), served[0]))  # learned address entry
-                    entries.append({"match": client.match(), "profile": served[0],  # takes it over
+                if len(served) == 1 and served[0] in profiles:  # Rule 3: it keeps what it had
+                    kept.append(client.client_rule(len(entries), served[0]))
+                    entries.append({"match": client.match(), "profile": served[0],
                                     "comment": "kept by porthole --learn: nothing it asked for was forwarded"})
                 continue
             name, number = client.profile_stem(), 2

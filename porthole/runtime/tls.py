@@ -49,10 +49,13 @@ def tls_failure_reason(exc: Exception) -> str:
 
 
 def certificate_cn(certificate: Mapping[str, Any] | None) -> str | None:
-    """The subject's common name of a verified certificate; None when it has none or several
-    (ambiguous: no `cert_cn` entry should match it)."""
-    names = [value for rdn in (certificate or {}).get("subject", ()) for key, value in rdn if key == "commonName"]
-    return names[0] if len(names) == 1 else None
+    """The subject's common name of a verified certificate; "" when it has none or several
+    (ambiguous: no `cert_cn` entry should match it, nor a `"certificate": false` one, which is
+    for clients without a certificate); None without a certificate."""
+    if not certificate:
+        return None
+    names = [value for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"]
+    return names[0] if len(names) == 1 else ""
 
 
 class TlsState(enum.Enum):

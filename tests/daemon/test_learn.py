@@ -154,7 +154,7 @@ def test_docker_cli_learned_then_enforced(proxy_factory, dockerd, busybox_image,
     document = json.loads(path.read_text())
     load_policy(path.read_text(), str(path))
     assert set(document["profiles"]) == {"default", "learned-127-0-0-1", "learned-uid-0"}  # the CLI runs as root
-    assert [e["match"] for e in document["clients"]] == [{"uid": 0}, {"address": "127.0.0.1"}]
+    assert [e["match"] for e in document["clients"]] == [{"uid": 0}, {"address": "127.0.0.1", "certificate": False}]
     for profile in ("learned-127-0-0-1", "learned-uid-0"):
         rules = {r["path"]: r for r in document["profiles"][profile]["rules"]}
         assert {"/_ping", "/version", "/containers/json", "/containers/{id}/json", "/containers/{id}/logs"} <= set(rules)

@@ -68,6 +68,25 @@ def test_conditions_in_one_entry_must_all_hold():
     assert choose_profile(rules, ClientFacts(address=ip("10.2.2.3"), cert_cn="x"), "default")[0] == "default"
 
 
+def test_certificate_false_matches_only_tcp_clients_without_a_verified_certificate():
+    """What --learn writes for an address (issue 19 follow-up): a mutual-TLS client from that
+    address, even one whose certificate has no single CN (""), is not the plain client there."""
+    rules = policy([{"match": {"address": "127.0.0.1", "certificate": False}, "profile": "traefik"},
+                    {"match": {"certificate": True}, "profile": "dozzle"},
+                    {"match": {"certificate": False}, "profile": "homepage"}]).clients
+    local = ip("127.0.0.1")
+    for client, profile in [(ClientFacts(address=local), "traefik"),
+                            (ClientFacts(address=local, cert_cn="a.b"), "dozzle"),
+                            (ClientFacts(address=local, cert_cn=""), "dozzle"),
+                            (ClientFacts(address=ip("::1")), "homepage"),
+                            (ClientFacts(address=ip("::1"), cert_cn="a.b"), "dozzle"),
+                            (ClientFacts(uid=0, gid=0), "default"),  # a unix peer: no TCP condition holds
+                            (ClientFacts(), "default")]:
+        assert choose_profile(rules, client, "default")[0] == profile, client
+    assert "clients[0]   address=127.0.0.1/32 certificate=false -> profile traefik" in describe_policy(
+        policy([{"match": {"address": "127.0.0.1", "certificate": False}, "profile": "traefik"}]))
+
+
 def test_ipv6_networks_and_peer_addresses():
     rules = policy([{"match": {"address": "fd00:1::/64"}, "profile": "traefik"},
                     {"match": {"address": "::1"}, "profile": "homepage"},
@@ -131,6 +150,12 @@ def test_check_prints_the_mapping():
     ([{"match": {"uid": 1000, "address": "127.0.0.1"}, "profile": "traefik"}], "$.clients[0].match",
      "never hold for the same client"),
     ([{"match": {"gid": 1, "cert_cn": "x"}, "profile": "traefik"}], "$.clients[0].match", "never hold"),
+    ([{"match": {"uid": 1, "certificate": False}, "profile": "traefik"}], "$.clients[0].match", "never hold"),
+    ([{"match": {"certificate": "no"}, "profile": "traefik"}], "$.clients[0].match.certificate", "true or false"),
+    ([{"match": {"certificate": 0}, "profile": "traefik"}], "$.clients[0].match.certificate", "true or false"),
+    ([{"match": {"certificate": None}, "profile": "traefik"}], "$.clients[0].match.certificate", "must not be null"),
+    ([{"match": {"cert_cn": "x", "certificate": False}, "profile": "traefik"}], "$.clients[0].match",
+     "never holds with \"certificate\": false"),
     # entries that can never be the first match name both JSON paths
     ([{"match": {"uid": 1000}, "profile": "traefik"}, {"match": {"uid": 1000}, "profile": "homepage"}],
      "$.clients[1]", "can never match: every client it matches is matched first by $.clients[0]"),
@@ -152,6 +177,27 @@ def test_check_prints_the_mapping():
     ([{"match": {"address": "0.0.0.0/0"}, "profile": "traefik"}, {"match": {"address": "::/0"}, "profile": "homepage"},
       {"match": {"cert_cn": "dozzle"}, "profile": "dozzle"}],
      "$.clients[2]", "matched first by $.clients[0] and $.clients[1]"),
+    ([{"match": {"address": "10.0.0.0/8"}, "profile": "traefik"},
+      {"match": {"address": "10.1.0.0/16", "certificate": False}, "profile": "homepage"}],
+     "$.clients[1]", "matched first by $.clients[0]"),
+    ([{"match": {"certificate": False}, "profile": "traefik"},
+      {"match": {"address": "10.1.0.0/16", "certificate": False}, "profile": "homepage"}],
+     "$.clients[1]", "matched first by $.clients[0]"),
+    ([{"match": {"certificate": True}, "profile": "traefik"}, {"match": {"cert_cn": "x"}, "profile": "homepage"}],
+     "$.clients[1]", "matched first by $.clients[0]"),
+    ([{"match": {"address": "0.0.0.0/0", "certificate": False}, "profile": "traefik"},
+      {"match": {"address": "::/0", "certificate": False}, "profile": "homepage"},
+      {"match": {"certificate": False}, "profile": "dozzle"}],
+     "$.clients[2]", "matched first by $.clients[0] and $.clients[1]"),
+    ([{"match": {"uid": 0}, "profile": "traefik"}, {"match": {"certificate": False}, "profile": "traefik"},
+      {"match": {"certificate": True}, "profile": "homepage"},
+      {"match": {"address": "10.0.0.0/30"}, "profile": "dozzle"}],
+     "$.clients[3]", "matched first by $.clients[1] and $.clients[2]"),
+    ([{"match": {"address": "10.0.0.0/8", "certificate": True}, "profile": "traefik"},
+      {"match": {"address": "10.0.0.0/9"}, "profile": "homepage"},
+      {"match": {"address": "10.128.0.0/9", "certificate": False}, "profile": "homepage"},
+      {"match": {"address": "10.0.0.0/8"}, "profile": "dozzle"}],
+     "$.clients[3]", "matched first by $.clients[0] and $.clients[1] and $.clients[2]"),
 ])
 def test_validation_errors_name_the_json_path(clients, where, message):
     with pytest.raises(PolicyError) as info:
@@ -170,6 +216,14 @@ def test_validation_errors_name_the_json_path(clients, where, message):
     [{"match": {"address": "127.0.0.0/25"}, "profile": "traefik"}, {"match": {"address": "127.0.0.0/24"}, "profile": "homepage"}],
     [{"match": {"address": "0.0.0.0/0"}, "profile": "traefik"}, {"match": {"cert_cn": "dozzle"}, "profile": "dozzle"}],
     [{"match": {"uid": 4294967294}, "profile": "traefik"}, {"match": {"address": "127.0.0.2"}, "profile": "traefik"}],
+    # "certificate": false never covers a certificate's client, nor a cert_cn a client without one
+    [{"match": {"address": "127.0.0.1", "certificate": False}, "profile": "traefik"},
+     {"match": {"address": "127.0.0.1"}, "profile": "homepage"}],
+    [{"match": {"certificate": False}, "profile": "traefik"}, {"match": {"cert_cn": "x"}, "profile": "homepage"},
+     {"match": {"certificate": True}, "profile": "dozzle"}],
+    [{"match": {"cert_cn": "x"}, "profile": "traefik"}, {"match": {"certificate": False}, "profile": "homepage"}],
+    [{"match": {"certificate": False}, "profile": "traefik"}, {"match": {"uid": 1}, "profile": "homepage"}],
+    [{"match": {"cert_cn": "x", "certificate": True}, "profile": "traefik"}],
 ])
 def test_valid_mappings_load(clients):
     assert len(policy(clients).clients) == len(clients)
@@ -180,14 +234,15 @@ def test_schema_describes_clients():
     assert "clients" in schema["properties"]
     entry = schema["$defs"]["client"]
     assert set(entry["properties"]) == {"match", "profile", "comment"}
-    assert set(entry["properties"]["match"]["properties"]) == {"uid", "gid", "address", "cert_cn", "ssh_user"}
+    assert set(entry["properties"]["match"]["properties"]) == {"uid", "gid", "address", "cert_cn", "certificate",
+                                                               "ssh_user"}
 
 
 # ---- properties ---------------------------------------------------------------------------------
 # A small universe with one client per equivalence class of the conditions below: every uid/gid
 # value used plus an unused one, every address inside the networks used plus one outside them per
-# family, every CN plus an unknown one and none. "No client of the universe reaches entry j first"
-# then means "no client at all does".
+# family, every CN plus an unknown one, a certificate without a single CN ("") and none. "No
+# client of the universe reaches entry j first" then means "no client at all does".
 
 UIDS = [0, 1, 2]
 NETWORKS = ["10.0.0.0/30", "10.0.0.0/31", "10.0.0.2/31", "10.0.0.1/32", "10.0.0.3/32", "0.0.0.0/0",
@@ -198,10 +253,12 @@ UNIVERSE = (
     [ClientFacts(ssh_user=u) for u in SSH_USERS + ["zz"]] + [ClientFacts()] +
     [ClientFacts(uid=u, gid=g) for u, g in itertools.product(UIDS + [99], UIDS + [99])]
     + [ClientFacts(address=ip(a), cert_cn=c) for a, c in itertools.product(
-        ["10.0.0.0", "10.0.0.1", "10.0.0.2", "10.0.0.3", "192.0.2.1", "::1", "2001:db8::1"], CNS + ["zz", None])]
+        ["10.0.0.0", "10.0.0.1", "10.0.0.2", "10.0.0.3", "192.0.2.1", "::1", "2001:db8::1"], CNS + ["zz", "", None])]
 )
 unix_match = st.fixed_dictionaries({}, optional={"uid": st.sampled_from(UIDS), "gid": st.sampled_from(UIDS)})
-tcp_match = st.fixed_dictionaries({}, optional={"address": st.sampled_from(NETWORKS), "cert_cn": st.sampled_from(CNS)})
+tcp_match = st.fixed_dictionaries({}, optional={"address": st.sampled_from(NETWORKS), "cert_cn": st.sampled_from(CNS),
+                                                "certificate": st.booleans()}).filter(
+    lambda match: not ("cert_cn" in match and match.get("certificate") is False))  # refused: never holds
 ssh_match = st.fixed_dictionaries({"ssh_user": st.sampled_from(SSH_USERS)})
 entries = st.lists(st.fixed_dictionaries({"match": unix_match.filter(bool) | tcp_match.filter(bool) | ssh_match,
                                           "profile": st.sampled_from(sorted(PROFILES))}), max_size=7)
@@ -251,7 +308,12 @@ def test_schema_accepts_the_issue_example_and_refuses_mixed_kinds():
 
     schema = json.loads((REPO / "rules.schema.json").read_text())
     jsonschema.validate(RULES, schema)
+    plain_client = {"match": {"address": "127.0.0.1", "certificate": False}, "profile": "traefik"}
+    jsonschema.validate(dict(RULES, clients=[plain_client]), schema)
     for bad in ({"match": {"uid": 1, "address": "10.0.0.1"}, "profile": "traefik"},
+                {"match": {"uid": 1, "certificate": False}, "profile": "traefik"},
+                {"match": {"cert_cn": "x", "certificate": False}, "profile": "traefik"},
+                {"match": {"certificate": "no"}, "profile": "traefik"},
                 {"match": {}, "profile": "traefik"}, {"match": {"uid": -1}, "profile": "traefik"},
                 {"match": {"ssh_user": "ci", "uid": 1}, "profile": "traefik"},
                 {"match": {"ssh_user": "ci", "address": "10.0.0.1"}, "profile": "traefik"},

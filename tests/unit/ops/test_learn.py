@@ -200,7 +200,8 @@ def test_one_minimal_profile_per_client_with_its_clients_entry():
     assert document["clients"] == [
         {"match": {"cert_cn": "Traefik Proxy"}, "profile": "learned-cn-traefik-proxy", "comment": "learned by porthole --learn"},
         {"match": {"uid": 1000}, "profile": "learned-uid-1000", "comment": "learned by porthole --learn"},
-        {"match": {"address": "127.0.0.1"}, "profile": "learned-127-0-0-1", "comment": "learned by porthole --learn"},
+        {"match": {"address": "127.0.0.1", "certificate": False}, "profile": "learned-127-0-0-1",
+         "comment": "learned by porthole --learn"},
         {"match": {"address": "10.1.0.0/16"}, "profile": "watcher"}]
     assert any("$.clients[0] (uid=1000) left out" in note for note in notes)
     # the refused dangerous read is named, never acknowledged
@@ -226,7 +227,7 @@ def test_a_client_with_only_refused_reads_gets_no_profile_and_names_collide_safe
     load_policy(json.dumps(document))
     assert "learned-uid-7" not in document["profiles"]
     assert "uid=7: no profile learned: nothing it asked for was forwarded" in notes
-    assert sorted((e["match"].get("cert_cn"), e["profile"]) for e in document["clients"] if "cert_cn" in e["match"]) == [
+    assert sorted((e["match"]["cert_cn"], e["profile"]) for e in document["clients"] if "cert_cn" in e["match"]) == [
         ("A_B", "learned-cn-a-b"), ("a-b", "learned-cn-a-b-2"), ("a.b", "learned-cn-a-b-3")]
     assert [e["profile"] for e in document["clients"] if e["match"] == {"uid": 7}] == ["default"]  # kept as it was
 
@@ -243,6 +244,27 @@ def test_a_client_that_learned_nothing_is_not_taken_over_by_a_learned_address():
     document, _ = learner.document(policy)
     learned = load_policy(json.dumps(document))
     assert choose_profile(learned.clients, tls_client, "default")[0] == "default"
+
+
+def test_a_learned_address_is_only_for_clients_without_a_certificate():
+    """The plain client at 127.0.0.1 was learned; a mutual-TLS client from the same address that
+    was never seen (CN a.b, or a certificate without a single CN) keeps what it got before: its
+    listener's profile, or the original entry for that address, which is no longer left out as
+    shadowed. (Found by the property test below: the learned address entry matched it too.)"""
+    plain = ClientFacts(address=ipaddress.ip_address("127.0.0.1"))
+    original_entry = {"match": {"address": "127.0.0.1"}, "profile": "default"}
+    for original, expected in (([], "watcher"), ([original_entry], "default")):
+        policy = load_document(dict(RULES, clients=original))
+        learner = Learner()
+        record(learner, policy, plain, "/_ping", "HEAD")
+        document, notes = learner.document(policy)
+        learned = load_policy(json.dumps(document))
+        assert choose_profile(learned.clients, plain, "watcher")[0] == "learned-127-0-0-1"
+        for cn in ("a.b", ""):
+            tls_client = ClientFacts(address=ipaddress.ip_address("127.0.0.1"), cert_cn=cn)
+            assert choose_profile(learned.clients, tls_client, "watcher")[0] == expected, (original, cn)
+        assert document["clients"][0]["match"] == {"address": "127.0.0.1", "certificate": False}
+        assert not notes
 
 
 def test_values_of_a_value_key_are_bounded():

@@ -305,13 +305,14 @@ def test_context_errors_name_the_file(pki, tmp_path):
 
 
 @pytest.mark.parametrize("subject, cn", [
-    ((), None), (((("commonName", "dozzle"),),), "dozzle"),
+    ((), ""), (((("commonName", "dozzle"),),), "dozzle"),
     (((("organizationName", "x"),), (("commonName", "a"),)), "a"),
-    (((("commonName", "a"),), (("commonName", "b"),)), None),  # ambiguous: no cert_cn matches
+    (((("commonName", "a"),), (("commonName", "b"),)), ""),  # ambiguous: no cert_cn matches, nor null
 ])
 def test_certificate_cn(subject, cn):
     assert certificate_cn({"subject": subject}) == cn
-    assert certificate_cn(None) is None
+    assert certificate_cn(None) is None  # no certificate: what "cert_cn": null matches
+    assert certificate_cn({}) is None  # (a certificate provided but not verified)
 
 
 # ---- A TLS client that stops reading cannot hold its connection in DRAINING (issue "(2 of 5)",
