@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -61,7 +62,11 @@ def test_sha256_file_matches(porthole_binary):
 def test_version(porthole_binary):
     r = support.ProxyProcess(args=["--version"], proxy_path=porthole_binary, as_root=True, rules=False).run(30)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("porthole %s " % proxy_version()), r.stdout
+    # the commit and the day of SOURCE_DATE_EPOCH (build.sh's default: the commit's time) it was built from
+    commit, when = subprocess.run(["git", "log", "-1", "--format=%H %ct"], cwd=REPO, capture_output=True, text=True,
+                                  check=True).stdout.split()
+    built = time.strftime("%Y-%m-%d", time.gmtime(int(when)))
+    assert r.stdout.startswith("porthole %s (commit %s, built %s; " % (proxy_version(), commit[:12], built)), r.stdout
 
 
 def test_no_hook_of_pyinstallers_for_inspect_runs_at_each_start(porthole_binary):

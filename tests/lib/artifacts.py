@@ -19,6 +19,10 @@ image_config(dockerd, image) -> dict    the image's config as it holds it (`dock
                                         older than Docker 25 leaves out of `docker image inspect` too
 HEALTHCHECK_SCHEDULE                    the image's HEALTHCHECK, as its config holds it
 engine_api_version(dockerd) -> tuple    the daemon's API version, (1, 41) for Debian 12's 20.10
+spdx_problems(document) -> list[str]    what an SPDX 2.3 JSON document lacks or gets wrong (empty: valid)
+sbom_files(document) -> {fileName: sha256}   the files an SBOM lists, with their SHA-256
+pinned_requirements(path) -> {name: (version, [sha256...])}   the pins and hashes of a pip-compile file
+staticx_members(binary) -> {name: bytes}   the regular files in a static executable's staticx archive
 """
 
 from __future__ import annotations
@@ -29,8 +33,10 @@ import hashlib
 import io
 import json
 import os
+import re
 import subprocess
 import tarfile
+import tempfile
 from pathlib import Path
 
 import support
@@ -48,7 +54,8 @@ HEALTHCHECK_SCHEDULE = {"Test": ["CMD", "/porthole", "--healthcheck"], "Interval
 # what the build reads (build.sh's is_fresh): copied for the reproducibility builds, and a binary
 # older than any of them is rebuilt
 BUILD_INPUTS = ("proxy.py", *sorted(str(p.relative_to(REPO)) for p in (REPO / "porthole").rglob("*.py")),
-                "rules.json", "build.sh", "requirements-build.txt", "patches/staticx-forward-signals.patch")
+                "rules.json", "build.sh", "requirements-build.txt", "patches/staticx-forward-signals.patch",
+                "packaging/sbom.py")
 
 
 def tail(text, n=4000):
@@ -195,3 +202,91 @@ def engine_api_version(dockerd):
     """The daemon's API version as a tuple: (1, 44) and later honour a health check's start interval."""
     version = support.docker_cli(dockerd.url, "version", "--format", "{{.Server.APIVersion}}", check=True)
     return tuple(int(part) for part in version.stdout.strip().split("."))
+
+
+# SPDX 2.3 (https://spdx.github.io/spdx-spec/v2.3/): what every document, package, file and
+# relationship must have
+SPDX_ID = re.compile(r"^SPDXRef-[A-Za-z0-9.-]+$")
+SPDX_CHECKSUM_LENGTHS = {"SHA1": 40, "SHA256": 64, "SHA512": 128, "MD5": 32}
+SPDX_RELATIONSHIPS = {"DESCRIBES", "DESCRIBED_BY", "CONTAINS", "CONTAINED_BY", "DEPENDS_ON", "GENERATED_FROM"}
+
+
+def spdx_problems(document: dict) -> list:
+    """The required fields of SPDX 2.3 JSON that `document` lacks or gets wrong."""
+    problems = []
+
+    def need(ok, what):
+        if not ok:
+            problems.append(what)
+
+    need(document.get("spdxVersion") == "SPDX-2.3", "spdxVersion is not SPDX-2.3")
+    need(document.get("dataLicense") == "CC0-1.0", "dataLicense is not CC0-1.0")
+    need(document.get("SPDXID") == "SPDXRef-DOCUMENT", "SPDXID is not SPDXRef-DOCUMENT")
+    need(bool(document.get("name")), "no name")
+    namespace = document.get("documentNamespace", "")
+    need(re.match(r"^[a-z]+://", namespace) and "#" not in namespace, "documentNamespace is not a URI without #")
+    info = document.get("creationInfo") or {}
+    need(re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$", info.get("created", "")), "creationInfo.created")
+    need(info.get("creators") and all(re.match(r"^(Tool|Organization|Person): \S", c) for c in info["creators"]),
+         "creationInfo.creators")
+
+    def checksums(where, items, needed=()):
+        algorithms = [c.get("algorithm") for c in items]
+        for item in items:
+            need(len(item.get("value", "")) == SPDX_CHECKSUM_LENGTHS.get(item.get("algorithm"), -1)
+                 and re.match(r"^[0-9a-f]+$", item["value"]), f"{where}: checksum {item}")
+        for algorithm in needed:
+            need(algorithm in algorithms, f"{where}: no {algorithm} checksum")
+
+    ids = ["SPDXRef-DOCUMENT"]
+    for package in document.get("packages", []):
+        where = "package %s" % package.get("SPDXID")
+        ids.append(package.get("SPDXID"))
+        need(SPDX_ID.match(package.get("SPDXID", "")), f"{where}: SPDXID")
+        need(package.get("name") and package.get("downloadLocation"), f"{where}: name or downloadLocation")
+        need(package.get("filesAnalyzed", True) is False or "packageVerificationCode" in package,
+             f"{where}: files analysed without a packageVerificationCode")
+        checksums(where, package.get("checksums", []))
+    for file in document.get("files", []):
+        where = "file %s" % file.get("SPDXID")
+        ids.append(file.get("SPDXID"))
+        need(SPDX_ID.match(file.get("SPDXID", "")) and file.get("fileName", "").startswith("./"), f"{where}: id, name")
+        checksums(where, file.get("checksums", []), needed=("SHA1",))
+    need(len(ids) == len(set(ids)), "SPDXIDs repeat")
+    related = set()
+    for relationship in document.get("relationships", []):
+        need(relationship.get("relationshipType") in SPDX_RELATIONSHIPS, f"relationship {relationship}")
+        for end in ("spdxElementId", "relatedSpdxElement"):
+            need(relationship.get(end) in ids, f"relationship {relationship}: {end} undefined")
+            related.add(relationship.get(end))
+    need(set(document.get("documentDescribes", [])) <= set(ids) and document.get("documentDescribes"),
+         "documentDescribes")
+    need(set(ids) <= related, "elements no relationship names: %s" % sorted(set(ids) - related))
+    return problems
+
+
+def sbom_files(document: dict) -> dict:
+    return {f["fileName"].removeprefix("./"): next(c["value"] for c in f["checksums"] if c["algorithm"] == "SHA256")
+            for f in document["files"]}
+
+
+def pinned_requirements(path: Path) -> dict:
+    pins, name = {}, None
+    for line in path.read_text().splitlines():
+        pin = re.match(r"^([A-Za-z0-9_.-]+)==(\S+)", line)
+        if pin:
+            name = pin.group(1).lower()
+            pins[name] = (pin.group(2), [])
+        hashed = re.search(r"--hash=sha256:([0-9a-f]{64})", line)
+        if hashed and name:
+            pins[name][1].append(hashed.group(1))
+    return pins
+
+
+def staticx_members(binary: Path) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        archive = Path(tmp) / "archive.tar"
+        subprocess.run(["objcopy", "--dump-section", ".staticx.archive=%s" % archive, str(binary),
+                        str(Path(tmp) / "rest")], check=True, capture_output=True)
+        with tarfile.open(archive) as tar:
+            return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
