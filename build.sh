@@ -9,6 +9,10 @@
 #   ./build.sh check              check the image: rootless, shell-less, only the expected files,
 #                                 small, its health-check schedule; prints JSON, exits non-zero on
 #                                 any breach
+#   ./build.sh publish            with PORTHOLE_IMAGE=REGISTRY/NAME:TAG: build what is missing of the
+#                                 amd64 and arm64 images, push each (as TAG-amd64, TAG-arm64) and
+#                                 one multi-arch manifest list as TAG; pushes only what the registry
+#                                 lacks (docs/releasing.md)
 #   ./build.sh run [proxy args]   build if needed, start the proxy on the host's Docker socket
 #   ./build.sh test [pytest args] install what a fresh machine lacks, run the whole test suite
 #   ./build.sh deps               only install the system packages and .venv for the tests
@@ -53,7 +57,8 @@ MAX_IMAGE_BYTES="${PORTHOLE_MAX_IMAGE_BYTES:-22000000}"
 HEALTH_START_INTERVAL_NS=1000000000
 TEST_PACKAGES=(python3 python3-venv python3-dev docker.io busybox-static util-linux procps
                patchelf binutils systemd podman openssl file
-               prometheus docker-compose)  # real consumers (tests/test_consumer_*.py)
+               prometheus docker-compose  # real consumers (tests/test_consumer_*.py)
+               docker-registry)  # publish's registry (tests/artifacts/test_publish.py)
 BUILD_PACKAGES=(python3 python3-venv python3-dev patchelf binutils
                 musl-tools scons patch)  # staticx's bootloader, rebuilt with patches/
 # PyPI has staticx wheels for x86-64 only: elsewhere pip builds it from its (hash-checked)
@@ -681,6 +686,72 @@ sys.exit(0 if ok else 1)
 PY
 }
 
+# ---- publishing: one multi-arch tag ------------------------------------------------------------
+# Each architecture's image is pushed under TAG-ARCH, then a manifest list names both by digest
+# under TAG, so `docker pull NAME:TAG` gets the image for the machine it runs on. Nothing is pushed
+# that the registry already holds: an image whose config (its ID) the registry has under TAG-ARCH,
+# a list naming exactly these manifests under TAG. Registries on loopback are spoken to over plain
+# HTTP (--insecure; the engine allows it for 127.0.0.0/8 by default); every other over HTTPS with
+# the credentials of `docker login`.
+PUBLISH_ARCHES=(amd64 arm64)
+
+cmd_publish() {
+    local target="${PORTHOLE_IMAGE:-}"
+    local name="${target%:*}" tag="${target##*:}"
+    [ -n "$target" ] && [ "$name" != "$target" ] && [[ "$tag" != */* ]] && [[ "$target" != *@* ]] \
+        || die "publish: set PORTHOLE_IMAGE=REGISTRY/NAME:TAG (a tag, not a digest)"
+    command -v docker >/dev/null || die "no docker CLI"
+    docker version >/dev/null 2>&1 || die "no Docker engine reachable (set DOCKER_HOST)"
+    local registry="${name%%/*}" insecure=()
+    case "$registry" in 127.*|localhost|localhost:*|'[::1]'*) insecure=(--insecure) ;; esac
+    export DOCKER_CLI_EXPERIMENTAL=enabled  # `docker manifest` on Docker 20.10's CLI
+    local arch ref manifests=() summary
+    for arch in "${PUBLISH_ARCHES[@]}"; do
+        ref="$name:$tag-$arch"
+        PORTHOLE_IMAGE="$ref" "$ROOT/build.sh" --arch "$arch" image  # the bundle only if stale
+        local report  # nothing is published that fails its check
+        report="$(PORTHOLE_IMAGE="$ref" "$ROOT/build.sh" --arch "$arch" check)" \
+            || { printf '%s\n' "$report" >&2; die "$ref fails ./build.sh --arch $arch check: not published"; }
+        summary="$(remote_manifest "$ref" "${insecure[@]}")"
+        if [ "${summary#* }" = "$(docker image inspect -f '{{.Id}}' "$ref")" ]; then
+            log "$ref: the registry has it"
+        else
+            log "pushing $ref"
+            docker push -q "$ref" >/dev/null
+            summary="$(remote_manifest "$ref" "${insecure[@]}")"
+            [ "${summary#* }" = "$(docker image inspect -f '{{.Id}}' "$ref")" ] || die "$ref: pushed, but the registry has another image"
+        fi
+        manifests+=("$name@${summary%% *}")
+    done
+    docker manifest rm "$target" >/dev/null 2>&1 || true  # a list left in the CLI's store from before
+    if [ "$(remote_list "$target" "${insecure[@]}")" = "$(printf '%s\n' "${manifests[@]#"$name@"}" | sort | tr '\n' ' ')" ]; then
+        log "$target: the registry has this list"
+    else
+        log "pushing the manifest list $target (${PUBLISH_ARCHES[*]})"
+        docker manifest create "${insecure[@]}" "$target" "${manifests[@]}" >/dev/null
+        docker manifest push "${insecure[@]}" --purge "$target" >/dev/null
+    fi
+    log "$target: $(remote_list "$target" "${insecure[@]}")"
+}
+
+# remote_manifest REF [--insecure]: "MANIFEST-DIGEST CONFIG-DIGEST" of REF's image manifest in
+# its registry (the config digest is the image ID), or nothing if the registry lacks it.
+remote_manifest() {
+    docker manifest inspect -v "${@:2}" "$1" 2>/dev/null | "$PYTHON" -c '
+import json, sys
+data = json.load(sys.stdin)
+print(data["Descriptor"]["digest"], data["SchemaV2Manifest"]["config"]["digest"])' 2>/dev/null || true
+}
+
+# remote_list REF [--insecure]: the digests (sorted, space-separated) REF's manifest list names, or
+# nothing if REF is no list in its registry.
+remote_list() {
+    docker manifest inspect "${@:2}" "$1" 2>/dev/null | "$PYTHON" -c '
+import json, sys
+data = json.load(sys.stdin)
+print(" ".join(sorted(m["digest"] for m in data["manifests"])) + " ")' 2>/dev/null || true
+}
+
 # ---- tests and running -------------------------------------------------------------------------
 
 cmd_deps() {
@@ -739,6 +810,7 @@ case "${1:-binary}" in
     bundle) shift; cmd_bundle ;;
     image) shift; cmd_image ;;
     check) shift; cmd_check ;;
+    publish) shift; cmd_publish ;;
     run) shift; cmd_run "$@" ;;
     test) shift; cmd_test "$@" ;;
     deps) shift; cmd_deps ;;

@@ -23,6 +23,8 @@ spdx_problems(document) -> list[str]    what an SPDX 2.3 JSON document lacks or 
 sbom_files(document) -> {fileName: sha256}   the files an SBOM lists, with their SHA-256
 pinned_requirements(path) -> {name: (version, [sha256...])}   the pins and hashes of a pip-compile file
 staticx_members(binary) -> {name: bytes}   the regular files in a static executable's staticx archive
+Registry().start(tmpdir) / .stop()      Debian's docker-registry (distribution 2.8) on 127.0.0.1:port
+registry.address, .manifest(name, reference) -> (media type, digest, dict), .stored() -> {path: (size, mtime)}
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from __future__ import annotations
 import ast
 import functools
 import hashlib
+import http.client
 import io
 import json
 import os
@@ -290,3 +293,53 @@ def staticx_members(binary: Path) -> dict:
                         str(Path(tmp) / "rest")], check=True, capture_output=True)
         with tarfile.open(archive) as tar:
             return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+REGISTRY_BINARY = "/usr/bin/docker-registry"  # Debian's docker-registry (build.sh's TEST_PACKAGES)
+MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.list.v2+json",
+                  "application/vnd.docker.distribution.manifest.v2+json",
+                  "application/vnd.oci.image.index.v1+json", "application/vnd.oci.image.manifest.v1+json")
+
+
+class Registry:
+    """A private registry on 127.0.0.1 (plain HTTP, which the engine allows for loopback), its
+    storage in a temporary directory; stopped (and its storage removed) by stop()."""
+
+    def start(self, tmpdir: Path, timeout: float = 30.0) -> "Registry":
+        self.storage = Path(tmpdir) / "storage"
+        self.storage.mkdir(parents=True)
+        port = support.free_port()
+        self.address = "127.0.0.1:%d" % port
+        config = Path(tmpdir) / "config.yml"
+        config.write_text("version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: %s\n"
+                          "  delete:\n    enabled: true\nhttp:\n  addr: %s\n" % (self.storage, self.address))
+        self.log = open(Path(tmpdir) / "registry.log", "wb")
+        self.proc = subprocess.Popen([REGISTRY_BINARY, "serve", str(config)], stdout=self.log, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        assert support.wait_until(lambda: self._get("/v2/")[0] == 200 or self.proc.poll() is not None, timeout, 0.1)
+        assert self.proc.poll() is None, (Path(tmpdir) / "registry.log").read_text()
+        return self
+
+    def _get(self, path, accept=()):
+        try:
+            connection = http.client.HTTPConnection(self.address, timeout=10)
+            connection.request("GET", path, headers={"Accept": ", ".join(accept)} if accept else {})
+            answer = connection.getresponse()
+            return answer.status, dict(answer.getheaders()), answer.read()
+        except OSError:
+            return None, {}, b""
+
+    def manifest(self, name: str, reference: str):
+        """(media type, digest, document) of the manifest or list `name:reference` in the registry."""
+        status, headers, body = self._get("/v2/%s/manifests/%s" % (name, reference), MANIFEST_TYPES)
+        assert status == 200, (status, body[:300])
+        return headers["Content-Type"], headers["Docker-Content-Digest"], json.loads(body)
+
+    def stored(self) -> dict:
+        """{path: (size, mtime_ns)} of every file the registry stores: a push that writes anything shows."""
+        return {str(p.relative_to(self.storage)): (p.stat().st_size, p.stat().st_mtime_ns)
+                for p in self.storage.rglob("*") if p.is_file()}
+
+    def stop(self) -> None:
+        support.kill_group(self.proc)
+        self.log.close()
