@@ -23,6 +23,11 @@ spdx_problems(document) -> list[str]    what an SPDX 2.3 JSON document lacks or 
 sbom_files(document) -> {fileName: sha256}   the files an SBOM lists, with their SHA-256
 pinned_requirements(path) -> {name: (version, [sha256...])}   the pins and hashes of a pip-compile file
 staticx_members(binary) -> {name: bytes}   the regular files in a static executable's staticx archive
+                                        (elf_section(binary, name) -> bytes, for any machine's ELF)
+check_binary_sbom(binary, arch) -> dict  dist/porthole[-ARCH].spdx.json is valid and lists what ships
+check_sbom_packages(document, pypi_names, arch)   its PyPI and Debian packages, versions and hashes
+check_image_sbom(dockerd, image, bundle, arch) -> dict   the image's /sbom.spdx.json: the bundle's, and it
+                                        lists every file of the image with its checksum
 Registry().start(tmpdir) / .stop()      Debian's docker-registry (distribution 2.8) on 127.0.0.1:port
 registry.address, .manifest(name, reference) -> (media type, digest, dict), .stored() -> {path: (size, mtime)}
 """
@@ -37,9 +42,9 @@ import io
 import json
 import os
 import re
+import struct
 import subprocess
 import tarfile
-import tempfile
 from pathlib import Path
 
 import support
@@ -286,13 +291,106 @@ def pinned_requirements(path: Path) -> dict:
     return pins
 
 
+def elf_section(binary: Path, wanted: str) -> bytes:
+    """The contents of a section of a 64-bit little-endian ELF file, of any machine."""
+    data = binary.read_bytes()
+    assert data[:6] == b"\x7fELF\x02\x01", "%s: not a 64-bit little-endian ELF file" % binary
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+
+    def header(index):  # (name offset, file offset, size)
+        at = shoff + index * shentsize
+        return struct.unpack_from("<I", data, at)[0], *struct.unpack_from("<QQ", data, at + 0x18)
+
+    _, names_at, _ = header(shstrndx)
+    for index in range(shnum):
+        name_at, offset, size = header(index)
+        name = data[names_at + name_at:data.index(b"\0", names_at + name_at)].decode()
+        if name == wanted:
+            return data[offset:offset + size]
+    raise AssertionError("%s has no section %s" % (binary, wanted))
+
+
 def staticx_members(binary: Path) -> dict:
-    with tempfile.TemporaryDirectory() as tmp:
-        archive = Path(tmp) / "archive.tar"
-        subprocess.run(["objcopy", "--dump-section", ".staticx.archive=%s" % archive, str(binary),
-                        str(Path(tmp) / "rest")], check=True, capture_output=True)
-        with tarfile.open(archive) as tar:
-            return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    with tarfile.open(fileobj=io.BytesIO(elf_section(binary, ".staticx.archive"))) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+
+
+# what every SBOM must name: the runtime's parts (CPython, OpenSSL, glibc with the loader) and
+# the Python packages frozen in
+DEBIAN_PACKAGES = {"libpython3.11", "libssl3", "libc6"}
+# build.sh's build venv (PORTHOLE_BUILD_VENV), which has PyInstaller
+BUILD_PYTHON = Path(os.environ.get("PORTHOLE_BUILD_VENV", REPO / ".venv-build")) / "bin" / "python"
+# the program PyInstaller archived, its shared libraries and data read back with its own reader
+READ_ARCHIVE = """
+import hashlib, json, sys
+from PyInstaller.archive.readers import CArchiveReader
+reader = CArchiveReader(sys.argv[1])
+print(json.dumps({name: hashlib.sha256(reader.extract(name)).hexdigest() for name, entry in reader.toc.items()
+                  if entry[4] in "bxnd"}))
+"""
+
+
+def packages_by_purl(document):
+    return {ref["referenceLocator"].split("@")[0]: package for package in document["packages"]
+            for ref in package.get("externalRefs", []) if ref["referenceType"] == "purl"}
+
+
+def check_sbom_packages(document, pypi_names, arch):
+    """The PyPI packages with requirements-build.txt's versions and hashes; the Debian ones with
+    the versions dpkg installed (for another architecture: its purl names it)."""
+    packages = packages_by_purl(document)
+    pins = pinned_requirements(REPO / "requirements-build.txt")
+    for name in pypi_names:
+        package = packages["pkg:pypi/" + name]
+        assert package["versionInfo"] == pins[name][0]
+        assert sorted(c["value"] for c in package["checksums"]) == sorted(pins[name][1])
+    for name in DEBIAN_PACKAGES:
+        package = packages["pkg:deb/debian/" + name]
+        purl = package["externalRefs"][0]["referenceLocator"]
+        assert "?arch=%s&" % arch in purl, purl
+        if arch == "amd64":
+            installed = subprocess.run(["dpkg-query", "-W", "-f", "${Version}", name], capture_output=True, text=True,
+                                       check=True).stdout
+            assert package["versionInfo"] == installed
+
+
+def check_binary_sbom(binary: Path, arch: str) -> dict:
+    """The SBOM beside `binary` is valid SPDX 2.3 and lists every file it ships, with its checksum."""
+    document = json.loads(binary.with_name(binary.name + ".spdx.json").read_text())
+    assert spdx_problems(document) == []
+    listed = sbom_files(document)
+    members = staticx_members(binary)
+    assert members, "no staticx archive in %s" % binary
+    # every member of staticx's archive, and every library in PyInstaller's archive inside it
+    want = {"porthole!/" + name: hashlib.sha256(data).hexdigest() for name, data in members.items()}
+    program = REPO / "dist" / ("sbom-check-program-" + arch)
+    program.write_bytes(members["porthole"])
+    try:
+        inner = json.loads(subprocess.run([str(BUILD_PYTHON), "-c", READ_ARCHIVE, str(program)], capture_output=True,
+                                          text=True, check=True).stdout)
+    finally:
+        program.unlink()
+    want.update(("porthole!/porthole!/" + name, digest) for name, digest in inner.items())
+    assert listed == want
+    assert any(name.endswith("/libssl.so.3") for name in listed) and "porthole!/libc.so.6" in listed
+    top = packages_by_purl(document)["pkg:generic/porthole"]
+    assert top["checksums"] == [{"algorithm": "SHA256", "value": hashlib.sha256(binary.read_bytes()).hexdigest()}]
+    check_sbom_packages(document, ("h11", "pyinstaller", "staticx"), arch)
+    return document
+
+
+def check_image_sbom(dockerd, image: str, bundle: Path, arch: str) -> dict:
+    entries = layer_entries(dockerd, image)
+    shipped = (bundle / "sbom.spdx.json").read_bytes()
+    assert entries["sbom.spdx.json"][:2] == ("file", 0o444)
+    assert entries["sbom.spdx.json"][4] == hashlib.sha256(shipped).hexdigest()
+    document = json.loads(shipped)
+    assert spdx_problems(document) == []
+    files = {name: entry[4] for name, entry in entries.items() if entry[0] == "file" and name != "sbom.spdx.json"}
+    assert sbom_files(document) == files
+    check_sbom_packages(document, ("h11", "pyinstaller"), arch)
+    return document
 
 
 REGISTRY_BINARY = "/usr/bin/docker-registry"  # Debian's docker-registry (build.sh's TEST_PACKAGES)
