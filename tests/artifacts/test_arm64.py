@@ -131,6 +131,9 @@ def test_reproducible_build(arm64_binary):
         assert (copy / "dist" / "porthole-arm64.sha256").read_text().split()[0] == digest
     assert digests[0] == digests[1], "builds differ: %s\n%s" % (
         dict(zip(map(str, copies), digests)), "\n".join(tail(o, 1500) for o in outputs))
+    # and one SBOM (issue 22: item 3), made from what each build shipped
+    sboms = [(c / "dist" / "porthole-arm64.spdx.json").read_bytes() for c in copies]
+    assert sboms[0] == sboms[1]
 
 
 def test_binary_sbom_lists_what_ships(arm64_binary):
