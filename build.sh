@@ -9,6 +9,10 @@
 #   ./build.sh check              check the image: rootless, shell-less, only the expected files,
 #                                 small, its health-check schedule; prints JSON, exits non-zero on
 #                                 any breach
+#   ./build.sh publish            with PORTHOLE_IMAGE=REGISTRY/NAME:TAG: build what is missing of the
+#                                 amd64 and arm64 images, push each (as TAG-amd64, TAG-arm64) and
+#                                 one multi-arch manifest list as TAG; pushes only what the registry
+#                                 lacks (docs/releasing.md)
 #   ./build.sh run [proxy args]   build if needed, start the proxy on the host's Docker socket
 #   ./build.sh test [pytest args] install what a fresh machine lacks, run the whole test suite
 #   ./build.sh deps               only install the system packages and .venv for the tests
@@ -55,7 +59,8 @@ TEST_PACKAGES=(python3 python3-venv python3-dev docker.io busybox-static util-li
                patchelf binutils systemd podman openssl file
                prometheus docker-compose  # real consumers (tests/consumers/test_consumer_*.py)
                ansible python3-requests zabbix-agent2  # community.docker runs on /usr/bin/python3: its requests
-               openssh-server openssh-client)  # porthole --stdio as an SSH forced command (tests/consumers/test_ssh_stdio.py)
+               openssh-server openssh-client  # porthole --stdio as an SSH forced command (tests/consumers/test_ssh_stdio.py)
+               docker-registry)  # publish's registry (tests/artifacts/test_publish.py)
 BUILD_PACKAGES=(python3 python3-venv python3-dev patchelf binutils
                 musl-tools scons patch)  # staticx's bootloader, rebuilt with patches/
 # PyPI has staticx wheels for x86-64 only: elsewhere pip builds it from its (hash-checked)
@@ -170,12 +175,22 @@ version() { "$PYTHON" -c 'import ast,sys; t=ast.parse(open("porthole/__init__.py
 # The source that is frozen: the entry point and the package it runs. Only their .py files, in
 # a stable order: no bytecode caches or stray files are copied, and they are all is_fresh reads.
 SOURCES=(proxy.py porthole)
-source_files() { find "${SOURCES[@]}" -name '*.py' -type f | LC_ALL=C sort; }
+source_files() { find "${SOURCES[@]}" -name '*.py' -type f ! -path porthole/app/_build.py | LC_ALL=C sort; }
 # copy_sources DIR: the source files into DIR, at their paths (DIR/proxy.py, DIR/porthole/...).
 copy_sources() {
     [ -f porthole/__init__.py ] || die "no porthole/ package beside proxy.py"
     local files; mapfile -t files < <(source_files)
     cp --parents "${files[@]}" "$1/"
+}
+
+# source_commit: the commit built (PORTHOLE_COMMIT, which build_in_root passes into the root,
+# else git's), "unknown" outside a checkout.
+source_commit() { echo "${PORTHOLE_COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}"; }
+# write_build_info DIR: DIR/porthole/app/_build.py, what `porthole --version` prints besides the
+# version: the commit and the build date, the day of SOURCE_DATE_EPOCH (so builds repeat).
+write_build_info() {
+    printf '"""Written by build.sh: the commit and the date (SOURCE_DATE_EPOCH) of this build."""\nCOMMIT = "%s"\nBUILD_DATE = "%s"\n' \
+        "$(source_commit)" "$(date -u -d "@$(source_date_epoch)" +%F)" > "$1/porthole/app/_build.py"
 }
 
 # ---- the static executable ---------------------------------------------------------------------
@@ -194,6 +209,7 @@ freeze() {
     # The sources apart from the outputs (staticx writes WORK/porthole, a name the package has).
     mkdir "$work/src"
     copy_sources "$work/src"
+    write_build_info "$work/src"
     cp rules.json "$work/src/"
     local excludes=()
     for module in "${EXCLUDES[@]}"; do excludes+=(--exclude-module "$module"); done
@@ -279,7 +295,7 @@ staticx_bootloader() {
 
 cmd_binary() {
     if [ "$ARCH" != "$HOST_ARCH" ]; then
-        build_in_root binary "$BINARY" "$BINARY.sha256"
+        build_in_root binary "$BINARY" "$BINARY.sha256" "$BINARY.spdx.json"
         file "$BINARY" 2>/dev/null | sed 's/^/    /' >&2 || true
         return
     fi
@@ -312,8 +328,20 @@ PY
     mkdir -p dist
     mv "$work/porthole" "$BINARY"
     (cd dist && sha256sum "${BINARY#dist/}" > "${BINARY#dist/}.sha256")
+    sbom binary "$BINARY" "$BINARY.spdx.json"
     log "$BINARY: $(stat -c %s "$BINARY") bytes, sha256 $(cut -d' ' -f1 "$BINARY.sha256")"
     file "$BINARY" 2>/dev/null | sed 's/^/    /' >&2 || true
+}
+
+# source_url: where the source lives (the image's label, the SBOM's download location).
+source_url() { echo "${PORTHOLE_SOURCE:-$(git config --get remote.origin.url 2>/dev/null || echo unknown)}"; }
+# sbom KIND ARTIFACT OUTPUT: the SPDX 2.3 JSON SBOM of ARTIFACT (KIND binary: the static
+# executable; image: the image's root) made from what it holds (packaging/sbom.py).
+sbom() {
+    "$BUILD_VENV/bin/python" packaging/sbom.py "$1" "$2" "$3" --requirements requirements-build.txt \
+        --version "$(version)" --commit "$(source_commit)" --arch "$ARCH" --source "$(source_url)" \
+        || die "could not write the SBOM of $2"
+    log "$3: $(stat -c %s "$3") bytes"
 }
 
 # is_fresh OUTPUT: OUTPUT exists and is newer than everything it is built from (the source files,
@@ -321,7 +349,7 @@ PY
 is_fresh() {
     [ -e "$1" ] || return 1
     local input
-    for input in rules.json requirements-build.txt build.sh patches/staticx-forward-signals.patch \
+    for input in rules.json requirements-build.txt build.sh patches/staticx-forward-signals.patch packaging/sbom.py \
                  $(source_files); do
         [ "$1" -nt "$input" ] || return 1
     done
@@ -375,6 +403,10 @@ cmd_bundle() {
     if [ "$(id -u)" -eq 0 ]; then inside=(chroot --userspec=65532:65532 "$root"); program=/porthole; fi
     "${inside[@]}" "$program" --version >/dev/null && "${inside[@]}" "$program" --check >/dev/null \
         || die "the one-folder executable does not run in its root"
+    # What the image ships, from the root itself, as /sbom.spdx.json (read-only like the rest).
+    sbom image "$root" "$root/sbom.spdx.json"
+    chmod 0444 "$root/sbom.spdx.json"
+    touch -d "@$SOURCE_DATE_EPOCH" "$root/sbom.spdx.json" "$root"
     rm -rf "$ROOTFS"
     mkdir -p dist
     mv "$root" "$ROOTFS"
@@ -450,7 +482,8 @@ build_in_root() {
     emulation_ready
     mkdir -p "$PORTHOLE_CACHE"
     local root="$PORTHOLE_CACHE/debian-$DEBIAN_SUITE-$ARCH" src output
-    local settings=(SOURCE_DATE_EPOCH="$(source_date_epoch)" PORTHOLE_BUILD_VENV="$ROOT_BUILD_VENV")
+    local settings=(SOURCE_DATE_EPOCH="$(source_date_epoch)" PORTHOLE_COMMIT="$(source_commit)"
+                    PORTHOLE_SOURCE="$(source_url)" PORTHOLE_BUILD_VENV="$ROOT_BUILD_VENV")
     # Builds side by side (the reproducibility test) share the root: one at a time makes or
     # updates it and its venv; the freezing itself runs in each build's own directory.
     exec 9> "$root.lock"
@@ -460,7 +493,7 @@ build_in_root() {
     CLEANUP+=("$src")
     src="${src#"$root"}"  # its name inside the root
     copy_sources "$root$src"
-    cp -r rules.json build.sh requirements-build.txt patches "$root$src/"
+    cp -r rules.json build.sh requirements-build.txt patches packaging "$root$src/"
     in_root "$root" "${settings[@]}" "$src/build.sh" build-deps
     flock -u 9
     log "$command inside the $ARCH root (emulated)"
@@ -483,10 +516,12 @@ cmd_image() {
     mkdir -p "$context/run/porthole"
     cp -a "$ROOTFS" "$context/rootfs"
     chmod 0755 "$context/rootfs" "$context/run" "$context/run/porthole"
+    # COPY keeps the files' times: /run's are the build's too, as every file in the root is.
+    touch -d "@$(source_date_epoch)" "$context/run" "$context/run/porthole"
     cp Dockerfile.distroless "$context/Dockerfile"
     local revision source
     revision="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
-    source="${PORTHOLE_SOURCE:-$(git config --get remote.origin.url 2>/dev/null || echo unknown)}"
+    source="$(source_url)"
     log "building $IMAGE (offline, from $ROOTFS)"
     DOCKER_BUILDKIT=0 docker build -q --network none -t "$IMAGE" \
         --build-arg VERSION="$(version)" --build-arg REVISION="$revision" --build-arg SOURCE="$source" \
@@ -495,8 +530,8 @@ cmd_image() {
     log "$IMAGE: $(docker image inspect -f '{{.Size}}' "$IMAGE") bytes"
 }
 # image_config IMAGE ARCH: IMAGE's config gets what the Dockerfile cannot give it with Debian 12's
-# engine (20.10, legacy builder), written into it after the build (docker save, the config
-# rewritten, docker load; the layers are untouched):
+# engine (20.10, legacy builder), written into it after the build (docker save, rewritten,
+# docker load):
 # - its platform, linux/ARCH. The Dockerfile only copies files, so an image built from another
 #   architecture's executable differs from a native one in that field alone. Not `docker build
 #   --platform`: the 20.10 engine commits the steps before the first COPY of a FROM scratch build
@@ -504,17 +539,20 @@ cmd_image() {
 #   its BuildKit needs the buildx plugin, which Debian does not package;
 # - Healthcheck.StartInterval (HEALTH_START_INTERVAL_NS), which 20.10 refuses as
 #   --start-interval; Docker >= 25 honours it, older engines ignore it (and their `docker image
-#   inspect` does not show it: `check` reads the config itself).
-# The rewrite is a function of the built image's config alone, and the built image stays in the
-# engine (untagged) as the build cache, so building the same inputs again in the same engine gives
-# the same image ID.
+#   inspect` does not show it: `check` reads the config itself);
+# - no trace of the build's time or engine, so that two engines build one image ID: the config's
+#   and its history's times are SOURCE_DATE_EPOCH, the build container's ID and config, the
+#   parent image and the engine's version are left out, and no time in a layer is later than
+#   SOURCE_DATE_EPOCH (the engine stamps /run, which COPY creates, with the time of the build).
+# The rewrite is a function of the built image alone, and the built image stays in the engine
+# (untagged) as the build cache, so building the same inputs again gives the same image ID.
 image_config() {
     local image="$1" arch="$2"
-    "$PYTHON" - "$image" "$arch" "$HEALTH_START_INTERVAL_NS" <<'PY' | docker load -q >/dev/null
+    "$PYTHON" - "$image" "$arch" "$HEALTH_START_INTERVAL_NS" "$(source_date_epoch)" <<'PY' | docker load -q >/dev/null
 """Write to stdout a `docker load` archive (legacy layout) of argv[1] with its config rewritten."""
-import hashlib, io, json, subprocess, sys, tarfile
+import hashlib, io, json, subprocess, sys, tarfile, time
 
-image, arch, start_interval = sys.argv[1], sys.argv[2], int(sys.argv[3])
+image, arch, start_interval, epoch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 saved = tarfile.open(fileobj=io.BytesIO(subprocess.run(["docker", "save", image], check=True,
                                                        capture_output=True).stdout))
 manifest = json.load(saved.extractfile("manifest.json"))
@@ -528,19 +566,42 @@ health = config["config"]["Healthcheck"]
 order = ("Test", "Interval", "Timeout", "StartPeriod", "StartInterval", "Retries")  # as the engine writes it
 health["StartInterval"] = start_interval
 config["config"]["Healthcheck"] = {key: health[key] for key in order if key in health}
+stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+config["created"] = stamp
+for step in config.get("history", []):
+    step["created"] = stamp
+for where in ("container", "container_config", "docker_version"):
+    config.pop(where, None)
+config["config"]["Image"] = ""
+
+def clamped(layer):
+    """The layer tar again, with no time later than the epoch (and no sub-second times)."""
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(layer)) as original, \
+            tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as copy:
+        for member in original.getmembers():
+            member.mtime = min(int(member.mtime), epoch)
+            for key in ("mtime", "atime", "ctime"):
+                member.pax_headers.pop(key, None)
+            copy.addfile(member, original.extractfile(member) if member.isfile() else None)
+    return out.getvalue()
+
+layers = [clamped(saved.extractfile(name).read()) for name in manifest[0]["Layers"]]
+diff_ids = [hashlib.sha256(layer).hexdigest() for layer in layers]
+config["rootfs"]["diff_ids"] = ["sha256:" + digest for digest in diff_ids]
 blob = json.dumps(config, separators=(",", ":")).encode()
 digest = hashlib.sha256(blob).hexdigest()
 manifest[0]["Config"] = digest + ".json"
 manifest[0]["RepoTags"] = [image]
+manifest[0]["Layers"] = [diff_id + "/layer.tar" for diff_id in diff_ids]
 with tarfile.open(fileobj=sys.stdout.buffer, mode="w|", format=tarfile.PAX_FORMAT) as out:
-    def add(name, data):
+    def add(name, data, mode=0o644, kind=tarfile.REGTYPE):
         info = tarfile.TarInfo(name)
-        info.size, info.mode = len(data), 0o644
+        info.size, info.mode, info.type, info.mtime = len(data), mode, kind, epoch
         out.addfile(info, io.BytesIO(data))
-    layers = set(manifest[0]["Layers"])
-    for member in saved.getmembers():  # the layers, and the directories holding them
-        if member.isdir() or member.name in layers:
-            out.addfile(member, saved.extractfile(member) if member.isfile() else None)
+    for diff_id, layer in zip(diff_ids, layers):
+        add(diff_id, b"", 0o755, tarfile.DIRTYPE)
+        add(diff_id + "/layer.tar", layer)
     add(digest + ".json", blob)
     add("manifest.json", json.dumps(manifest).encode())
 PY
@@ -557,7 +618,7 @@ cmd_check() {
 import io, json, subprocess, sys, tarfile
 
 image, max_bytes, arch, start_interval = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-EXPECTED = {"porthole", "rules.json", "run", "run/porthole"}
+EXPECTED = {"porthole", "rules.json", "sbom.spdx.json", "run", "run/porthole"}
 SECOND = 10**9
 HEALTHCHECK_SCHEDULE = {"Test": ["CMD", "/porthole", "--healthcheck"], "Interval": 30 * SECOND, "Timeout": 5 * SECOND,
                         "StartPeriod": 30 * SECOND, "StartInterval": start_interval, "Retries": 3}
@@ -627,6 +688,72 @@ sys.exit(0 if ok else 1)
 PY
 }
 
+# ---- publishing: one multi-arch tag ------------------------------------------------------------
+# Each architecture's image is pushed under TAG-ARCH, then a manifest list names both by digest
+# under TAG, so `docker pull NAME:TAG` gets the image for the machine it runs on. Nothing is pushed
+# that the registry already holds: an image whose config (its ID) the registry has under TAG-ARCH,
+# a list naming exactly these manifests under TAG. Registries on loopback are spoken to over plain
+# HTTP (--insecure; the engine allows it for 127.0.0.0/8 by default); every other over HTTPS with
+# the credentials of `docker login`.
+PUBLISH_ARCHES=(amd64 arm64)
+
+cmd_publish() {
+    local target="${PORTHOLE_IMAGE:-}"
+    local name="${target%:*}" tag="${target##*:}"
+    [ -n "$target" ] && [ "$name" != "$target" ] && [[ "$tag" != */* ]] && [[ "$target" != *@* ]] \
+        || die "publish: set PORTHOLE_IMAGE=REGISTRY/NAME:TAG (a tag, not a digest)"
+    command -v docker >/dev/null || die "no docker CLI"
+    docker version >/dev/null 2>&1 || die "no Docker engine reachable (set DOCKER_HOST)"
+    local registry="${name%%/*}" insecure=()
+    case "$registry" in 127.*|localhost|localhost:*|'[::1]'*) insecure=(--insecure) ;; esac
+    export DOCKER_CLI_EXPERIMENTAL=enabled  # `docker manifest` on Docker 20.10's CLI
+    local arch ref manifests=() summary
+    for arch in "${PUBLISH_ARCHES[@]}"; do
+        ref="$name:$tag-$arch"
+        PORTHOLE_IMAGE="$ref" "$ROOT/build.sh" --arch "$arch" image  # the bundle only if stale
+        local report  # nothing is published that fails its check
+        report="$(PORTHOLE_IMAGE="$ref" "$ROOT/build.sh" --arch "$arch" check)" \
+            || { printf '%s\n' "$report" >&2; die "$ref fails ./build.sh --arch $arch check: not published"; }
+        summary="$(remote_manifest "$ref" "${insecure[@]}")"
+        if [ "${summary#* }" = "$(docker image inspect -f '{{.Id}}' "$ref")" ]; then
+            log "$ref: the registry has it"
+        else
+            log "pushing $ref"
+            docker push -q "$ref" >/dev/null
+            summary="$(remote_manifest "$ref" "${insecure[@]}")"
+            [ "${summary#* }" = "$(docker image inspect -f '{{.Id}}' "$ref")" ] || die "$ref: pushed, but the registry has another image"
+        fi
+        manifests+=("$name@${summary%% *}")
+    done
+    docker manifest rm "$target" >/dev/null 2>&1 || true  # a list left in the CLI's store from before
+    if [ "$(remote_list "$target" "${insecure[@]}")" = "$(printf '%s\n' "${manifests[@]#"$name@"}" | sort | tr '\n' ' ')" ]; then
+        log "$target: the registry has this list"
+    else
+        log "pushing the manifest list $target (${PUBLISH_ARCHES[*]})"
+        docker manifest create "${insecure[@]}" "$target" "${manifests[@]}" >/dev/null
+        docker manifest push "${insecure[@]}" --purge "$target" >/dev/null
+    fi
+    log "$target: $(remote_list "$target" "${insecure[@]}")"
+}
+
+# remote_manifest REF [--insecure]: "MANIFEST-DIGEST CONFIG-DIGEST" of REF's image manifest in
+# its registry (the config digest is the image ID), or nothing if the registry lacks it.
+remote_manifest() {
+    docker manifest inspect -v "${@:2}" "$1" 2>/dev/null | "$PYTHON" -c '
+import json, sys
+data = json.load(sys.stdin)
+print(data["Descriptor"]["digest"], data["SchemaV2Manifest"]["config"]["digest"])' 2>/dev/null || true
+}
+
+# remote_list REF [--insecure]: the digests (sorted, space-separated) REF's manifest list names, or
+# nothing if REF is no list in its registry.
+remote_list() {
+    docker manifest inspect "${@:2}" "$1" 2>/dev/null | "$PYTHON" -c '
+import json, sys
+data = json.load(sys.stdin)
+print(" ".join(sorted(m["digest"] for m in data["manifests"])) + " ")' 2>/dev/null || true
+}
+
 # ---- tests and running -------------------------------------------------------------------------
 
 cmd_deps() {
@@ -685,6 +812,7 @@ case "${1:-binary}" in
     bundle) shift; cmd_bundle ;;
     image) shift; cmd_image ;;
     check) shift; cmd_check ;;
+    publish) shift; cmd_publish ;;
     run) shift; cmd_run "$@" ;;
     test) shift; cmd_test "$@" ;;
     deps) shift; cmd_deps ;;

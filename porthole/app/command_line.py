@@ -9,6 +9,7 @@ from typing import Mapping, Sequence
 import h11
 
 from porthole import VERSION
+from porthole.app.build_info import build_info
 from porthole.app.healthcheck import healthcheck
 from porthole.app.settings import parse_settings
 from porthole.app.wiring import Proxy
@@ -26,7 +27,8 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
         print(f"porthole: {exc}", file=sys.stderr)
         return 2
     if settings.mode == "version":
-        print(f"porthole {VERSION} (h11 {h11.__version__}, Python {sys.version.split()[0]})")
+        commit, built = build_info()
+        print(f"porthole {VERSION} (commit {commit}, built {built}; h11 {h11.__version__}, Python {sys.version.split()[0]})")
         return 0
     if settings.mode == "healthcheck":
         return healthcheck(settings)

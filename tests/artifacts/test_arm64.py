@@ -19,8 +19,9 @@ import pytest
 
 import fake_upstream as fu
 import support
-from artifacts import (BUILD_INPUTS, REPO, build_env, build_sh, check_cli_through, ensure_binary, layer_entries,
-                       listener_dir, proxy_version, run_check, tail, wait_health, wait_socket)
+from artifacts import (BUILD_INPUTS, REPO, build_env, build_sh, check_binary_sbom, check_cli_through, check_image_sbom,
+                       ensure_binary, layer_entries, listener_dir, proxy_version, run_check, tail, wait_health,
+                       wait_socket)
 
 pytestmark = [pytest.mark.arm64, pytest.mark.timeout(3600)]
 
@@ -130,10 +131,40 @@ def test_reproducible_build(arm64_binary):
         assert (copy / "dist" / "porthole-arm64.sha256").read_text().split()[0] == digest
     assert digests[0] == digests[1], "builds differ: %s\n%s" % (
         dict(zip(map(str, copies), digests)), "\n".join(tail(o, 1500) for o in outputs))
+    # and one SBOM (issue 22: item 3), made from what each build shipped
+    sboms = [(c / "dist" / "porthole-arm64.spdx.json").read_bytes() for c in copies]
+    assert sboms[0] == sboms[1]
+
+
+def test_binary_sbom_lists_what_ships(arm64_binary):
+    """dist/porthole-arm64.spdx.json: what test_sbom checks for amd64, with the arm64 root's Debian
+    packages (issue 22: item 3)."""
+    document = check_binary_sbom(arm64_binary, "arm64")
+    assert "porthole!/ld-linux-aarch64.so.1" in {f["fileName"].removeprefix("./") for f in document["files"]}
 
 
 # --------------------------------------------------------------------------
 # the image
+
+
+@pytest.mark.docker
+def test_image_sbom_lists_what_ships(dockerd, arm64_image):
+    document = check_image_sbom(dockerd, arm64_image, REPO / "dist" / "porthole-root-arm64", "arm64")
+    assert "lib/ld-linux-aarch64.so.1" in {f["fileName"].removeprefix("./") for f in document["files"]}
+
+
+@pytest.mark.docker
+def test_two_engines_build_one_image_id(dockerd, docker_direct, arm64_image, tmp_path):
+    """A fresh engine builds the arm64 image ID the session's engine built (issue 22: item 4)."""
+    other = support.Dockerd()
+    other.start(tmp_path / "other-dockerd", SOCK_GID)
+    try:
+        r = build_sh("--arch", "arm64", "image", env=build_env(other, IMAGE), timeout=600)
+        assert r.returncode == 0, tail(r.stderr)
+        built = support.docker_cli(other.url, "image", "inspect", "-f", "{{.Id}}", IMAGE, check=True).stdout.strip()
+    finally:
+        other.stop()
+    assert built == docker_direct.api.inspect_image(arm64_image)["Id"]
 
 
 @pytest.mark.docker

@@ -7,12 +7,15 @@ same rule as build.sh's binary_is_fresh)."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
+import time
 
 import pytest
 
@@ -61,7 +64,16 @@ def test_sha256_file_matches(porthole_binary):
 def test_version(porthole_binary):
     r = support.ProxyProcess(args=["--version"], proxy_path=porthole_binary, as_root=True, rules=False).run(30)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("porthole %s " % proxy_version()), r.stdout
+    # the commit it was built from (HEAD's, or an ancestor's when only files it is not built from
+    # changed since) and the day of SOURCE_DATE_EPOCH, build.sh's default: that commit's time
+    named = re.match(r"porthole %s \(commit ([0-9a-f]{12}), built (\d{4}-\d\d-\d\d); h11 " % re.escape(proxy_version()),
+                     r.stdout)
+    assert named, r.stdout
+    commit, built = named.groups()
+    git = functools.partial(subprocess.run, cwd=REPO, capture_output=True, text=True)
+    assert git(["git", "merge-base", "--is-ancestor", commit, "HEAD"]).returncode == 0, (commit, r.stdout)
+    when = git(["git", "log", "-1", "--format=%ct", commit], check=True).stdout
+    assert built == time.strftime("%Y-%m-%d", time.gmtime(int(when)))
 
 
 def test_no_hook_of_pyinstallers_for_inspect_runs_at_each_start(porthole_binary):
@@ -284,6 +296,9 @@ def test_reproducible_build(porthole_binary):
         assert (copy / "dist" / "porthole.sha256").read_text().split()[0] == digest
     assert digests[0] == digests[1], "builds differ: %s\n%s" % (
         dict(zip(map(str, copies), digests)), "\n".join(tail(o, 1500) for o in outputs))
+    # and one SBOM (issue 22: item 3), made from what each build shipped
+    sboms = [(c / "dist" / "porthole.spdx.json").read_bytes() for c in copies]
+    assert sboms[0] == sboms[1]
 
 
 @pytest.mark.docker

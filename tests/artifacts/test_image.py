@@ -132,6 +132,21 @@ def test_the_same_inputs_give_the_same_image_id(dockerd, docker_direct, porthole
     assert docker_direct.api.inspect_image(porthole_image)["Id"] == before
 
 
+@pytest.mark.docker
+def test_two_engines_build_one_image_id(dockerd, docker_direct, porthole_image, tmp_path):
+    """A fresh engine builds the image ID the session's engine built: no time of the build, no
+    build container and no engine version end up in the image (issue 22: item 4)."""
+    other = support.Dockerd()
+    other.start(tmp_path / "other-dockerd", SOCK_GID)
+    try:
+        r = build_sh("image", env=build_env(other))
+        assert r.returncode == 0, tail(r.stderr)
+        built = support.docker_cli(other.url, "image", "inspect", "-f", "{{.Id}}", IMAGE, check=True).stdout.strip()
+    finally:
+        other.stop()
+    assert built == docker_direct.api.inspect_image(porthole_image)["Id"]
+
+
 def test_check_fails_for_size_bound(dockerd, porthole_image):
     rc, summary = run_check(dockerd, PORTHOLE_MAX_IMAGE_BYTES="1000")
     assert rc == 1, json.dumps(summary, indent=1)
