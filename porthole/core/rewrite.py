@@ -56,7 +56,6 @@ def event_bytes(event: Callable[[Any], Any], line: bytes) -> bytes:
     return b"" if value is None else _encode(value).encode() + b"\n"
 
 
-
 class ResponseRewriter:
     """Applies a ResponseTransform to one response. A document's head is held back until the
     whole body is rewritten, so its Content-Length is right and a failure can still be a 502."""
