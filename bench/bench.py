@@ -923,7 +923,7 @@ def first_line(cmd) -> str:
 
 
 def busy_neighbours() -> list[str]:
-    """Other heavy processes on the machine (other agents' tests, daemons): reported as a caveat."""
+    """Other heavy processes on the machine (other test runs, daemons): reported as a caveat."""
     mine = set(proc_tree(os.getpid()))
     found = []
     for entry in os.listdir("/proc"):

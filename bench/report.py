@@ -281,7 +281,7 @@ def render(results: dict) -> str:
                "absolute figures are low and ratios are what carries over.")
     neighbours = sorted(set(m.get("neighbours_start", [])) | set(m.get("neighbours_end", [])))
     if neighbours:
-        out.append(f"- Other work was running on the machine during the run (other agents' tests, another "
+        out.append(f"- Other work was running on the machine during the run (other test runs, another "
                    f"dockerd): {len(neighbours)} such processes seen at start/end, e.g. "
                    + "; ".join(f"`{n[:90]}`" for n in neighbours[:4]) + ". Interleaving spreads its effect over "
                    "all contenders, but noise is higher than on an idle machine.")
