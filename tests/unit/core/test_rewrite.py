@@ -183,3 +183,16 @@ def test_property_a_rewritten_head_is_the_daemons_without_its_framing(headers, l
     assert rewritten.headers.raw_items() == expected.headers.raw_items()
     assert list(rewritten.headers) == list(expected.headers)
     assert (rewritten.status_code, rewritten.reason, rewritten.http_version) == (code, reason, b"1.1")
+
+
+def test_a_rewritten_head_is_not_checked_again(monkeypatch):
+    """The daemon's headers were parsed and checked by h11 when they arrived (wire.relayed_head):
+    the rewritten head takes them as they are, without running h11's checks on each again."""
+    original = daemon_head(length=10)
+
+    def checked_again(*args, **kwargs):
+        raise AssertionError("h11 checked the headers again")
+
+    monkeypatch.setattr(h11._events, "normalize_and_validate", checked_again)
+    head = ResponseRewriter(ResponseTransform(document=lambda value: value), original, "GET")._head(3)
+    assert head.headers.raw_items() == [(b"Content-Type", b"application/json"), (b"Content-Length", b"3")]
