@@ -97,6 +97,14 @@ SCENARIOS = [
                                          "\"redact\": [], 16 connections",
      "upstream": "daemon", "method": "GET", "path": "/containers/bench-00/json", "conns": 16,
      "threads": 2, "unit": "req/s", "profile": "bench-unfiltered", "rotate": 20},
+    {"key": "inspect-distinct-redacted", "title": "GET /containers/{{id}}/json of {distinct} different containers in "
+                                                  "turn, env redacted (default profile), 16 connections",
+     "upstream": "daemon", "method": "GET", "path": "/containers/bench-00/json", "conns": 16,
+     "threads": 2, "unit": "req/s", "rotate": 20},
+    {"key": "list-distinct", "title": "GET /containers/json?all=1&limit=N, {distinct} different lists in turn, "
+                                      "16 connections",
+     "upstream": "daemon", "method": "GET", "path": "/containers/json?all=1&limit=1", "conns": 16,
+     "threads": 2, "unit": "req/s", "rotate": 20, "rotate_path": "/containers/json?all=1&limit={n}"},
     {"key": "large", "title": "GET {large_mb} MB JSON (fake upstream: nginx), {conns} connections",
      "upstream": "fake", "method": "GET", "path": "/containers/json?all=1", "conns": 4,
      "threads": 1, "unit": "MB/s"},
@@ -595,7 +603,8 @@ end
 """
 
 
-# With "rotate": N, each request asks for the next of N containers (bench-00, bench-01, ...).
+# With "rotate": N, each request asks for the next of N containers (bench-00, bench-01, ...), or
+# the next of N paths made from "rotate_path" ({i}: 0 to N-1, {n}: 1 to N).
 WRK_ROTATE = """\
 local paths, turn = {@PATHS@}, 0
 request = function()
@@ -608,7 +617,8 @@ end
 def wrk_script(sc: dict, lab: Lab) -> str:
     rotate = ""
     if sc.get("rotate"):
-        paths = [f'"/containers/bench-{i:02d}/json"' for i in range(distinct_targets(sc, lab))]
+        template = sc.get("rotate_path", "/containers/bench-{i:02d}/json")
+        paths = [f'"{template.format(i=i, n=i + 1)}"' for i in range(distinct_targets(sc, lab))]
         rotate = WRK_ROTATE.replace("@PATHS@", ", ".join(paths))
     return WRK_LUA.replace("@METHOD@", sc["method"]).replace("@PATH@", sc["path"]).replace("@ROTATE@", rotate)
 
@@ -913,7 +923,7 @@ def first_line(cmd) -> str:
 
 
 def busy_neighbours() -> list[str]:
-    """Other heavy processes on the machine (other agents' tests, daemons): reported as a caveat."""
+    """Other heavy processes on the machine (other test runs, daemons): reported as a caveat."""
     mine = set(proc_tree(os.getpid()))
     found = []
     for entry in os.listdir("/proc"):

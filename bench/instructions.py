@@ -10,12 +10,16 @@ For each workload, the proxy runs under callgrind twice, serving N1 and then N2 
 requests from one client, in front of the test suite's fake daemon (tests/lib/fake_upstream.py);
 (I(N2) - I(N1)) / (N2 - N1) is the cost of one request, start-up and shutdown cancelled out.
 Workloads: GET /_ping, and GET /containers/json?all=1 answered with 17 KB chunked in 4 KiB
-chunks (as dockerd sends it). Needs valgrind; run it as any user.
+chunks (as dockerd sends it); `inspect` and `inspect-unfiltered` (not run unless named in
+--workloads): GET /containers/{id}/json of 20 containers in turn, answered with bench/filtering.py's
+6 KB inspect, through the shipped rules' default profile (env and the other default redactions)
+and through the same profile with `"redact": []`. Needs valgrind; run it as any user.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -29,6 +33,9 @@ sys.path.insert(0, str(REPO / "tests" / "lib"))
 
 import fake_upstream as fu  # noqa: E402
 
+sys.path.insert(0, str(REPO / "bench"))
+from filtering import BODY as INSPECT_BODY  # noqa: E402
+
 LIST_BODY = (b'[' + b','.join(b'{"Id":"%064d","Names":["/bench-%02d"],"Image":"busybox","State":"exited",'
                                b'"Labels":{"a":"b"},"Pad":"%s"}' % (i, i, b"x" * 700) for i in range(20))
              + b']\n')
@@ -40,7 +47,13 @@ def chunked_list(conn, req):
     return conn.send(head + body + fu.LAST_CHUNK)
 
 
-WORKLOADS = {"ping": "/v1.41/_ping", "list": "/v1.41/containers/json?all=1"}
+def inspect(conn, req):
+    return conn.send(fu.response(200, INSPECT_BODY, headers=[("Api-Version", "1.47"),
+                                                             ("Content-Type", "application/json")]))
+
+
+WORKLOADS = {"ping": "/v1.41/_ping", "list": "/v1.41/containers/json?all=1",
+             "inspect": "/v1.41/containers/bench-{turn:02d}/json", "inspect-unfiltered": "/v1.41/containers/bench-{turn:02d}/json"}
 
 
 def instructions(proxy: Path, upstream: fu.FakeUpstream, target: str, requests: int, extra: list[str]) -> int:
@@ -63,8 +76,8 @@ def instructions(proxy: Path, upstream: fu.FakeUpstream, target: str, requests: 
                         raise RuntimeError(f"the proxy did not start under valgrind:\n{tail}") from None
                     time.sleep(0.2)
             with client:
-                for _ in range(requests):
-                    client.request("GET", target)
+                for turn in range(requests):
+                    client.request("GET", target.format(turn=turn % 20))
                     response = client.read_response("GET")
                     assert response.status == 200, response.status
         finally:
@@ -85,14 +98,23 @@ def main() -> int:
     n1, n2 = (int(n) for n in args.requests.split(","))
     upstream = fu.FakeUpstream().start()
     upstream.route("/containers/json", chunked_list)
+    for turn in range(20):
+        upstream.route(f"/containers/bench-{turn:02d}/json", inspect)
+    work = tempfile.TemporaryDirectory(prefix="phi-rules-")
+    rules = json.loads((REPO / "rules.json").read_text())
+    rules["profiles"]["default"]["redact"] = []
+    unfiltered = Path(work.name) / "rules.json"
+    unfiltered.write_text(json.dumps(rules))
     try:
         for name in args.workloads.split(","):
-            low = instructions(Path(args.proxy), upstream, WORKLOADS[name], n1, args.proxy_args.split())
-            high = instructions(Path(args.proxy), upstream, WORKLOADS[name], n2, args.proxy_args.split())
+            extra = args.proxy_args.split() + (["--rules", str(unfiltered)] if name == "inspect-unfiltered" else [])
+            low = instructions(Path(args.proxy), upstream, WORKLOADS[name], n1, extra)
+            high = instructions(Path(args.proxy), upstream, WORKLOADS[name], n2, extra)
             print(f"{name}: {(high - low) / (n2 - n1):,.0f} instructions per request "
                   f"({n1}: {low:,}, {n2}: {high:,})", flush=True)
     finally:
         upstream.stop()
+        work.cleanup()
     return 0
 
 

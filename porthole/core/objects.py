@@ -123,6 +123,9 @@ def _at(value: Any, path: str) -> Any:
     return value
 
 
+_COMMAND_KINDS: dict[frozenset[str], frozenset[str]] = {}  # ObjectFilter.command_kinds, per set of redactions
+
+
 class ObjectFilter:
     """What one object of an answer keeps: the redaction primitives and the per-object filters.
     Counts what it removed (redacted) and left out (hidden) for the log line."""
@@ -136,6 +139,11 @@ class ObjectFilter:
         self.redacted = 0  # values removed
         self.hidden = 0  # objects left out
         self.counts: tuple[int, int, int, int] | None = None  # /info under a scope: visible_counts
+        # which flags' values leave Podman's CreateCommand (redact_create_command), unless "commands" blanks it
+        self.command_kinds = _COMMAND_KINDS.get(self.redact)
+        if self.command_kinds is None:
+            self.command_kinds = _COMMAND_KINDS[self.redact] = frozenset(
+                kind for kind, redaction in (("env", "env"), ("log", "log-options")) if redaction in self.redact)
 
     # -- redaction primitives: each removes values in place and counts them
 
@@ -190,7 +198,11 @@ class ObjectFilter:
         for i, item in enumerate(values):
             if not isinstance(item, str):
                 raise TransformError(f"{where}.{key}[{i}] is not a string")
+        if not values:
+            return  # (most answers have no OnBuild, no CreateCommand)
         redacted = redact(values)
+        if redacted == values:
+            return
         changed = sum(before != after for before, after in zip(values, redacted))
         if changed:
             values[:] = redacted
@@ -210,8 +222,7 @@ class ObjectFilter:
         if "commands" in self.redact:
             self._blank(container, "CreateCommand", where)
             return
-        kinds = frozenset(kind for kind, redaction in (("env", "env"), ("log", "log-options"))
-                          if redaction in self.redact)
+        kinds = self.command_kinds
         if kinds:
             self._strings(container, "CreateCommand", where, lambda args: redact_create_command(args, kinds))
 

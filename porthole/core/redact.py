@@ -29,6 +29,7 @@ _NOP = "#(nop)"
 # has no such mark: its command is removed with the values, Invariant 1.)
 _SHELL = " /bin/sh -c "
 _ASSIGNMENT = re.compile(r"[^\s=]+=")  # NAME= at the start of a word
+_BUILD_ARGS_ITEM = re.compile(r"\|([0-9]{1,6})")  # the |N that opens a classic builder's Cmd
 
 
 def redact_build_step(text: str) -> str:
@@ -87,7 +88,7 @@ def redact_build_cmd(cmd: Sequence[str]) -> list[str]:
     """The Cmd the classic builder records for a step: ["|1", "K=V", "/bin/sh", "-c", "make"]
     (the arguments are one item each) or ["/bin/sh", "-c", "#(nop) ", "ENV K=V"]."""
     out = list(cmd)
-    count = re.fullmatch(r"\|([0-9]{1,6})", out[0]) if out else None
+    count = _BUILD_ARGS_ITEM.fullmatch(out[0]) if out and out[0].startswith("|") else None
     if count:
         for i in range(1, min(int(count.group(1)), len(out) - 1) + 1):
             out[i] = out[i].partition("=")[0] + "="

@@ -15,6 +15,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import h11
+from h11._headers import Headers  # (h11 is pinned: its parsed headers are taken as they are)
+
+
+# Compact JSON, as dockerd writes it. A parsed answer holds no cycles, so none is looked for.
+_encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
+_FRAMING = (b"content-length", b"transfer-encoding")
 
 
 class TransformError(Exception):
@@ -47,7 +53,7 @@ def event_bytes(event: Callable[[Any], Any], line: bytes) -> bytes:
         value = event(parsed)
     except Exception as exc:  # the filter could not be applied: fail closed
         raise TransformError(f"the filter could not be applied ({type(exc).__name__})") from None  # no daemon data
-    return b"" if value is None else json.dumps(value, separators=(",", ":")).encode() + b"\n"
+    return b"" if value is None else _encode(value).encode() + b"\n"
 
 
 class ResponseRewriter:
@@ -61,12 +67,14 @@ class ResponseRewriter:
         self.buffer = bytearray()
 
     def _head(self, length: int | None) -> h11.Response:
-        headers = [(n, v) for n, v in self.original.headers.raw_items()
-                   if n.lower() not in (b"content-length", b"transfer-encoding")]
+        """The daemon's head, checked when it arrived (wire.relayed_head), without its framing and
+        with `length`: built from h11's parsed headers as they are, not parsed and checked again."""
+        headers = [(name, low, value) for name, value in self.original.headers.raw_items()
+                   if (low := name.lower()) not in _FRAMING]
         if length is not None:
-            headers.append((b"Content-Length", str(length).encode()))
+            headers.append((b"Content-Length", b"content-length", b"%d" % length))
         return h11.Response(status_code=self.original.status_code, reason=self.original.reason,
-                            headers=headers, _parsed=True)
+                            http_version=self.original.http_version, headers=Headers(headers), _parsed=True)
 
     def head(self) -> h11.Response | None:
         if self.transform.document is not None:
@@ -102,7 +110,7 @@ class ResponseRewriter:
         if self.transform.document is not None:
             try:
                 value = self.transform.document(self._parse(bytes(self.buffer)))
-                body = json.dumps(value, separators=(",", ":")).encode() + b"\n"
+                body = _encode(value).encode() + b"\n"
             except TransformError:
                 raise
             except Exception as exc:  # the filter could not be applied: fail closed

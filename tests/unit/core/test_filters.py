@@ -7,15 +7,17 @@ from __future__ import annotations
 import copy
 import json
 
+import h11
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from policies import REPO
 
-from porthole.core.filters import _FILTERED_EVENTS, ResponseFilter, plan_response_filter, resolved_object
+from porthole.core.filters import (_FILTERED_EVENTS, ResponseFilter, filter_transform, plan_response_filter,
+                                   resolved_object)
 from porthole.core.objects import DEFAULT_REDACTIONS, REDACTIONS, Filtering, ObjectHidden
 from porthole.core.policy import Policy, PolicyError, load_policy
-from porthole.core.rewrite import TransformError, event_bytes
+from porthole.core.rewrite import ResponseRewriter, TransformError, event_bytes
 from porthole.core.target import Refusal, canonicalize_target
 
 SECRET = "hunter2-SECRET"
@@ -303,6 +305,51 @@ def test_property_no_redacted_value_survives_and_filtering_is_idempotent(doc):
     assert "ZQX" not in json.dumps(once)
     twice, second = run(everything, "container", once)
     assert twice == once and second.redacted == 0
+
+
+@st.composite
+def default_secrets(draw):
+    """A container inspect with generated secrets only where the default redactions remove them:
+    env values (in Env, a classic builder's Cmd, ONBUILD triggers, Podman's CreateCommand), log
+    driver options and volume driver options; and other members around them."""
+    secret = draw(secret_text)
+    cmd = draw(st.sampled_from([["|1", f"K={secret}", "/bin/sh", "-c", "make"],
+                                ["/bin/sh", "-c", "#(nop) ", f"ENV K={secret}"], ["run", "--flag"], [], None]))
+    config = {"Env": draw(env_list), "Cmd": cmd, "OnBuild": draw(st.sampled_from([None, [], [f"ENV K={secret}"]])),
+              "Labels": {"team": "a"}, "Junk": draw(junk)}
+    if draw(st.booleans()):
+        config["CreateCommand"] = ["podman", "run", "-e", f"K={secret}", f"--env=L={secret}", "img"]
+    mounts = [{"Type": "volume", "Target": "/t",
+               "VolumeOptions": {"DriverConfig": {"Options": draw(options)}}}] * draw(st.integers(0, 2))
+    members = [("Id", "a" * 64), ("State", {"Status": "running", "Extra": draw(junk)}), ("Config", config),
+               ("HostConfig", {"LogConfig": {"Type": "x", "Config": draw(options)}, "Mounts": mounts}),
+               ("NetworkSettings", draw(junk))]
+    return dict(draw(st.permutations(members)))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(default_secrets(), st.sampled_from([None, frozenset(REDACTIONS)]))
+def test_property_an_answers_bytes_lose_every_secret_and_say_what_the_filter_made(doc, redact):
+    """The relay's whole path for a container inspect (plan, ResponseRewriter, head and body):
+    no secret in the bytes, a Content-Length that is the body's, the value ResponseFilter.document
+    makes of the answer, and the same bytes again when filtered twice."""
+    filtering = Filtering() if redact is None else Filtering(redact)
+
+    def relayed(body: bytes) -> tuple[h11.Response, bytes]:
+        target = canonicalize_target(b"/v1.47/containers/web/json")
+        p = plan_response_filter(filtering, "GET", target)
+        head = h11.Response(status_code=200, headers=[(b"Content-Type", b"application/json"),
+                                                      (b"Transfer-Encoding", b"chunked")], _parsed=True)
+        rewriter = ResponseRewriter(filter_transform(p.filter, 1 << 20), head, "GET")
+        assert rewriter.head() is None and rewriter.feed(body) == b""
+        return rewriter.finish()
+
+    head, body = relayed(json.dumps(doc, indent=1).encode())
+    assert "ZQX" not in body.decode()
+    assert head.headers.raw_items() == [(b"Content-Type", b"application/json"),
+                                        (b"Content-Length", str(len(body)).encode())]
+    assert json.loads(body) == run(filtering, "container", doc)[0]
+    assert relayed(body)[1] == body
 
 
 @settings(max_examples=200, deadline=None)

@@ -375,3 +375,31 @@ def test_a_plugins_arguments_are_a_command_line():
     assert SECRET not in json.dumps(out) and out["Settings"]["Args"] == [] and out["Config"]["Args"]["Value"] == []
     assert plan(Filtering(frozenset({"commands"})), "/plugins/p/json").filter is not None
     assert run(Filtering(), "plugin", plugin)[0] == plugin  # commands are opt-in
+
+
+# ---------------------------------------------------------------------------------------------
+# the classic builder's Cmd, property: no generated value survives; a Cmd without a build step's
+# mark (|N first, or #(nop)) is returned as it is, so the filter can skip it
+
+@st.composite
+def build_cmds(draw):
+    """(a classic builder's Cmd for a step, the secret values it holds)."""
+    items = draw(pairs)
+    secrets = [value for _, value in items]
+    form = draw(st.integers(0, 2))
+    if form == 0:  # RUN with build arguments: one item each, then the shell
+        return [f"|{len(items)}", *(f"{name}={value}" for name, value in items), "/bin/sh", "-c", "make"], secrets
+    if form == 1:  # ENV: the instruction in its own item after "#(nop) "
+        return ["/bin/sh", "-c", "#(nop) ", f"ENV {joined(items)}"], secrets
+    return ["/bin/sh", "-c", f"#(nop) ENV {joined(items)}"], secrets
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(build_cmds(), st.lists(st.text(alphabet="ab-=/ |#()", max_size=6), max_size=4))
+def test_property_no_value_survives_a_classic_builders_cmd(cmd_and_secrets, plain):
+    cmd, secrets = cmd_and_secrets
+    once = redact_build_cmd(cmd)
+    assert not any(secret in item for secret in secrets for item in once)
+    assert redact_build_cmd(once) == once and len(once) == len(cmd)
+    if not (plain and re.fullmatch(r"\|[0-9]{1,6}", plain[0])) and not any("#(nop)" in item for item in plain):
+        assert redact_build_cmd(plain) == plain  # Invariant 3: nothing of these shapes, nothing removed

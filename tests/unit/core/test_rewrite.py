@@ -9,10 +9,11 @@ from types import SimpleNamespace
 
 import h11
 import pytest
+from hypothesis import assume, given, settings, strategies as st
 
 from parts import drive, json_message, parse_responses, read_available
 from porthole.connections.client import ClientState
-from porthole.core.rewrite import ResponseTransform
+from porthole.core.rewrite import ResponseRewriter, ResponseTransform
 from porthole.core.wire import relayed_head
 
 pytestmark = pytest.mark.timeout(60)
@@ -154,3 +155,44 @@ def test_non_2xx_answers_pass_through_untouched(env, transform):
     assert response["status"] == 404 and bytes(response["body"]) == body
     assert response["headers"][b"content-length"] == str(len(body)).encode()
     assert exchange.outcome == "allow"
+
+
+header_names = st.sampled_from([b"Content-Type", b"content-length", b"Content-Length", b"Transfer-Encoding",
+                                b"TRANSFER-encoding", b"Api-Version", b"Docker-Experimental", b"Ostype",
+                                b"Server", b"Date", b"X-Custom"])
+header_values = st.sampled_from([b"12", b"chunked", b"application/json", b"1.47", b""]) | st.binary(max_size=12).map(
+    lambda value: bytes(b for b in value if 0x21 <= b <= 0x7e))
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(header_names, header_values), max_size=8), st.none() | st.integers(0, 10**9),
+       st.sampled_from([(200, b"OK"), (201, b""), (206, b"Partial Content")]))
+def test_property_a_rewritten_head_is_the_daemons_without_its_framing(headers, length, status):
+    """The head sent after a rewrite is the one h11 itself would make (and check) from the
+    daemon's headers without Content-Length and Transfer-Encoding, with the new length: same
+    names as sent, same order, same values."""
+    code, reason = status
+    try:  # as h11 parsed it from the daemon (wire.relayed_head)
+        original = h11.Response(status_code=code, reason=reason, headers=headers)
+    except h11.LocalProtocolError:
+        assume(False)
+    rewritten = ResponseRewriter(ResponseTransform(document=lambda value: value), original, "GET")._head(length)
+    kept = [(name, value) for name, value in headers if name.lower() not in (b"content-length", b"transfer-encoding")]
+    kept += [] if length is None else [(b"Content-Length", str(length).encode())]
+    expected = h11.Response(status_code=code, reason=reason, headers=kept)  # parsed and checked by h11
+    assert rewritten.headers.raw_items() == expected.headers.raw_items()
+    assert list(rewritten.headers) == list(expected.headers)
+    assert (rewritten.status_code, rewritten.reason, rewritten.http_version) == (code, reason, b"1.1")
+
+
+def test_a_rewritten_head_is_not_checked_again(monkeypatch):
+    """The daemon's headers were parsed and checked by h11 when they arrived (wire.relayed_head):
+    the rewritten head takes them as they are, without running h11's checks on each again."""
+    original = daemon_head(length=10)
+
+    def checked_again(*args, **kwargs):
+        raise AssertionError("h11 checked the headers again")
+
+    monkeypatch.setattr(h11._events, "normalize_and_validate", checked_again)
+    head = ResponseRewriter(ResponseTransform(document=lambda value: value), original, "GET")._head(3)
+    assert head.headers.raw_items() == [(b"Content-Type", b"application/json"), (b"Content-Length", b"3")]
