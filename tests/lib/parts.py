@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import shutil
 import socket
 import tempfile
@@ -76,6 +77,28 @@ def tcp_pair(small: bool = False) -> tuple[socket.socket, socket.socket]:
     ours.setblocking(False)
     peer.setblocking(False)
     return ours, peer
+
+
+def read_pipe(fd: int) -> tuple[bytes, bool]:
+    """What a non-blocking pipe's reader can read now, and whether it saw EOF."""
+    data = bytearray()
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except BlockingIOError:
+            return bytes(data), False
+        if not chunk:
+            return bytes(data), True
+        data += chunk
+
+
+def close_fds(*fds: int) -> None:
+    """Close each of fds, those already closed too."""
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def read_available(sock: socket.socket, limit: int | None = None) -> tuple[bytes, str | None]:

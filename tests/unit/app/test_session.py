@@ -8,7 +8,7 @@ import os
 import pwd
 
 import pytest
-from parts import Daemon, FakeClock, parse_responses, read_available
+from parts import Daemon, FakeClock, parse_responses, read_available, read_pipe, close_fds
 
 from porthole.app.session import StdioProxy, session_facts
 from porthole.app.settings import parse_settings
@@ -45,15 +45,7 @@ class Session:
             self.proxy.run_pass(0)
 
     def stdout(self) -> tuple[bytes, bool]:
-        data = bytearray()
-        while True:
-            try:
-                chunk = os.read(self.stdout_r, 65536)
-            except BlockingIOError:
-                return bytes(data), False
-            if not chunk:
-                return bytes(data), True
-            data += chunk
+        return read_pipe(self.stdout_r)
 
     def logs(self) -> list[dict]:
         return [json.loads(line) for line in self.stream.getvalue().splitlines()]
@@ -63,11 +55,7 @@ class Session:
             self.proxy.signals.close()
         self.proxy.loop.selector.close()
         self.daemon.close()
-        for fd in (self.stdin_w, self.stdout_r):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_fds(self.stdin_w, self.stdout_r)
 
 
 @pytest.fixture

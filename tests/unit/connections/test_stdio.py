@@ -7,7 +7,7 @@ import os
 import socket
 
 import pytest
-from parts import EVENTS, GET, finite_answer, read_available
+from parts import EVENTS, GET, finite_answer, read_available, read_pipe, close_fds
 
 from porthole.core.decide import decide
 from porthole.core.policy import load_policy
@@ -35,23 +35,11 @@ class Pipes:
 
     def stdout(self) -> tuple[bytes, bool]:
         """What stdout's reader can read now, and whether it saw EOF."""
-        data = bytearray()
-        while True:
-            try:
-                chunk = os.read(self.stdout_r, 65536)
-            except BlockingIOError:
-                return bytes(data), False
-            if not chunk:
-                return bytes(data), True
-            data += chunk
+        return read_pipe(self.stdout_r)
 
     def close(self) -> None:
         self.bridge.finish()
-        for fd in (self.stdin_w, self.stdout_r):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_fds(self.stdin_w, self.stdout_r)
 
 
 @pytest.fixture
