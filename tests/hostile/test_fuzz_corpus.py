@@ -92,7 +92,7 @@ def test_checks_catch_a_non_round_tripping_forward_form(monkeypatch):
 
 
 def test_checks_catch_a_dangerous_read_without_acknowledgement(monkeypatch):
-    monkeypatch.setattr(porthole.core.decide, "dangerous_reason", lambda segments: None)  # where decide looks it up
+    monkeypatch.setattr(porthole.core.decide, "dangerous_reason", lambda segments, redact=frozenset(): None)  # where decide looks it up
     rules = [r for r in fuzz_common.POLICY.profiles["default"]]
     wide = Rule("default", 99, frozenset({"GET"}), "/containers/{id}/{what}",
                       parse_template("/containers/{id}/{what}"), None, False)
