@@ -119,11 +119,14 @@ class ResponseFilter(ObjectFilter):
 
     def info(self, doc: Any) -> Any:
         """GET /info (and libpod's): a swarm manager's default log driver options go with
-        log-options (a splunk-token there reaches every task); under a visible scope, the
+        log-options (a splunk-token there reaches every task), its CA's secrets with swarm-tokens
+        (as in GET /swarm: the same spec); under a visible scope, the
         container counts are of visible containers (counted just before: visible_counts)."""
         if "log-options" in self.redact:
             where = "Swarm.Cluster.Spec.TaskDefaults.LogDriver"
             self._values(_at(doc, where), "Options", where)
+        if "swarm-tokens" in self.redact:
+            self._ca_secrets(_at(doc, "Swarm.Cluster.Spec.CAConfig"), "Swarm.Cluster.Spec.CAConfig")
         if not self.visible:
             return doc
         if self.counts is None:
@@ -142,15 +145,22 @@ class ResponseFilter(ObjectFilter):
 
     def swarm(self, doc: Any) -> Any:
         """GET /swarm: swarm-tokens removes the join tokens (JoinTokens.Worker and .Manager: with
-        one, a machine joins the swarm) and a CA signing key should the spec carry one (dockerd
-        leaves it out); log-options the task defaults' log driver options, as in /info."""
+        one, a machine joins the swarm) and the CA's secrets (_ca_secrets); log-options the task
+        defaults' log driver options, as in /info."""
         if "swarm-tokens" in self.redact:
             self._values(doc, "JoinTokens", "the answer")
-            self._blank(_at(doc, "Spec.CAConfig"), "SigningCAKey", "Spec.CAConfig")
+            self._ca_secrets(_at(doc, "Spec.CAConfig"), "Spec.CAConfig")
         if "log-options" in self.redact:
             where = "Spec.TaskDefaults.LogDriver"
             self._values(_at(doc, where), "Options", where)
         return doc
+
+    def _ca_secrets(self, ca_config: Any, where: str) -> None:
+        """A swarm spec's CAConfig: the signing key should the spec carry one (dockerd leaves it
+        out) and the external CAs' driver options (what a CFSSL signer is reached with)."""
+        self._blank(ca_config, "SigningCAKey", where)
+        for i, external in enumerate(_array(_object(ca_config, where).get("ExternalCAs"), f"{where}.ExternalCAs")):
+            self._values(external, "Options", f"{where}.ExternalCAs[{i}]")
 
     def event_line(self, line: bytes) -> bytes:
         """event() on one line of /events, serialised. Its result depends on the line and this
@@ -257,7 +267,7 @@ _REDACTIONS_FOR = {
     "pod list": set(),  # (no create command in the list)
     "volume": {"volume-options", "host-paths"},
     "disk usage": {"env", "commands", "host-paths", "volume-options"},
-    "info": {"log-options"},  # a swarm manager's task defaults (ResponseFilter.info)
+    "info": {"log-options", "swarm-tokens"},  # a swarm manager's spec (ResponseFilter.info)
     "swarm": {"swarm-tokens", "log-options"},
     "plugin": {"env", "commands"},
     "config": {"config-data"},

@@ -28,8 +28,8 @@ REDACTIONS: Mapping[str, str] = {
     "volume-options": "volume driver options (a CIFS volume's password=), in volumes and in mounts",
     "exec-commands": "the command line of exec_create/exec_start events",
     "config-data": "the content of swarm configs (Spec.Data)",
-    "swarm-tokens": "the swarm join tokens (worker and manager) of GET /swarm, and a CA signing key should its spec "
-                    "carry one: keys kept",
+    "swarm-tokens": "the swarm join tokens (worker and manager) of GET /swarm, and its CA's secrets there and in "
+                    "/info (external CAs' options, a signing key should the spec carry one): keys kept",
     "commands": "container command lines (Path, Args, Cmd, Entrypoint, healthcheck test, Command, Podman's "
                 "CreateCommand), a plugin's arguments",
     "host-paths": "host paths: mount sources, binds, storage-driver directories, log and volume paths",

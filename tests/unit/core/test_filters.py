@@ -456,6 +456,33 @@ def test_get_swarm_loses_a_ca_signing_key_should_the_spec_carry_one():
     assert out["Spec"]["TaskDefaults"]["LogDriver"]["Options"] == {"splunk-token": "hunter2"}  # not log-options
 
 
+EXTERNAL_CA = {"Protocol": "cfssl", "URL": "https://ca.example:8888", "CACert": "-----BEGIN CERTIFICATE-----z",
+               "Options": {"auth-key": SECRET}}
+
+
+def test_get_swarm_and_info_lose_the_external_cas_options():
+    """An external CA's Options are what its CFSSL signer is reached with: swarm-tokens blanks
+    them in GET /swarm and in /info on a manager (the same spec), keeping URL and certificate."""
+    doc = copy.deepcopy(SWARM_INSPECT)
+    doc["Spec"]["CAConfig"]["ExternalCAs"] = [copy.deepcopy(EXTERNAL_CA), {"Protocol": "cfssl", "URL": "u"}]
+    out, f = run(Filtering(frozenset({"swarm-tokens"})), "swarm", doc)
+    assert out["Spec"]["CAConfig"]["ExternalCAs"] == [dict(EXTERNAL_CA, Options={"auth-key": ""}),
+                                                      {"Protocol": "cfssl", "URL": "u"}]
+    assert SECRET not in json.dumps(out) and f.redacted == 3  # two join tokens, one option
+    info = copy.deepcopy(SWARM_INFO)
+    info["Swarm"]["Cluster"]["Spec"]["CAConfig"]["ExternalCAs"] = [copy.deepcopy(EXTERNAL_CA)]
+    p = plan(Filtering(frozenset({"swarm-tokens"})), "/v1.41/info")
+    assert p.filter is not None and p.filter.kind == "info"
+    out = p.filter.document(info)
+    assert out["Swarm"]["Cluster"]["Spec"]["CAConfig"]["ExternalCAs"][0]["Options"] == {"auth-key": ""}
+    assert SECRET not in json.dumps(out)
+    for wrong in ({"x": 1}, "ca"):  # fail closed on a shape it cannot read
+        doc = copy.deepcopy(SWARM_INSPECT)
+        doc["Spec"]["CAConfig"]["ExternalCAs"] = wrong
+        with pytest.raises(TransformError):
+            run(Filtering(frozenset({"swarm-tokens"})), "swarm", doc)
+
+
 def test_get_swarm_is_relayed_untouched_only_without_swarm_tokens_and_log_options():
     assert plan(Filtering(frozenset()), "/swarm").filter is None
     assert plan(Filtering(frozenset({"env", "commands"})), "/swarm").filter is None
@@ -473,6 +500,7 @@ def test_property_no_join_token_survives_get_swarm_and_filtering_is_idempotent(t
     doc["Spec"]["TaskDefaults"]["LogDriver"]["Options"] = log_options
     if key is not None:
         doc["Spec"]["CAConfig"]["SigningCAKey"] = key
+        doc["Spec"]["CAConfig"]["ExternalCAs"] = [{"Protocol": "cfssl", "URL": "u", "Options": {"k": key}}]
     once, _ = run(Filtering(), "swarm", doc)
     assert "ZQX" not in json.dumps(once) and set(once["JoinTokens"]) == set(tokens)
     twice, second = run(Filtering(), "swarm", once)
