@@ -59,6 +59,22 @@ class Owner:
         self.closed.append(client)
 
 
+class DispatchOwner(Owner):
+    """An Owner that hands each request, and each exchange's end, to a real Dispatch (as Proxy does)."""
+
+    def __init__(self, dispatch) -> None:
+        super().__init__()
+        self.dispatch = dispatch
+
+    def on_request(self, client, exchange):
+        self.requests.append(exchange)
+        self.dispatch.on_request(client, exchange)
+
+    def exchange_done(self, exchange):
+        self.done.append(exchange)
+        self.dispatch.exchange_done(exchange)
+
+
 def tcp_pair(small: bool = False) -> tuple[socket.socket, socket.socket]:
     """A connected TCP pair (for RST semantics, which unix sockets lack): (ours, peer)."""
     listener = socket.socket()

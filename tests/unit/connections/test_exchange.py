@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import settings as hsettings
 from hypothesis import strategies as st
-from parts import FakeClock, Owner, drive, parse_responses, read_available
+from parts import DispatchOwner, FakeClock, drive, parse_responses, read_available
 
 from porthole.app.dispatch import Dispatch
 from porthole.connections.client import ClientState
@@ -205,17 +205,7 @@ def world(env):
     metrics = Metrics()
     pool = UpstreamPool(env.loop, env.settings, env.log, metrics)
     dispatch = Dispatch(env.settings, load_policy(json.dumps(RULES)), env.loop, pool, env.log, metrics, None)
-
-    class DispatchOwner(Owner):
-        def on_request(self, client, exchange):
-            self.requests.append(exchange)
-            dispatch.on_request(client, exchange)
-
-        def exchange_done(self, exchange):
-            self.done.append(exchange)
-            dispatch.exchange_done(exchange)
-
-    env.owner = DispatchOwner()
+    env.owner = DispatchOwner(dispatch)
 
     def request(target: bytes, **kw):
         client, peer = env.client(**kw)

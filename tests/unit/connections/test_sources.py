@@ -19,8 +19,8 @@ from parts import (
     EVENTS,
     GET,
     Daemon,
+    DispatchOwner,
     Env,
-    Owner,
     drive,
     json_message,
     parse_responses,
@@ -1048,18 +1048,7 @@ class DispatchWorld:
         self.pool = UpstreamPool(env.loop, env.settings, env.log, self.metrics)
         self.dispatch = Dispatch(env.settings, load_policy(json.dumps(rules)), env.loop, self.pool, env.log,
                                  self.metrics, None)
-        dispatch = self.dispatch
-
-        class DispatchOwner(Owner):
-            def on_request(self, client, exchange):
-                self.requests.append(exchange)
-                dispatch.on_request(client, exchange)
-
-            def exchange_done(self, exchange):
-                self.done.append(exchange)
-                dispatch.exchange_done(exchange)
-
-        env.owner = DispatchOwner()
+        env.owner = DispatchOwner(self.dispatch)
 
     def client(self, target: bytes = STALL_LIST, **kw):
         client, peer = self.env.client(**kw)
