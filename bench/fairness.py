@@ -46,7 +46,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROXY_UID = 65532
+sys.path.insert(0, str(ROOT / "tests" / "lib"))
+
+from proxy_process import start_proxy_process
+from support import free_port
+
 REFUSED = b"GET /secrets HTTP/1.1\r\nHost: localhost\r\n\r\n"  # no rule allows it: a local 403
 PING = b"GET /_ping HTTP/1.1\r\nHost: localhost\r\n\r\n"
 PONG = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nOK"
@@ -86,12 +90,6 @@ def serve_daemon(path: str) -> None:
     threading.Thread(target=accept, daemon=True).start()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -123,29 +121,20 @@ def source_text(proxy: Path) -> str:
 
 
 def start_proxy(proxy: Path, port: int, upstream: str, extra: list[str] = (), unix: str | None = None) -> subprocess.Popen:
-    command = [sys.executable, str(proxy), "--listen", f"tcp://127.0.0.1:{port}", "--upstream",
-               f"unix://{upstream}", "--log-level", "error", "--rules", str(ROOT / "rules.json")]
+    args = ["--listen", f"tcp://127.0.0.1:{port}", "--upstream", f"unix://{upstream}", "--log-level", "error",
+            "--rules", str(ROOT / "rules.json")]
     if unix is not None:
-        command += ["--listen", f"unix://{unix}?mode=0666"]
+        args += ["--listen", f"unix://{unix}?mode=0666"]
     if extra:
-        command += list(extra)
+        args += list(extra)
     elif "max-connections-per-client" in source_text(proxy):  # older proxies have no such cap
-        command += ["--max-connections-per-client", "4096"]
-    if os.geteuid() == 0:
-        command = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups", *command]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            ping(port, timeout=1)
-            if unix is None or os.path.exists(unix):
-                return process
-        except OSError:
-            pass
-        time.sleep(0.05)
-    process.kill()
-    raise SystemExit(f"{proxy} did not start: {process.communicate()[1][-2000:]}")
+        args += ["--max-connections-per-client", "4096"]
+
+    def ready() -> bool:
+        ping(port, timeout=1)
+        return unix is None or os.path.exists(unix)
+
+    return start_proxy_process(proxy, args, ready)
 
 
 def measure(proxy: Path, flooders: int, seconds: float, upstream: str) -> dict:

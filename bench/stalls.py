@@ -33,7 +33,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PROXY_UID = 65532
+sys.path.insert(0, str(ROOT / "tests" / "lib"))
+
+from proxy_process import start_proxy_process
+from support import free_port
+
 BODY = (b"[" + b",".join(b'{"Id":"%064d","Names":["/c%d"]}' % (i, i) for i in range(400)) + b"]\n")
 LIST = b"GET /v1.41/containers/json?all=1 HTTP/1.1\r\nHost: localhost\r\n\r\n"
 EVENTS = b"GET /v4.3.1/libpod/events?stream=true HTTP/1.1\r\nHost: localhost\r\n\r\n"
@@ -106,30 +110,15 @@ def serve_daemon(path: str, stall: float) -> None:
     threading.Thread(target=accept, daemon=True).start()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_proxy(proxy: Path, port: int, upstream: str, rules: str, *args: str) -> subprocess.Popen:
-    command = [sys.executable, str(proxy), "--listen", f"tcp://127.0.0.1:{port}", "--upstream",
-               f"unix://{upstream}", "--log-level", "error", "--rules", rules, "--shutdown-grace", "1", *args]
-    if os.geteuid() == 0:
-        command = ["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups", *command]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-    process = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-                s.sendall(PING)
-                if s.recv(4096).startswith(b"HTTP/1.1 200"):
-                    return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise SystemExit(f"{proxy} did not start: {process.communicate()[1][-2000:]}")
+    def ready() -> bool:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+            s.sendall(PING)
+            return s.recv(4096).startswith(b"HTTP/1.1 200")
+
+    return start_proxy_process(proxy, ["--listen", f"tcp://127.0.0.1:{port}", "--upstream", f"unix://{upstream}",
+                                       "--log-level", "error", "--rules", rules, "--shutdown-grace", "1", *args],
+                               ready)
 
 
 def read_answer(s: socket.socket, limit: float) -> tuple[float, str]:
