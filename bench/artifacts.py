@@ -83,6 +83,21 @@ def ensure_binary() -> None:
             subprocess.run(["./build.sh", *command], cwd=REPO, check=True)
 
 
+def stage_sources(checkout: Path, sources, src: Path) -> None:
+    """checkout's sources and rules.json, and this interpreter's h11, into src; h11 precompiled
+    like an installed package, and porthole/ as a checkout that has run once has it (its
+    __pycache__); proxy.py, run as a script, is compiled at every start."""
+    for name in (*sources, "rules.json"):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(checkout / name, src / name)
+    spec = importlib.util.find_spec("h11")
+    if spec is None:
+        sys.exit("h11 not importable: run with .venv/bin/python")
+    support._copy_tree_readable(Path(spec.origin).parent, src / "h11")
+    for package in ("h11", "porthole"):
+        subprocess.run([PYTHON, "-m", "compileall", "-q", str(src / package)], check=True)
+
+
 def stage_files() -> Path:
     """A 0755 directory uid 65532 can read: porthole, src/{proxy.py,porthole/,rules.json,h11/}, tmp/ (1777)."""
     stage = support.short_tmpdir("ph-bench-", 0o755)
@@ -90,18 +105,7 @@ def stage_files() -> Path:
     os.chmod(stage / "porthole", 0o555)
     src = stage / "src"
     src.mkdir(mode=0o755)
-    for name in (*SOURCES, "rules.json"):
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(REPO / name, src / name)
-        os.chmod(src / name, 0o644)
-    spec = importlib.util.find_spec("h11")
-    if spec is None:
-        sys.exit("h11 not importable: run with .venv/bin/python")
-    support._copy_tree_readable(Path(spec.origin).parent, src / "h11")
-    # precompile h11 like an installed package, and porthole/ as a checkout that has run once has
-    # it (its __pycache__); proxy.py, run as a script, is compiled at every start
-    for package in ("h11", "porthole"):
-        subprocess.run([PYTHON, "-m", "compileall", "-q", str(src / package)], check=True)
+    stage_sources(REPO, SOURCES, src)
     for root, dirs, files in os.walk(src):
         os.chmod(root, 0o755)
         for f in files:

@@ -102,16 +102,7 @@ class Side:
 
     def stage_files(self) -> None:
         """stage/src (proxy.py, porthole/ precompiled, rules.json, h11), stage/porthole, stage/bundle."""
-        src = self.stage / "src"
-        for name in (*self.sources(), "rules.json"):
-            (src / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(self.checkout / name, src / name)
-        spec = importlib.util.find_spec("h11")
-        if spec is None:
-            sys.exit("h11 not importable: run with .venv/bin/python")
-        support._copy_tree_readable(Path(spec.origin).parent, src / "h11")
-        for package in ("h11", "porthole"):
-            subprocess.run([PYTHON, "-m", "compileall", "-q", str(src / package)], check=True)
+        artifacts.stage_sources(self.checkout, self.sources(), self.stage / "src")
         shutil.copy2(self.checkout / "dist" / "porthole", self.stage / "porthole")
         shutil.copytree(self.checkout / "dist" / "porthole-root", self.stage / "bundle", symlinks=True)
         (self.stage / "tmp").mkdir()
