@@ -186,6 +186,19 @@ def instructions(checkout: Path, profile: str) -> float:
     return (totals[1] - totals[0]) / 400
 
 
+def print_comparison(figures: dict, unit: str, form: str) -> None:
+    """A Markdown table of figures[side][profile], before and after; a profile's filtering cost
+    is its figure less the "none" profile's."""
+    print(f"| profile | before{unit} | after{unit} | after/before | before cost{unit} | after cost{unit} "
+          "| cost after/before |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for p in PROFILES:
+        b, a = figures["before"][p], figures["after"][p]
+        cb, ca = b - figures["before"]["none"], a - figures["after"]["none"]
+        ratio = f"{ca / cb:.2f}" if p != "none" else "-"
+        print(f"| {p} | {b:{form}} | {a:{form}} | {a / b:.2f} | {cb:{form}} | {ca:{form}} | {ratio} |")
+
+
 def main() -> None:
     if sys.argv[1:2] == ["--child"]:
         child(sys.argv[2], sys.argv[3], int(sys.argv[4]), sys.argv[5] if len(sys.argv) > 5 else None)
@@ -208,24 +221,12 @@ def main() -> None:
     median = {side: {p: statistics.median(v) for p, v in by.items()} for side, by in runs.items()}
     print(f"CPU per `GET /containers/{{id}}/json` answer ({len(BODY)} bytes), median of {args.rounds} rounds "
           f"x {args.count} answers; filtering cost = profile - none\n")
-    print("| profile | before µs | after µs | after/before | before cost µs | after cost µs | cost after/before |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for p in PROFILES:
-        b, a = median["before"][p], median["after"][p]
-        cb, ca = b - median["before"]["none"], a - median["after"]["none"]
-        ratio = f"{ca / cb:.2f}" if p != "none" else "-"
-        print(f"| {p} | {b:.1f} | {a:.1f} | {a / b:.2f} | {cb:.1f} | {ca:.1f} | {ratio} |")
+    print_comparison(median, " µs", ".1f")
     counted = {}
     if args.instructions:
         counted = {side: {p: instructions(checkout, p) for p in PROFILES} for side, checkout in sides.items()}
         print("\nInstructions per answer (callgrind)\n")
-        print("| profile | before | after | after/before | before cost | after cost | cost after/before |")
-        print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-        for p in PROFILES:
-            b, a = counted["before"][p], counted["after"][p]
-            cb, ca = b - counted["before"]["none"], a - counted["after"]["none"]
-            ratio = f"{ca / cb:.2f}" if p != "none" else "-"
-            print(f"| {p} | {b:,.0f} | {a:,.0f} | {a / b:.2f} | {cb:,.0f} | {ca:,.0f} | {ratio} |")
+        print_comparison(counted, "", ",.0f")
     if args.json:
         args.json.write_text(json.dumps({"body_bytes": len(BODY), "rounds": args.rounds, "count": args.count,
                                          "runs": runs, "median": median, "instructions": counted}, indent=1) + "\n")
