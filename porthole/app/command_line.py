@@ -14,7 +14,6 @@ from porthole.app.healthcheck import healthcheck
 from porthole.app.settings import parse_settings
 from porthole.app.wiring import Proxy
 from porthole.core.policy import PolicyError, describe_policy, load_policy
-from porthole.ops.doctor import DoctorPaths, doctor
 from porthole.ops.tecnativa import tecnativa_policy
 from porthole.runtime.config import UsageError, rules_label
 from porthole.runtime.log import Log, log_stream
@@ -52,6 +51,7 @@ def main(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = 
             print(f"note: {note}")
         return 0
     if settings.mode == "doctor":
+        from porthole.ops.doctor import DoctorPaths, doctor  # (a one-shot mode: kept out of every start)
         return doctor(settings, policy, DoctorPaths.from_environment(os.environ if environ is None else environ))
     if os.geteuid() == 0 and not settings.allow_root:
         print("porthole: refusing to run as root. Run it as an unprivileged user that has the Docker "
