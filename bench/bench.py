@@ -153,7 +153,9 @@ def parse_args(argv):
     ap.add_argument("--porthole-args", default=env("BENCH_PORTHOLE_ARGS", ""),
                     help="extra porthole arguments (space-separated), e.g. '--log-level warning'")
     ap.add_argument("--profile", type=int, default=0, metavar="SECONDS",
-                    help="instead of the benchmark: py-spy porthole-src under the 16-connection /_ping load")
+                    help="instead of the benchmark: py-spy porthole-src under one scenario's load (--profile-scenario)")
+    ap.add_argument("--profile-scenario", default=env("BENCH_PROFILE_SCENARIO", "ping-16"), metavar="KEY",
+                    help="the scenario --profile loads porthole-src with (default: ping-16)")
     ap.add_argument("--cleanup-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--py-spy", default=env("BENCH_PY_SPY", "py-spy"), help="py-spy executable for --profile")
     args = ap.parse_args(argv)
@@ -877,15 +879,18 @@ def run_profile(lab: Lab, seconds: int) -> str:
     if not os.path.exists(pyspy):
         raise RuntimeError("--profile needs py-spy (e.g. python3 -m venv /tmp/pyspy && /tmp/pyspy/bin/pip "
                            "install py-spy, then BENCH_PY_SPY=/tmp/pyspy/bin/py-spy)")
+    sc = next((sc for sc in SCENARIOS if sc["key"] == lab.args.profile_scenario and sc["upstream"] == "daemon"), None)
+    if sc is None:
+        raise RuntimeError(f"--profile-scenario: no scenario {lab.args.profile_scenario!r} against the daemon")
     contender = lab.contenders["daemon"]["porthole-src"]
     script = lab.work / "wrk-profile.lua"
-    script.write_text(WRK_LUA.replace("@METHOD@", "GET").replace("@PATH@", "/_ping").replace("@ROTATE@", ""))
+    script.write_text(wrk_script(sc, lab))
     raw = lab.work / "profile.txt"
     spy = lab.procs.start([pyspy, "record", "--format", "raw", "--rate", "250", "--duration", seconds,
                            "--pid", contender.pid, "--output", raw],
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     time.sleep(1.0)
-    out = run_wrk(contender.port, script, 16, 2, max(1, seconds - 2))
+    out = run_wrk(contender.port_for(sc.get("profile")), script, sc["conns"], sc["threads"], max(1, seconds - 2))
     spy.wait(seconds + 30)
     selfs: dict[str, int] = {}
     inclusive: dict[str, int] = {}
@@ -900,7 +905,8 @@ def run_profile(lab: Lab, seconds: int) -> str:
         selfs[frames[-1]] = selfs.get(frames[-1], 0) + n
         for f in set(frames):
             inclusive[f] = inclusive.get(f, 0) + n
-    lines = [f"porthole-src under GET /_ping, 16 connections: {out['rps']:.0f} req/s while sampled; "
+    lines = [f"porthole-src under {sc['key']} ({sc['title'].format(distinct=distinct_targets(sc, lab), large_mb='')}): "
+             f"{out['rps']:.0f} req/s while sampled; "
              f"{total} samples", "", "self time (top 20):"]
     for name, n in sorted(selfs.items(), key=lambda kv: -kv[1])[:20]:
         lines.append(f"  {100 * n / total:5.1f}%  {name}")
@@ -1103,9 +1109,9 @@ def main(argv=None) -> int:
             out_dir.mkdir(parents=True, exist_ok=True)
             path = out_dir / f"{datetime.date.today().isoformat()}-{socket.gethostname().split('.')[0]}-profile.md"
             path.write_text(
-                f"# Where porthole-src spends its time: py-spy, GET /_ping, 16 connections\n\n"
+                f"# Where porthole-src spends its time: py-spy, {args.profile_scenario}\n\n"
                 f"{datetime.date.today().isoformat()} on `{m['hostname']}` ({m['nproc']} CPUs, {m['cpu_model']}, "
-                f"{m['python']}, h11 {m['h11']}, {m['porthole']}); `bench/run.sh --profile {args.profile}`. "
+                f"{m['python']}, h11 {m['h11']}, {m['porthole']}); `bench/run.sh --profile {args.profile} --profile-scenario {args.profile_scenario}`. "
                 f"py-spy samples Python frames only: time in a system call (send, recv, epoll) counts as "
                 f"self time of the Python function that made it. Idle time (waiting in select) is not sampled."
                 f"\n\n```\n{text}\n```\n")

@@ -9,16 +9,18 @@ OLD_CHECKOUT is another checkout of porthole (e.g. `git worktree add --detach /t
 imports one checkout's porthole/core and times, in CPU time (time.process_time) over --count
 answers, the work the relay does for one `GET /containers/{id}/json` answer: plan the filter
 (plan_response_filter), build the transform, and run the daemon's head and 5 KB body through a
-ResponseRewriter to the head and body sent to the client. Profiles:
-- default: a profile without "redact" (env, log-options, volume-options, ...);
-- everything: every redaction (commands and host-paths too);
+ResponseRewriter to the head and body sent to the client. Cases (CASES):
+- default: a profile without "redact" (env, log-options, volume-options, ...), every answer new;
+- default, same answer again: the same profile, the same answer every time;
+- everything: every redaction (commands and host-paths too), every answer new;
 - none: `"redact": []`, which relays the answer untouched (the plan alone).
 The answer is INSPECT below: a running container's inspect as dockerd 27 writes it (compact JSON
-and a newline), with 12 environment variables, a healthcheck, labels, two mounts and a network.
-Rounds interleave the versions and profiles; the median of each is reported, with ratios.
+and a newline), with 12 environment variables, a healthcheck, labels, two mounts and a network;
+"new" answers differ in State.Pid. Rounds interleave the versions and cases; the median of each
+is reported, with ratios.
 --instructions adds instructions per answer (valgrind's callgrind: each child run twice, for 200
 and 600 answers, the difference over 400), which unlike CPU time is repeatable on a busy machine.
-Nothing is asserted. --profile adds a cProfile of --after's default profile.
+Nothing is asserted. --profile adds a cProfile of --after's default case.
 """
 from __future__ import annotations
 
@@ -33,7 +35,11 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PROFILES = {"default": None, "everything": "all", "none": []}
+# case: (redact, answers). "new": every answer differs (its State.Pid), as when containers change
+# between polls; "again": the same answer every time, as a dashboard polling unchanged containers
+# gets it (porthole keeps a filtered answer for the next request that gets the same bytes).
+CASES = {"default": (None, "new"), "default, same answer again": (None, "again"), "everything": ("all", "new"),
+         "none": ([], "new")}
 
 _ID = "3f4e5d6c7b8a99887766554433221100ffeeddccbbaa99887766554433221100"
 INSPECT = {
@@ -115,13 +121,18 @@ INSPECT = {
                                                 "DNSNames": None}}},
 }
 BODY = json.dumps(INSPECT, separators=(",", ":")).encode() + b"\n"
+
+
+def new_answers(count: int) -> list[bytes]:
+    """`count` answers that differ only in State.Pid (same length: the head's Content-Length holds)."""
+    return [BODY.replace(b'"Pid":41234', b'"Pid":%05d' % (10000 + i)) for i in range(count)]
 HEAD_FIELDS = [(b"Api-Version", b"1.47"), (b"Content-Type", b"application/json"), (b"Docker-Experimental", b"false"),
                (b"Ostype", b"linux"), (b"Server", b"Docker/27.3.1 (linux)"),
                (b"Date", b"Sun, 06 Dec 2026 18:20:01 GMT"), (b"Content-Length", str(len(BODY)).encode())]
 
 
-def child(checkout: str, profile: str, count: int, how: str | None) -> None:
-    """Runs in a fresh interpreter: times one checkout's relay work for one profile."""
+def child(checkout: str, case: str, count: int, how: str | None) -> None:
+    """Runs in a fresh interpreter: times one checkout's relay work for one case."""
     sys.path.insert(0, checkout)
     import h11
     from porthole.core.filters import filter_transform, plan_response_filter
@@ -130,7 +141,8 @@ def child(checkout: str, profile: str, count: int, how: str | None) -> None:
     from porthole.core.target import canonicalize_target
     from porthole.core.wire import relayed_head
 
-    redact = PROFILES[profile]
+    redact, answers = CASES[case]
+    bodies = iter([BODY] * (count + 200) if answers == "again" else new_answers(count + 200))
     filtering = Filtering() if redact is None else Filtering(frozenset(REDACTIONS if redact == "all" else redact))
     head = relayed_head(h11.Response(status_code=200, headers=HEAD_FIELDS, _parsed=True))
     target = canonicalize_target(f"/v1.47/containers/{_ID[:12]}/json".encode())
@@ -138,10 +150,10 @@ def child(checkout: str, profile: str, count: int, how: str | None) -> None:
     def one() -> bytes:
         plan = plan_response_filter(filtering, "GET", target)
         if plan.filter is None:
-            return BODY
+            return next(bodies)
         rewriter = ResponseRewriter(filter_transform(plan.filter, 32 * 1024 * 1024), head, "GET")
         assert rewriter.head() is None
-        rewriter.feed(BODY)
+        rewriter.feed(next(bodies))
         out_head, body = rewriter.finish()
         assert out_head is not None and b"hunter2" not in body or redact == []
         return body
@@ -168,31 +180,31 @@ def child(checkout: str, profile: str, count: int, how: str | None) -> None:
     print(json.dumps({"us": (time.process_time() - start) / count * 1e6}))
 
 
-def measure(checkout: Path, profile: str, count: int) -> float:
-    out = subprocess.run([sys.executable, __file__, "--child", str(checkout), profile, str(count)],
+def measure(checkout: Path, case: str, count: int) -> float:
+    out = subprocess.run([sys.executable, __file__, "--child", str(checkout), case, str(count)],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.splitlines()[-1])["us"]
 
 
-def instructions(checkout: Path, profile: str) -> float:
+def instructions(checkout: Path, case: str) -> float:
     totals = []
     with tempfile.TemporaryDirectory() as work:
         for count in (200, 600):
             out = f"{work}/callgrind.{count}"
             subprocess.run(["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, __file__,
-                            "--child", str(checkout), profile, str(count), "--instructions"],
+                            "--child", str(checkout), case, str(count), "--instructions"],
                            check=True, capture_output=True)
             totals.append(int(re.search(r"^totals: (\d+)", Path(out).read_text(), re.M).group(1)))
     return (totals[1] - totals[0]) / 400
 
 
 def print_comparison(figures: dict, unit: str, form: str) -> None:
-    """A Markdown table of figures[side][profile], before and after; a profile's filtering cost
-    is its figure less the "none" profile's."""
-    print(f"| profile | before{unit} | after{unit} | after/before | before cost{unit} | after cost{unit} "
+    """A Markdown table of figures[side][case], before and after; a case's filtering cost is its
+    figure less the "none" case's."""
+    print(f"| case | before{unit} | after{unit} | after/before | before cost{unit} | after cost{unit} "
           "| cost after/before |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
-    for p in PROFILES:
+    for p in CASES:
         b, a = figures["before"][p], figures["after"][p]
         cb, ca = b - figures["before"]["none"], a - figures["after"]["none"]
         ratio = f"{ca / cb:.2f}" if p != "none" else "-"
@@ -213,25 +225,25 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     sides = {"before": args.before.resolve(), "after": args.after.resolve()}
-    runs: dict[str, dict[str, list[float]]] = {side: {p: [] for p in PROFILES} for side in sides}
+    runs: dict[str, dict[str, list[float]]] = {side: {case: [] for case in CASES} for side in sides}
     for _ in range(args.rounds):
-        for profile in PROFILES:
+        for case in CASES:
             for side, checkout in sides.items():
-                runs[side][profile].append(measure(checkout, profile, args.count))
+                runs[side][case].append(measure(checkout, case, args.count))
     median = {side: {p: statistics.median(v) for p, v in by.items()} for side, by in runs.items()}
     print(f"CPU per `GET /containers/{{id}}/json` answer ({len(BODY)} bytes), median of {args.rounds} rounds "
-          f"x {args.count} answers; filtering cost = profile - none\n")
+          f"x {args.count} answers; filtering cost = case - none\n")
     print_comparison(median, " µs", ".1f")
     counted = {}
     if args.instructions:
-        counted = {side: {p: instructions(checkout, p) for p in PROFILES} for side, checkout in sides.items()}
+        counted = {side: {case: instructions(checkout, case) for case in CASES} for side, checkout in sides.items()}
         print("\nInstructions per answer (callgrind)\n")
         print_comparison(counted, "", ",.0f")
     if args.json:
         args.json.write_text(json.dumps({"body_bytes": len(BODY), "rounds": args.rounds, "count": args.count,
                                          "runs": runs, "median": median, "instructions": counted}, indent=1) + "\n")
     if args.profile:
-        print("\ncProfile of --after, default profile:\n```")
+        print("\ncProfile of --after, default case:\n```")
         sys.stdout.flush()
         subprocess.run([sys.executable, __file__, "--child", str(sides["after"]), "default", str(args.count),
                         "--profile"], check=True)

@@ -18,16 +18,20 @@ Invariants:
      What names or counts invisible objects in an answer about others (a network's containers,
      /info's counts) is removed or counted again among the visible ones.
   4. Filtering is idempotent: a filtered answer filtered again is unchanged.
+  5. A filtered answer or event kept for the next request (Kept) is what filtering the same
+     bytes again would give: the key holds everything the result depends on.
 """
 from __future__ import annotations
 
+import functools
 import json
 import re
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from porthole.core.objects import Filtering, ObjectFilter, ObjectHidden, _array, _at, _object, labels_match
-from porthole.core.rewrite import ResponseTransform, TransformError, event_bytes
+from porthole.core.rewrite import ResponseTransform, TransformError, document_bytes, event_bytes
 from porthole.core.target import Refusal, SAFE_SEGMENT, Target
 
 
@@ -162,23 +166,30 @@ class ResponseFilter(ObjectFilter):
         for i, external in enumerate(_array(_object(ca_config, where).get("ExternalCAs"), f"{where}.ExternalCAs")):
             self._values(external, "Options", f"{where}.ExternalCAs[{i}]")
 
+    def document_bytes(self, data: bytes) -> bytes:
+        """document() on a whole answer, serialised, and kept (_kept): a dashboard polling a
+        container that did not change gets its filtered answer again without the work."""
+        return self._kept(data, functools.partial(document_bytes, self.document))
+
     def event_line(self, line: bytes) -> bytes:
-        """event() on one line of /events, serialised. Its result depends on the line and this
-        profile's filtering alone, so it is kept for the next watcher: SharedStream hands each
-        event to every watcher in turn, and watchers of one profile share the work (counts
-        included). Lines over MAX_SHARED_EVENT_BYTES, and events that fail, are not kept."""
-        key = (self.redact, self.visible, bytes(line))  # (the rewriter's lines are bytearrays)
-        known = _FILTERED_EVENTS.get(key)
+        """event() on one line of /events, serialised, and kept (_kept): SharedStream hands each
+        event to every watcher in turn, so watchers of one profile share the work."""
+        return self._kept(bytes(line), functools.partial(event_bytes, self.event))  # (lines are bytearrays)
+
+    def _kept(self, data: bytes, filtered: Callable[[bytes], bytes]) -> bytes:
+        """filtered(data), the counts it adds included, kept in KEPT for the next request or
+        watcher whose filter and answer are the same: a filter's result depends on its settings,
+        its kind, /info's visible counts and the answer's bytes alone. What fails (a hidden
+        object included) is not kept."""
+        key = (self.filtering, self.kind, self.counts, data)
+        known = KEPT.get(key)
         if known is None:
             redacted, hidden = self.redacted, self.hidden
-            known = (event_bytes(self.event, line), self.redacted - redacted, self.hidden - hidden)
-            if len(line) <= MAX_SHARED_EVENT_BYTES:
-                if len(_FILTERED_EVENTS) >= MAX_SHARED_EVENTS:
-                    _FILTERED_EVENTS.clear()
-                _FILTERED_EVENTS[key] = known
-            return known[0]
-        self.redacted += known[1]
-        self.hidden += known[2]
+            known = (filtered(data), self.redacted - redacted, self.hidden - hidden)
+            KEPT.put(key, known, len(data) + len(known[0]))
+        else:
+            self.redacted += known[1]
+            self.hidden += known[2]
         return known[0]
 
     def event(self, event: Any) -> Any:
@@ -318,16 +329,45 @@ def plan_response_filter(filtering: Filtering, method: str, target: Target) -> F
 
 DEFAULT_FILTERING = Filtering()  # a profile without "redact" or "visible"
 MAX_EVENT_BYTES = 1024 * 1024  # one /events object; dockerd's are a few hundred bytes
-MAX_SHARED_EVENTS = 64  # filtered events kept for the next watcher (ResponseFilter.event_line)
-MAX_SHARED_EVENT_BYTES = 16 * 1024  # ... each at most this long
-_FILTERED_EVENTS: dict[tuple, tuple[bytes, int, int]] = {}
+
+
+class Kept:
+    """Filtered answers and events kept by ResponseFilter._kept, bounded in bytes: at most
+    `budget` bytes of answers and their filtered forms in all, each at most a sixteenth of it.
+    The oldest goes first: what is polled again soon stays."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.entries: OrderedDict[tuple, tuple[tuple[bytes, int, int], int]] = OrderedDict()  # key: (value, size)
+        self.size = 0
+
+    def get(self, key: tuple) -> tuple[bytes, int, int] | None:
+        entry = self.entries.get(key)
+        return None if entry is None else entry[0]
+
+    def put(self, key: tuple, value: tuple[bytes, int, int], size: int) -> None:
+        if size > self.budget // 16 or key in self.entries:
+            return
+        while self.size + size > self.budget:
+            self.size -= self.entries.popitem(last=False)[1][1]
+        self.entries[key] = (value, size)
+        self.size += size
+
+    def clear(self) -> None:
+        self.entries.clear()
+        self.size = 0
+
+
+# 2 MiB: a few hundred inspects (5 to 10 KB each, kept with their filtered form) or thousands of events.
+KEPT = Kept(2 * 1024 * 1024)
 
 
 def filter_transform(response_filter: ResponseFilter, max_bytes: int) -> ResponseTransform:
     """The relay's transform stage for one filtered exchange."""
     if response_filter.kind == "events":
         return ResponseTransform(event_line=response_filter.event_line, max_bytes=min(max_bytes, MAX_EVENT_BYTES))
-    return ResponseTransform(document=response_filter.document, max_bytes=max_bytes)
+    return ResponseTransform(document=response_filter.document, document_bytes=response_filter.document_bytes,
+                             max_bytes=max_bytes)
 
 
 def with_label_filters(target: Target, labels: Sequence[str]) -> Target:

@@ -131,6 +131,7 @@ class ObjectFilter:
     Counts what it removed (redacted) and left out (hidden) for the log line."""
 
     def __init__(self, filtering: Filtering, kind: str, name: str | None = None) -> None:
+        self.filtering = filtering
         self.redact = filtering.redact
         self.visible = filtering.visible
         self.kept_env = filtering.kept_env  # env keeps the values of these variables

@@ -17,10 +17,13 @@ from typing import Any, Callable
 import h11
 from h11._headers import Headers  # (h11 is pinned: its parsed headers are taken as they are)
 
+from porthole.core.wire import kept_for
+
 
 # Compact JSON, as dockerd writes it. A parsed answer holds no cycles, so none is looked for.
 _encode = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 _FRAMING = (b"content-length", b"transfer-encoding")
+_REWRITTEN_HEADS: dict[tuple, tuple[Any, Any]] = {}  # ResponseRewriter._head (wire.kept_for)
 
 
 class TransformError(Exception):
@@ -36,24 +39,38 @@ class ResponseTransform:
     `max_bytes` (the whole document, or one event)."""
 
     document: Callable[[Any], Any] | None = None
+    document_bytes: Callable[[bytes], bytes] | None = None  # the answer in, its bytes out (made from `document`)
     event: Callable[[Any], Any] | None = None
     event_line: Callable[[bytes], bytes] | None = None  # a line in, its bytes out (made from `event`)
     max_bytes: int = 32 * 1024 * 1024
 
-    def __post_init__(self) -> None:
-        if self.event is not None and self.event_line is None:  # one form for ResponseRewriter
+    def __post_init__(self) -> None:  # one form of each for ResponseRewriter
+        if self.document is not None and self.document_bytes is None:
+            object.__setattr__(self, "document_bytes", functools.partial(document_bytes, self.document))
+        if self.event is not None and self.event_line is None:
             object.__setattr__(self, "event_line", functools.partial(event_bytes, self.event))
+
+
+def document_bytes(document: Callable[[Any], Any], data: bytes) -> bytes:
+    """A whole answer through `document` (parsed value in, value out), serialised. Raises
+    TransformError where it cannot be applied (fail closed)."""
+    return _encode(_applied(document, ResponseRewriter._parse(data))).encode() + b"\n"
 
 
 def event_bytes(event: Callable[[Any], Any], line: bytes) -> bytes:
     """One event line through `event` (parsed value in, value or None out), serialised; b"": not
     delivered. Raises TransformError where it cannot be applied (fail closed)."""
-    parsed = ResponseRewriter._parse(line)
+    value = _applied(event, ResponseRewriter._parse(line))
+    return b"" if value is None else _encode(value).encode() + b"\n"
+
+
+def _applied(transform: Callable[[Any], Any], parsed: Any) -> Any:
     try:
-        value = event(parsed)
+        return transform(parsed)
+    except TransformError:
+        raise
     except Exception as exc:  # the filter could not be applied: fail closed
         raise TransformError(f"the filter could not be applied ({type(exc).__name__})") from None  # no daemon data
-    return b"" if value is None else _encode(value).encode() + b"\n"
 
 
 class ResponseRewriter:
@@ -68,7 +85,12 @@ class ResponseRewriter:
 
     def _head(self, length: int | None) -> h11.Response:
         """The daemon's head, checked when it arrived (wire.relayed_head), without its framing and
-        with `length`: built from h11's parsed headers as they are, not parsed and checked again."""
+        with `length`: built from h11's parsed headers as they are, not parsed and checked again.
+        A head relayed again (the same object: UpstreamPool.heads) gets the same new head for the
+        same length, so it is written once too (wire.response_head)."""
+        return kept_for(_REWRITTEN_HEADS, self.original, (length,), lambda: self._new_head(length))
+
+    def _new_head(self, length: int | None) -> h11.Response:
         headers = [(name, low, value) for name, value in self.original.headers.raw_items()
                    if (low := name.lower()) not in _FRAMING]
         if length is not None:
@@ -108,13 +130,7 @@ class ResponseRewriter:
 
     def finish(self) -> tuple[h11.Response | None, bytes]:
         if self.transform.document is not None:
-            try:
-                value = self.transform.document(self._parse(bytes(self.buffer)))
-                body = _encode(value).encode() + b"\n"
-            except TransformError:
-                raise
-            except Exception as exc:  # the filter could not be applied: fail closed
-                raise TransformError(f"the filter could not be applied ({type(exc).__name__})") from None  # no daemon data
+            body = self.transform.document_bytes(bytes(self.buffer))  # type: ignore[misc]
             return self._head(len(body)), b"" if self.method == "HEAD" else body
         if self.buffer.strip():
             if self.transform.event_line is None:

@@ -13,11 +13,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from policies import REPO
 
-from porthole.core.filters import (_FILTERED_EVENTS, ResponseFilter, filter_transform, plan_response_filter,
+from porthole.core.filters import (KEPT, Kept, ResponseFilter, filter_transform, plan_response_filter,
                                    resolved_object)
 from porthole.core.objects import DEFAULT_REDACTIONS, REDACTIONS, Filtering, ObjectHidden
 from porthole.core.policy import Policy, PolicyError, load_policy
-from porthole.core.rewrite import ResponseRewriter, TransformError, event_bytes
+from porthole.core.rewrite import ResponseRewriter, TransformError, document_bytes, event_bytes
 from porthole.core.target import Refusal, canonicalize_target
 
 SECRET = "hunter2-SECRET"
@@ -202,7 +202,7 @@ def test_watchers_of_one_profile_share_the_filtering_of_each_event(monkeypatch):
     """ResponseFilter.event_line: the first watcher filters an event line, the next ones of the
     same filtering get the same bytes and the same counts without filtering it again; another
     filtering, or an event that fails, is never taken from the first one's work."""
-    _FILTERED_EVENTS.clear()
+    KEPT.clear()
     scoped = Filtering(visible=(("team", "a"),))
     watchers = [ResponseFilter(scoped, "events") for _ in range(3)]
     unscoped = ResponseFilter(Filtering(), "events")
@@ -237,12 +237,93 @@ event_dicts = st.fixed_dictionaries({
 def test_shared_event_filtering_gives_each_watcher_what_its_own_filter_gives(steps):
     """Any sequence of watchers (of any profile) and events, through the shared table: every
     watcher gets the bytes and the counts its own filter gives on its own."""
-    _FILTERED_EVENTS.clear()
+    KEPT.clear()
     for index, event in steps:
         line = json.dumps(event).encode()
         shared, alone = (ResponseFilter(EVENT_FILTERINGS[index], "events") for _ in range(2))
         assert shared.event_line(line) == event_bytes(alone.event, line)
         assert (shared.redacted, shared.hidden) == (alone.redacted, alone.hidden)
+
+
+def test_an_answer_the_daemon_sends_again_is_not_filtered_again(monkeypatch):
+    """ResponseFilter.document_bytes: the same bytes under the same filtering give the kept
+    result (bytes and counts) without being parsed and filtered again; other bytes, another
+    filtering, other /info counts, or an answer that fails (a hidden object) are never taken
+    from it."""
+    KEPT.clear()
+    calls = []
+    real = ResponseFilter.document
+    monkeypatch.setattr(ResponseFilter, "document", lambda self, doc: (calls.append(self), real(self, doc))[1])
+    answer = json.dumps(inspect_doc()).encode()
+    first, again = ResponseFilter(Filtering(), "container", "web"), ResponseFilter(Filtering(), "container", "web")
+    filtered = first.document_bytes(answer)
+    assert again.document_bytes(answer) == filtered and f"DB_PASSWORD={SECRET}".encode() not in filtered
+    assert calls == [first] and again.redacted == first.redacted > 0
+    other = ResponseFilter(Filtering(frozenset(REDACTIONS)), "container", "web")
+    assert other.document_bytes(answer) != first.document_bytes(answer) and calls[-1] is other
+    changed = answer.replace(b'"/web"', b'"/web2"')
+    assert b"/web2" in ResponseFilter(Filtering(), "container", "web").document_bytes(changed) and len(calls) == 3
+    scoped = Filtering(visible=(("team", "b"),))
+    for _ in range(2):  # hidden each time: nothing kept
+        with pytest.raises(ObjectHidden):
+            ResponseFilter(scoped, "container", "web").document_bytes(answer)
+    assert len(calls) == 5
+    info = json.dumps({"Containers": 9, "ContainersRunning": 9, "ContainersPaused": 0, "ContainersStopped": 0}).encode()
+    counted = []
+    for counts in ((1, 1, 0, 0), (2, 1, 0, 1), (1, 1, 0, 0)):
+        f = ResponseFilter(Filtering(visible=(("team", "a"),)), "info")
+        f.counts = counts
+        counted.append(json.loads(f.document_bytes(info))["Containers"])
+    assert counted == [1, 2, 1] and len(calls) == 7
+
+
+docs_to_filter = st.sampled_from([inspect_doc(), inspect_doc("other-SECRET"), {**inspect_doc(), "Config": {"Labels": {}}},
+                                  {"Config": {"Env": "not a list"}}])
+
+
+@settings(max_examples=300, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(0, len(EVENT_FILTERINGS) - 1), docs_to_filter), max_size=12),
+       budget=st.sampled_from([0, 4096, 1 << 20]))
+def test_property_kept_answers_give_each_request_what_its_own_filter_gives(steps, budget):
+    """Any sequence of requests (of any profile, hidden and failing answers included) through
+    the kept answers, whatever their budget: each gets the bytes, the counts or the error its
+    own filter gives on its own."""
+    KEPT.clear()
+    monkeypatched = KEPT.budget
+    KEPT.budget = budget
+    try:
+        for index, doc in steps:
+            data = json.dumps(doc).encode()
+            shared, alone = (ResponseFilter(EVENT_FILTERINGS[index], "container", "web") for _ in range(2))
+            try:
+                expected = document_bytes(alone.document, data)
+            except TransformError as error:
+                with pytest.raises(type(error)):
+                    shared.document_bytes(data)
+            else:
+                assert shared.document_bytes(data) == expected
+            assert (shared.redacted, shared.hidden) == (alone.redacted, alone.hidden)
+            assert KEPT.size == sum(size for _, size in KEPT.entries.values()) <= budget
+    finally:
+        KEPT.budget = monkeypatched
+        KEPT.clear()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 9), st.integers(1, 300)), max_size=40))
+def test_property_kept_stays_within_its_budget_and_drops_the_oldest_first(puts):
+    """Kept holds at most its budget in bytes, never an entry over a sixteenth of it, and when it
+    must make room it drops the entries put longest ago."""
+    kept, order = Kept(1600), []
+    for name, size in puts:
+        key = (name, size)
+        kept.put(key, (b"x", 0, 0), size)
+        if size <= 100 and key not in order:
+            order.append(key)
+            while sum(k[1] for k in order) > 1600:
+                order.pop(0)
+        assert list(kept.entries) == order and kept.size == sum(k[1] for k in order) <= 1600
+        assert all(kept.get(k) == (b"x", 0, 0) for k in order)
 
 
 @pytest.mark.parametrize("kind, doc, where", [

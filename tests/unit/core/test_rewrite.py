@@ -196,3 +196,16 @@ def test_a_rewritten_head_is_not_checked_again(monkeypatch):
     monkeypatch.setattr(h11._events, "normalize_and_validate", checked_again)
     head = ResponseRewriter(ResponseTransform(document=lambda value: value), original, "GET")._head(3)
     assert head.headers.raw_items() == [(b"Content-Type", b"application/json"), (b"Content-Length", b"3")]
+
+
+def test_a_head_relayed_again_is_rewritten_once_per_length():
+    """The same daemon head (UpstreamPool.heads hands out one object for the same bytes) with the
+    same new length gets the same rewritten head, so wire.response_head writes it once too;
+    another length or another head gets its own."""
+    original, other = daemon_head(length=10), daemon_head(length=10)
+    transform = ResponseTransform(document=lambda value: value)
+    first = ResponseRewriter(transform, original, "GET")._head(3)
+    assert ResponseRewriter(transform, original, "GET")._head(3) is first
+    assert ResponseRewriter(transform, original, "GET")._head(4).headers.raw_items()[-1] == (b"Content-Length", b"4")
+    again = ResponseRewriter(transform, other, "GET")._head(3)
+    assert again is not first and again.headers.raw_items() == first.headers.raw_items()
