@@ -35,7 +35,6 @@ import contextlib
 import io
 import json
 import os
-import selectors
 import shutil
 import socket
 import sys
