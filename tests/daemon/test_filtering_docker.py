@@ -137,6 +137,30 @@ def test_the_log_line_counts_what_was_filtered(world):
     assert support.wait_until(found, 5), world.proxy.stderr_text()[-3000:]
 
 
+def test_an_inspect_asked_again_is_the_kept_answer_and_a_change_reaches_the_next(world, docker_direct):
+    """The same answer again is answered from the kept filtered answer (same bytes, same counts
+    in the log line); once the container changes, the daemon's answer differs and is filtered
+    anew."""
+    def inspected_lines():
+        return [l for l in world.proxy.logs() if l.get("event") == "request"
+                and l.get("path", "").endswith(f"{world.shown.id}/json") and l.get("profile") == "reader"]
+
+    before = len(inspected_lines())
+    first, again = (cli(world.reader, "inspect", world.shown.id).stdout for _ in range(2))
+    assert first == again and world.secret not in first
+    assert support.wait_until(lambda: len(inspected_lines()) >= before + 2, 5)
+    counts = [l["redacted"] for l in inspected_lines()[-2:]]
+    assert counts[0] == counts[1] >= 4
+    renamed = "ph-renamed-" + world.token
+    docker_direct.api.rename(world.shown.id, renamed)
+    try:
+        doc = json.loads(cli(world.reader, "inspect", world.shown.id).stdout)[0]
+        assert doc["Name"] == "/" + renamed and "DB_PASSWORD=" in doc["Config"]["Env"]
+        assert world.secret not in json.dumps(doc)
+    finally:
+        docker_direct.api.rename(world.shown.id, world.shown.name)
+
+
 # ---------------------------------------------------------------------------------------------
 # label-scoped visibility
 
