@@ -905,7 +905,7 @@ def run_profile(lab: Lab, seconds: int) -> str:
         selfs[frames[-1]] = selfs.get(frames[-1], 0) + n
         for f in set(frames):
             inclusive[f] = inclusive.get(f, 0) + n
-    lines = [f"porthole-src under {sc['key']} ({sc['title'].format(distinct=distinct_targets(sc, lab), large_mb='')}): "
+    lines = [f"porthole-src under {sc['key']} ({scenario_title(sc, lab)}): "
              f"{out['rps']:.0f} req/s while sampled; "
              f"{total} samples", "", "self time (top 20):"]
     for name, n in sorted(selfs.items(), key=lambda kv: -kv[1])[:20]:

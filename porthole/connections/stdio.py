@@ -257,7 +257,5 @@ def input_may_end(client: ClientConnection) -> bool:
         return False
     try:
         return not client.sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)  # b"": closed anyway
-    except BlockingIOError:
-        return True
-    except OSError:
+    except OSError:  # (BlockingIOError: nothing unread)
         return True

@@ -23,7 +23,6 @@ Invariants:
 """
 from __future__ import annotations
 
-import functools
 import json
 import re
 from collections import OrderedDict
@@ -169,15 +168,16 @@ class ResponseFilter(ObjectFilter):
     def document_bytes(self, data: bytes) -> bytes:
         """document() on a whole answer, serialised, and kept (_kept): a dashboard polling a
         container that did not change gets its filtered answer again without the work."""
-        return self._kept(data, functools.partial(document_bytes, self.document))
+        return self._kept(data, document_bytes, self.document)
 
     def event_line(self, line: bytes) -> bytes:
         """event() on one line of /events, serialised, and kept (_kept): SharedStream hands each
         event to every watcher in turn, so watchers of one profile share the work."""
-        return self._kept(bytes(line), functools.partial(event_bytes, self.event))  # (lines are bytearrays)
+        return self._kept(bytes(line), event_bytes, self.event)  # (lines are bytearrays)
 
-    def _kept(self, data: bytes, filtered: Callable[[bytes], bytes]) -> bytes:
-        """filtered(data), the counts it adds included, kept in KEPT for the next request or
+    def _kept(self, data: bytes, serialised: Callable[[Callable[[Any], Any], bytes], bytes],
+              transform: Callable[[Any], Any]) -> bytes:
+        """serialised(transform, data), the counts it adds included, kept in KEPT for the next request or
         watcher whose filter and answer are the same: a filter's result depends on its settings,
         its kind, /info's visible counts and the answer's bytes alone. What fails (a hidden
         object included) is not kept."""
@@ -185,7 +185,7 @@ class ResponseFilter(ObjectFilter):
         known = KEPT.get(key)
         if known is None:
             redacted, hidden = self.redacted, self.hidden
-            known = (filtered(data), self.redacted - redacted, self.hidden - hidden)
+            known = (serialised(transform, data), self.redacted - redacted, self.hidden - hidden)
             KEPT.put(key, known, len(data) + len(known[0]))
         else:
             self.redacted += known[1]

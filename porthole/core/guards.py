@@ -174,5 +174,9 @@ def dangerous_overlaps(template: Template, redact: frozenset[str] = NOT_REDACTIN
     """Why each dangerous read a rule's template can match is dangerous, for a profile that
     redacts `redact` ([] for none)."""
     return ([why for guard, why in DANGEROUS_TEMPLATES if templates_overlap(template, guard)]
-            + [why for guard, (redaction, why) in REDACTED_TEMPLATES
-               if redaction not in redact and templates_overlap(template, guard)])
+            + [why for redaction, why in redacted_overlaps(template) if redaction not in redact])
+
+
+def redacted_overlaps(template: Template) -> list[tuple[str, str]]:
+    """(redaction, why) of each REDACTED_READS path a rule's template can match ([] for none)."""
+    return [guard for read, guard in REDACTED_TEMPLATES if templates_overlap(template, read)]

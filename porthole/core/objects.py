@@ -82,6 +82,13 @@ def env_keeper(patterns: tuple[str, ...]) -> re.Pattern[str]:
     return re.compile("|".join(f"(?:{fnmatch.translate(pattern)})" for pattern in patterns))
 
 
+@functools.lru_cache(maxsize=64)
+def command_kinds(redact: frozenset[str]) -> frozenset[str]:
+    """Which flags' values leave Podman's CreateCommand (redact_create_command), unless "commands"
+    blanks it: worked out once per set of redactions."""
+    return frozenset(kind for kind, redaction in (("env", "env"), ("log", "log-options")) if redaction in redact)
+
+
 def labels_match(labels: Any, wanted: Sequence[Label], where: str) -> bool:
     labels = _object(labels, where)
     return all(key in labels and (value is None or labels[key] == value) for key, value in wanted)
@@ -123,9 +130,6 @@ def _at(value: Any, path: str) -> Any:
     return value
 
 
-_COMMAND_KINDS: dict[frozenset[str], frozenset[str]] = {}  # ObjectFilter.command_kinds, per set of redactions
-
-
 class ObjectFilter:
     """What one object of an answer keeps: the redaction primitives and the per-object filters.
     Counts what it removed (redacted) and left out (hidden) for the log line."""
@@ -140,11 +144,7 @@ class ObjectFilter:
         self.redacted = 0  # values removed
         self.hidden = 0  # objects left out
         self.counts: tuple[int, int, int, int] | None = None  # /info under a scope: visible_counts
-        # which flags' values leave Podman's CreateCommand (redact_create_command), unless "commands" blanks it
-        self.command_kinds = _COMMAND_KINDS.get(self.redact)
-        if self.command_kinds is None:
-            self.command_kinds = _COMMAND_KINDS[self.redact] = frozenset(
-                kind for kind, redaction in (("env", "env"), ("log", "log-options")) if redaction in self.redact)
+        self.command_kinds = command_kinds(self.redact)
 
     # -- redaction primitives: each removes values in place and counts them
 

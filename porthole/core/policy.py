@@ -23,8 +23,8 @@ from typing import Any, Mapping
 from porthole.core.clients import ClientRule, load_client_rules
 from porthole.core.objects import DEFAULT_REDACTIONS, Filtering, Label, REDACTIONS, parse_env_pattern, parse_label_filter
 from porthole.core.filters import DEFAULT_FILTERING
-from porthole.core.guards import (NEVER_FORWARDED, NEVER_TEMPLATES, REDACTED_TEMPLATES, Template, TemplateIndex,
-                                  dangerous_overlaps, parse_template, templates_overlap)
+from porthole.core.guards import (NEVER_FORWARDED, NEVER_TEMPLATES, Template, TemplateIndex, dangerous_overlaps,
+                                  parse_template, redacted_overlaps, templates_overlap)
 from porthole.core.target import QUERY_KEY, Target
 
 
@@ -236,12 +236,11 @@ def _check_redacted_reads(rules: list[Rule], redact: frozenset[str], where: str,
     """guards.py invariant 3: a rule (own or inherited) that can match a REDACTED_READS path is
     an ordinary read only where the profile redacts it; elsewhere it must say "dangerous"."""
     for rule in rules:
-        risky = [] if rule.dangerous else dangerous_overlaps(rule.template, redact)
-        if risky:
-            missing = next(r for t, (r, _) in REDACTED_TEMPLATES if templates_overlap(rule.template, t)
-                           and r not in redact)
-            raise fail(where, f"rule {rule.label}: {rule.path} is a dangerous read ({risky[0]}) unless the profile "
-                              f"redacts {missing!r}: add it to \"redact\", or add \"dangerous\": true to the rule")
+        missing = [] if rule.dangerous else [(r, why) for r, why in redacted_overlaps(rule.template) if r not in redact]
+        if missing:  # (a rule overlapping a DANGEROUS_READS path says "dangerous" already: _load_rule)
+            redaction, why = missing[0]
+            raise fail(where, f"rule {rule.label}: {rule.path} is a dangerous read ({why}) unless the profile "
+                              f"redacts {redaction!r}: add it to \"redact\", or add \"dangerous\": true to the rule")
 
 
 def _load_keep(body: dict, redactions: frozenset[str], where: str, fail: Any) -> tuple[str, ...]:

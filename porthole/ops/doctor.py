@@ -21,7 +21,7 @@ import h11
 from porthole.connections.upstream import upstream_error_message
 from porthole.core.objects import DEFAULT_REDACTIONS, REDACTIONS
 from porthole.core.filters import DEFAULT_FILTERING
-from porthole.core.guards import REDACTED_TEMPLATES, dangerous_overlaps, templates_overlap
+from porthole.core.guards import REDACTED_READS, dangerous_overlaps, redacted_overlaps
 from porthole.core.policy import Policy, Rule
 from porthole.ops.probe import blocking_get
 from porthole.runtime.config import Endpoint, Settings
@@ -132,7 +132,8 @@ def authorized_keys_facts(user: str, home: str) -> list[SshKeyFacts]:
             line = line.strip()
             if not line or line.startswith("#"):
                 continue
-            options = "" if _KEY_TYPE.match(line) else (_KEY_OPTIONS.match(line) or _KEY_OPTIONS.match("")).group(0)
+            # (_KEY_OPTIONS matches "" too: never None)
+            options = "" if _KEY_TYPE.match(line) else _KEY_OPTIONS.match(line).group(0)  # type: ignore[union-attr]
             if not re.search(r'(?:^|,)command="', options, re.IGNORECASE):
                 unforced += 1
             elif (re.search(r"(?:^|,)(?:no-port-forwarding|restrict)(?:,|$)", options, re.IGNORECASE)
@@ -476,8 +477,8 @@ def check_redaction(facts: HostFacts) -> list[Finding]:
         filtering = facts.policy.filtering.get(profile, DEFAULT_FILTERING)
         # A REDACTED_READS redaction (swarm-tokens) matters only to a profile whose rules reach its path.
         reached = {redaction for rule in facts.policy.profiles[profile]
-                   for template, (redaction, _) in REDACTED_TEMPLATES if templates_overlap(rule.template, template)}
-        guarded = {redaction for _, (redaction, _) in REDACTED_TEMPLATES}
+                   for redaction, _ in redacted_overlaps(rule.template)}
+        guarded = {redaction for redaction, _ in REDACTED_READS.values()}
         missing = [r for r in REDACTIONS if r in DEFAULT_REDACTIONS and r not in filtering.redact
                    and (r not in guarded or r in reached)]
         if not missing:
